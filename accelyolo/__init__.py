@@ -1,0 +1,51 @@
+"""accelyolo: YOLO object-detection training on HuggingFace Accelerate.
+
+Importing the package is cheap and changes no global state; the heavy modules are loaded by the
+functions below when they are first called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from accelyolo.trainer import FitResult
+
+__all__ = ["__version__", "build_model", "fit", "load_checkpoint", "predict", "validate"]
+
+
+def fit(recipe: str | None = None, **overrides: Any) -> FitResult:
+    """Train a model; see `accelyolo.trainer.fit` for the arguments."""
+    from accelyolo.trainer import fit as _fit
+
+    return _fit(recipe, **overrides)
+
+
+def build_model(name: str, nc: int = 80, **kwargs: Any):
+    """Build a registered model (`yolov8n` ... `yolov8x`, `yolov5n` ... `yolov5x`)."""
+    from accelyolo.models import build_model as _build_model
+
+    return _build_model(name, nc=nc, **kwargs)
+
+
+def load_checkpoint(path: str, **kwargs: Any):
+    """Load a `.safetensors` bundle; returns `(model, metadata)`."""
+    from accelyolo.checkpoint import load_checkpoint as _load
+
+    return _load(path, **kwargs)
+
+
+def validate(**kwargs: Any):
+    """Validate a checkpoint on a dataset; see `accelyolo.validate.validate`."""
+    from accelyolo.validate import validate as _validate
+
+    return _validate(**kwargs)
+
+
+def predict(**kwargs: Any):
+    """Run inference on images; see `accelyolo.predict.predict`."""
+    from accelyolo.predict import predict as _predict
+
+    return _predict(**kwargs)
