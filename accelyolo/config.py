@@ -1,0 +1,333 @@
+"""Training configuration: one flat dataclass, validated from recipes, CLI flags and `fit()` keywords.
+
+A recipe is a yaml mapping of option names to values. Its `hyp` key may be a mapping of hyperparameters
+or the path of a YOLOv5-style hyp yaml (relative to the recipe). The same names are the CLI flags
+(`--batch-size` for `batch_size`) and the keywords of `accelyolo.fit()`: there is one list of options,
+the fields of `TrainConfig`. An unknown name or a value of the wrong type raises `ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe, flag or keyword that does not fit `TrainConfig`."""
+
+
+def _opt(default: Any, help: str, section: str) -> Any:
+    return field(default=default, metadata={"help": help, "section": section})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run. Sections only group them in `args.yaml` and `--help`."""
+
+    # model
+    model: str = _opt("yolov8n", "registered model name (yolov8n..x, yolov5n..x)", "model")
+    weights: str | None = _opt(None, "start from this .safetensors checkpoint (matching tensors)", "model")
+    freeze: int = _opt(0, "freeze the first N backbone stages", "model")
+    # data
+    data: str | None = _opt(None, "data.yaml of the dataset; empty = the built-in demo data", "data")
+    imgsz: int = _opt(640, "train/val image size in pixels (a multiple of 32)", "data")
+    batch_size: int = _opt(16, "images per step on each process", "data")
+    workers: int = _opt(2, "dataloader worker processes per training process", "data")
+    cache: str | None = _opt(None, "cache decoded images: 'ram' or empty", "data")
+    single_cls: bool = _opt(False, "train every class as one class 'item'", "data")
+    rect_val: bool = _opt(True, "validate with rectangular (aspect-preserving) batches", "data")
+    # training
+    epochs: int = _opt(100, "total epochs", "train")
+    optimizer: str = _opt("SGD", "SGD, Adam, AdamW or RMSProp", "train")
+    cos_lr: bool = _opt(False, "one-cycle cosine LR decay instead of linear", "train")
+    nbs: int = _opt(64, "nominal batch size reached by gradient accumulation", "train")
+    max_grad_norm: float = _opt(10.0, "clip the gradient norm once per optimizer step", "train")
+    multi_scale: bool = _opt(False, "random image size in [0.5, 1.5] x imgsz per batch", "train")
+    close_mosaic: int = _opt(10, "turn mosaic/mixup off for the last N epochs", "train")
+    label_smoothing: float = _opt(0.0, "label smoothing epsilon", "train")
+    ema_decay: float = _opt(0.9999, "EMA decay", "train")
+    ema_tau: float = _opt(2000.0, "EMA decay ramp in optimizer steps", "train")
+    warmup_min_iters: int = _opt(100, "fewest warmup iterations when warmup_epochs > 0", "train")
+    seed: int = _opt(0, "global seed", "train")
+    deterministic: bool = _opt(False, "use deterministic algorithms", "train")
+    mixed_precision: str | None = _opt(None, "no, fp16 or bf16; empty = from the accelerate config", "train")
+    # validation
+    val_interval: int = _opt(1, "validate every N epochs (and always at the last)", "val")
+    conf_thres: float = _opt(0.001, "validation confidence threshold", "val")
+    iou_thres: float = _opt(0.7, "validation NMS IoU threshold", "val")
+    max_det: int = _opt(300, "validation detections per image", "val")
+    patience: int = _opt(100, "stop after N epochs without fitness improvement (0 = never)", "val")
+    # run folder and logging
+    project: str = _opt("runs/train", "parent folder of run folders", "run")
+    name: str = _opt("exp", "run folder name (incremented unless exist_ok)", "run")
+    exist_ok: bool = _opt(False, "reuse an existing run folder", "run")
+    resume: str | None = _opt(None, "'auto' (latest last.safetensors) or a checkpoint path", "run")
+    save_period: int = _opt(-1, "also save weights/epochN.safetensors every N epochs", "run")
+    log_with: str | None = _opt(None, "tracker: tensorboard, wandb, mlflow or all", "run")
+    plots: bool = _opt(True, "write label, batch and metric pictures", "run")
+    max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for quick runs", "run")
+    # hyperparameters (YOLOv5 hyp.scratch-low names and values)
+    lr0: float = _opt(0.01, "initial learning rate", "hyp")
+    lrf: float = _opt(0.01, "final LR as a fraction of lr0", "hyp")
+    momentum: float = _opt(0.937, "SGD momentum / Adam beta1", "hyp")
+    weight_decay: float = _opt(0.0005, "weight decay at the nominal batch", "hyp")
+    warmup_epochs: float = _opt(3.0, "warmup epochs (fractions allowed, 0 = none)", "hyp")
+    warmup_momentum: float = _opt(0.8, "initial warmup momentum", "hyp")
+    warmup_bias_lr: float = _opt(0.1, "initial warmup LR of the bias group", "hyp")
+    box: float | None = _opt(None, "box loss gain (empty = the model family's default)", "hyp")
+    cls: float | None = _opt(None, "class loss gain (empty = the model family's default)", "hyp")
+    dfl: float | None = _opt(None, "DFL loss gain, anchor-free models", "hyp")
+    obj: float | None = _opt(None, "objectness loss gain, anchor-based models", "hyp")
+    cls_pw: float = _opt(1.0, "class BCE positive weight, anchor-based models", "hyp")
+    obj_pw: float = _opt(1.0, "objectness BCE positive weight, anchor-based models", "hyp")
+    iou_t: float = _opt(0.2, "IoU training threshold (kept for YOLOv5 hyp files)", "hyp")
+    anchor_t: float = _opt(4.0, "anchor-multiple threshold, anchor-based models", "hyp")
+    fl_gamma: float = _opt(0.0, "focal loss gamma (0 = plain BCE)", "hyp")
+    hsv_h: float = _opt(0.015, "hue jitter (fraction)", "hyp")
+    hsv_s: float = _opt(0.7, "saturation jitter (fraction)", "hyp")
+    hsv_v: float = _opt(0.4, "value jitter (fraction)", "hyp")
+    degrees: float = _opt(0.0, "rotation (+/- degrees)", "hyp")
+    translate: float = _opt(0.1, "translation (+/- fraction)", "hyp")
+    scale: float = _opt(0.5, "scale (+/- gain)", "hyp")
+    shear: float = _opt(0.0, "shear (+/- degrees)", "hyp")
+    perspective: float = _opt(0.0, "perspective (+/- fraction)", "hyp")
+    flipud: float = _opt(0.0, "vertical flip probability", "hyp")
+    fliplr: float = _opt(0.5, "horizontal flip probability", "hyp")
+    mosaic: float = _opt(1.0, "mosaic probability", "hyp")
+    mixup: float = _opt(0.0, "mixup probability", "hyp")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hyp(self) -> dict[str, Any]:
+        """The hyperparameter section, keyed by YOLOv5's names."""
+        return {f.name: getattr(self, f.name) for f in fields_in_section("hyp")}
+
+
+_ALIASES = {"batch": "batch_size", "img_size": "imgsz", "img": "imgsz", "lr": "lr0"}
+
+
+def fields_in_section(section: str) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(TrainConfig) if f.metadata["section"] == section]
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """Check `value` against the field's type; accept ints for floats and strings from the CLI."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{source}: '{key}' may not be empty; expected {_type_name(annotation)}.")
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, (str, Path)):
+            return str(value)
+    raise ConfigError(
+        f"{source}: '{key}' must be {_type_name(annotation)}, got {type(value).__name__} {value!r}."
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    names = [a.__name__ for a in allowed if a is not type(None)]
+    text = " or ".join(names)
+    return text + " (or empty)" if type(None) in allowed else text
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} '{path}' is not valid yaml: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} '{path}' must hold a mapping of option: value, not {type(data).__name__}.")
+    return data
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A recipe path as given, or a name under the shipped `recipes/` folder (`demo` -> recipes/demo.yaml)."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / path, RECIPES_DIR / f"{recipe}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"recipe '{recipe}' not found (a yaml path, or a name in {RECIPES_DIR}).")
+
+
+def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Inline `hyp:` (mapping or hyp yaml path) and make relative `data`/`weights` paths absolute."""
+    data = dict(data)
+    hyp = data.pop("hyp", None)
+    flat: dict[str, Any] = {}
+    if isinstance(hyp, str):
+        hyp_path = Path(hyp) if Path(hyp).is_absolute() else path.parent / hyp
+        if not hyp_path.is_file() and (RECIPES_DIR / hyp).is_file():
+            hyp_path = RECIPES_DIR / hyp
+        hyp = _read_yaml(hyp_path, "hyp file")
+        hyp_source = str(hyp_path)
+    else:
+        hyp_source = f"{path} (hyp)"
+    if hyp is not None:
+        if not isinstance(hyp, dict):
+            raise ConfigError(f"{path}: 'hyp' must be a mapping or a yaml path.")
+        hyp_names = [f.name for f in fields_in_section("hyp")]
+        for key in hyp:
+            if key not in hyp_names:
+                raise ConfigError(f"{hyp_source}: unknown hyperparameter '{key}'.{_suggest(key, hyp_names)}")
+        flat.update(hyp)
+    flat.update(data)
+    for key in ("data", "weights"):
+        value = flat.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            candidate = (path.parent / value).resolve()
+            if candidate.exists() or not Path(value).exists():
+                flat[key] = str(candidate)
+    return flat
+
+
+def load_config(recipe: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Build a validated `TrainConfig` from a recipe (optional) and keyword overrides.
+
+    Overrides win over the recipe. `hyp=` may be a hyp yaml path or mapping, as in a recipe.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if recipe is not None:
+        path = resolve_recipe(recipe)
+        flat = _flatten_recipe(_read_yaml(path, "recipe"), path)
+        values.update(flat)
+        sources.update({k: f"recipe {path}" for k in flat})
+    if "hyp" in overrides:
+        hyp = overrides.pop("hyp")
+        if hyp is not None:
+            flat = _flatten_recipe({"hyp": hyp}, Path.cwd() / "hyp")
+            values.update(flat)
+            sources.update({k: "hyp" for k in flat})
+    for key, value in overrides.items():
+        key = _ALIASES.get(key, key).replace("-", "_")
+        values[key] = value
+        sources[key] = "argument"
+    return config_from_dict(values, sources)
+
+
+def config_from_dict(values: dict[str, Any], sources: dict[str, str] | None = None) -> TrainConfig:
+    """Validate a flat mapping into a `TrainConfig` (unknown key or wrong type -> `ConfigError`)."""
+    sources = sources or {}
+    types_ = _field_types()
+    names = list(types_)
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        source = sources.get(key, "config")
+        if key not in types_:
+            raise ConfigError(f"{source}: unknown option '{key}'.{_suggest(key, names)}")
+        checked[key] = _coerce(key, value, types_[key], source)
+    cfg = TrainConfig(**checked)
+    check_values(cfg)
+    return cfg
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """Range checks that types alone do not catch."""
+    problems = []
+    if cfg.imgsz < 32 or cfg.imgsz % 32:
+        problems.append(f"'imgsz' must be a positive multiple of 32, got {cfg.imgsz}")
+    for key in ("epochs", "batch_size", "nbs", "val_interval"):
+        if getattr(cfg, key) < 1:
+            problems.append(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
+    if cfg.workers < 0:
+        problems.append(f"'workers' must be >= 0, got {cfg.workers}")
+    if cfg.cache not in (None, "", "ram", "none"):
+        problems.append(f"'cache' must be 'ram' or empty, got {cfg.cache!r}")
+    if cfg.mixed_precision not in (None, "no", "fp16", "bf16", "fp8"):
+        problems.append(f"'mixed_precision' must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
+    for key in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            problems.append(f"'{key}' must lie in [0, 1], got {getattr(cfg, key)}")
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved configuration (`args.yaml`), grouped by section."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for f in dataclasses.fields(cfg):
+        grouped.setdefault(f.metadata["section"], {})[f.name] = getattr(cfg, f.name)
+    flat = {k: v for section in grouped.values() for k, v in section.items()}
+    path.write_text(yaml.safe_dump(flat, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per `TrainConfig` field (`--batch-size`), plus `--recipe` and `--hyp`."""
+    parser.add_argument("--recipe", default=None, help="recipe yaml (path or shipped name, e.g. demo)")
+    parser.add_argument("--hyp", default=None, help="hyperparameter yaml (YOLOv5 hyp.*.yaml style)")
+    types_ = _field_types()
+    for section in ("model", "data", "train", "val", "run", "hyp"):
+        group = parser.add_argument_group(section)
+        for f in fields_in_section(section):
+            flag = "--" + f.name.replace("_", "-")
+            kind = types_[f.name]
+            allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+            base = next(a for a in allowed if a is not type(None))
+            extra = ["--batch"] if f.name == "batch_size" else []
+            if base is bool:
+                group.add_argument(flag, *extra, dest=f.name, default=argparse.SUPPRESS,
+                                   action=argparse.BooleanOptionalAction, help=f.metadata["help"])
+            else:
+                # `--resume` alone means `--resume auto`, as in YOLOv5.
+                more = {"nargs": "?", "const": "auto"} if f.name == "resume" else {}
+                group.add_argument(flag, *extra, dest=f.name, default=argparse.SUPPRESS,
+                                   type=_parse_optional(base), metavar=base.__name__.upper(),
+                                   help=f"{f.metadata['help']} (default: {f.default})", **more)
+
+
+def _parse_optional(base: type):
+    def parse(text: str):
+        if text.lower() in ("", "none", "null"):
+            return None
+        return base(text)
+
+    parse.__name__ = base.__name__
+    return parse
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """Split parsed flags into (recipe, overrides) for `load_config`."""
+    overrides = dict(vars(args))
+    recipe = overrides.pop("recipe", None)
+    overrides.pop("command", None)
+    overrides.pop("func", None)
+    if overrides.get("hyp") is None:
+        overrides.pop("hyp", None)
+    return recipe, overrides
