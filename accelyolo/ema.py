@@ -1,0 +1,115 @@
+"""Exponential moving average of model weights, with a warm-up of the decay.
+
+The EMA model is what gets validated and exported: averaging the weights over the last few
+thousand optimizer steps gives a smoother, usually better, detector than the raw weights. Early in
+training the raw weights move fast and an average with decay 0.9999 would be dominated by the
+random initialization, so the decay ramps up as `decay * (1 - exp(-updates / tau))`: near 0 for
+the first updates (the EMA follows the model), about 63 % of `decay` after `tau` updates, and
+close to `decay` after a few `tau`.
+
+Call `update` only after a real optimizer step (not on accumulation micro-steps and not when the
+GradScaler skipped the step), on every rank, so every rank holds the same EMA and can validate.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["ModelEMA", "unwrap_model"]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the plain module inside DDP / DataParallel / `torch.compile` wrappers.
+
+    Wrappers are peeled one at a time: a compiled module keeps its original in `._orig_mod`,
+    (Distributed)DataParallel keeps it in `.module`; Accelerate can stack both.
+    """
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+class ModelEMA:
+    """Keep an exponential moving average of a model's parameters and buffers.
+
+    Args:
+        model: the model being trained (wrappers are unwrapped); it is deep-copied.
+        decay: the decay the ramp approaches.
+        tau: the number of updates over which the decay ramps up (e-folding constant).
+        updates: updates already done, when resuming (sets the point on the ramp).
+
+    Attributes:
+        ema: the averaged copy, in eval mode, with `requires_grad=False` everywhere.
+        updates: number of `update` calls so far; store it in checkpoint metadata.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ModelEMA decay must be in [0, 1), got {decay}")
+        if tau <= 0:
+            raise ValueError(f"ModelEMA tau must be > 0 (a number of updates), got {tau}")
+        self.ema = copy.deepcopy(unwrap_model(model)).eval()
+        self.ema.requires_grad_(False)
+        self.decay = float(decay)
+        self.tau = float(tau)
+        self.updates = int(updates)
+
+    def decay_at(self, updates: int) -> float:
+        """Decay used by the update that brings the counter to `updates`."""
+        return self.decay * (1.0 - math.exp(-updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Blend the model's current weights into the average.
+
+        Floating-point parameters and buffers (BatchNorm running statistics included) become
+        `d * ema + (1 - d) * model`; integer buffers (`num_batches_tracked`) are copied.
+        """
+        self.updates += 1
+        d = self.decay_at(self.updates)
+        model_state = unwrap_model(model).state_dict()
+        for name, ema_value in self.ema.state_dict().items():
+            if name not in model_state:
+                raise KeyError(
+                    f"ModelEMA.update: the model has no entry '{name}' that the EMA copy has; "
+                    "update the EMA with the same architecture it was created from"
+                )
+            value = model_state[name].detach().to(ema_value.device, ema_value.dtype)
+            if ema_value.is_floating_point():
+                ema_value.mul_(d).add_(value, alpha=1.0 - d)
+            else:
+                ema_value.copy_(value)
+
+    def copy_attributes(self, model: nn.Module, include: Iterable[str]) -> None:
+        """Copy plain attributes (class names, strides, ...) from the model to the EMA copy.
+
+        Only the names listed are copied, so nothing process-specific (DDP reducers, hooks)
+        leaks into the copy that gets saved.
+        """
+        source = unwrap_model(model)
+        for name in include:
+            if hasattr(source, name):
+                setattr(self.ema, name, getattr(source, name))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights, as `nn.Module.state_dict()` gives them.
+
+        The counter is not part of it: save `self.updates` in the checkpoint metadata
+        (`"ema_updates"`), so the tensors stay a plain state dict that a model can load.
+        """
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], updates: int | None = None) -> None:
+        """Load averaged weights (strictly: every key must match) and optionally the counter."""
+        self.ema.load_state_dict(state_dict, strict=True)
+        if updates is not None:
+            self.updates = int(updates)

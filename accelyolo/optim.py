@@ -1,0 +1,225 @@
+"""Parameter groups, optimizers and learning-rate / momentum / warm-up schedules.
+
+Everything here follows the YOLOv5 recipe (behaviour, not code):
+
+- three parameter groups: conv/linear weights with weight decay, normalization weights without,
+  biases without;
+- a nominal batch of 64: gradients are accumulated over `round(64 / global_batch)` steps and the
+  weight decay is scaled by `global_batch * accumulate / 64`, so the regularization per image
+  stays the same whatever the batch;
+- schedules are pure functions of the (fractional) epoch and the global iteration, so a resumed
+  run computes exactly the values the uninterrupted run would have used. None of this is a
+  `torch.optim.lr_scheduler` (a scheduler prepared by Accelerate steps once per process).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+__all__ = [
+    "OPTIMIZERS",
+    "accumulate_steps",
+    "build_optimizer",
+    "build_param_groups",
+    "lr_factor",
+    "scaled_weight_decay",
+    "set_lr_momentum",
+    "warmup_iterations",
+    "warmup_values",
+]
+
+# Normalization layers whose weights are scales, not filters: decaying them towards 0 hurts.
+# nn.RMSNorm exists from torch 2.4; the package supports torch >= 2.2.
+NORM_LAYERS: tuple[type[nn.Module], ...] = tuple(
+    layer for layer in (_NormBase, nn.GroupNorm, nn.LayerNorm, getattr(nn, "RMSNorm", None)) if layer is not None
+)
+OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSProp")
+LR_SCHEDULES = ("cosine", "linear")
+
+
+def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split the trainable parameters into the three YOLOv5 groups.
+
+    Returns:
+        `[weights, norm, bias]` as optimizer group dicts, each with `"params"`, `"weight_decay"`
+        and `"name"` (`"weights"`, `"norm"`, `"bias"`). Group 0 (conv/linear weights and any
+        other parameter) gets `weight_decay`; group 1 (weights of normalization layers) and
+        group 2 (every parameter named `bias`, normalization biases included) get 0. All three
+        groups are always present (possibly empty), so their indices are stable for the warm-up.
+        Frozen parameters (`requires_grad=False`) are left out; a parameter shared by two
+        modules appears once.
+    """
+    weights: list[nn.Parameter] = []
+    norm: list[nn.Parameter] = []
+    bias: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if name == "bias":
+                bias.append(param)
+            elif isinstance(module, NORM_LAYERS):
+                norm.append(param)
+            else:
+                weights.append(param)
+    return [
+        {"params": weights, "weight_decay": weight_decay, "name": "weights"},
+        {"params": norm, "weight_decay": 0.0, "name": "norm"},
+        {"params": bias, "weight_decay": 0.0, "name": "bias"},
+    ]
+
+
+def build_optimizer(
+    name: str, model: nn.Module, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """Build an optimizer over `build_param_groups(model, weight_decay)`.
+
+    Args:
+        name: `SGD` (Nesterov), `Adam`, `AdamW` (betas `(momentum, 0.999)`) or `RMSProp`
+            (torch's RMSprop with `momentum`); matched case-insensitively.
+        model: the (unwrapped) model.
+        lr: initial learning rate of every group; also stored as each group's `"initial_lr"`,
+            from which the schedule computes the current one.
+        momentum: SGD/RMSProp momentum, or Adam's beta1.
+        weight_decay: decay of group 0 (already scaled with `scaled_weight_decay`).
+
+    Raises:
+        ValueError: an unknown name (the message lists the choices) or no trainable parameter.
+    """
+    choices = {choice.lower(): choice for choice in OPTIMIZERS}
+    canonical = choices.get(name.lower())
+    if canonical is None:
+        raise ValueError(f"unknown optimizer '{name}'; choose one of {', '.join(OPTIMIZERS)}")
+    groups = build_param_groups(model, weight_decay)
+    if not any(group["params"] for group in groups):
+        raise ValueError("the model has no trainable parameter (all have requires_grad=False)")
+    for group in groups:
+        group["initial_lr"] = lr
+    if canonical == "SGD":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if canonical == "Adam":
+        return torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999))
+    if canonical == "AdamW":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
+
+
+def set_lr_momentum(optimizer: torch.optim.Optimizer, lrs: Sequence[float], momentum: float | None = None) -> None:
+    """Write per-group learning rates and (optionally) momentum into an optimizer.
+
+    Momentum goes to `"momentum"` (SGD, RMSprop) or to the first beta (Adam, AdamW).
+    """
+    if len(lrs) != len(optimizer.param_groups):
+        raise ValueError(f"got {len(lrs)} learning rates for {len(optimizer.param_groups)} parameter groups")
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+        if momentum is None:
+            continue
+        if "betas" in group:
+            group["betas"] = (momentum, group["betas"][1])
+        elif "momentum" in group:
+            group["momentum"] = momentum
+
+
+def lr_factor(epoch_progress: float, epochs: int, lrf: float, kind: str) -> float:
+    """Learning-rate multiplier (of `lr0`) at a fractional epoch.
+
+    Args:
+        epoch_progress: epochs done, fractional allowed (`epoch + i / batches`).
+        epochs: total epochs of the run.
+        lrf: final multiplier (`lr0 * lrf` at the end).
+        kind: `"cosine"` — one-cycle `((1 - cos(x*pi/epochs)) / 2) * (lrf - 1) + 1`, from 1 at
+            x=0 to lrf at x=epochs; `"linear"` — `(1 - x/(epochs-1)) * (1 - lrf) + lrf`, reaching
+            lrf at the last epoch (x=epochs-1; a 1-epoch run divides by 1).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    x = float(epoch_progress)
+    if kind == "cosine":
+        return ((1.0 - math.cos(x * math.pi / epochs)) / 2.0) * (lrf - 1.0) + 1.0
+    if kind == "linear":
+        return (1.0 - x / max(epochs - 1, 1)) * (1.0 - lrf) + lrf
+    raise ValueError(f"unknown LR schedule '{kind}'; choose one of {', '.join(LR_SCHEDULES)}")
+
+
+def accumulate_steps(nbs: int, total_batch: int) -> int:
+    """Gradient accumulation steps that make `total_batch` act like the nominal batch `nbs`."""
+    if total_batch < 1:
+        raise ValueError(f"total batch size must be >= 1, got {total_batch}")
+    return max(round(nbs / total_batch), 1)
+
+
+def scaled_weight_decay(wd: float, total_batch: int, accumulate: int, nbs: int) -> float:
+    """Weight decay scaled by the images per optimizer step relative to the nominal batch."""
+    return wd * total_batch * accumulate / nbs
+
+
+def warmup_iterations(warmup_epochs: float, batches_per_epoch: int, minimum: int = 100) -> int:
+    """Length of the warm-up in iterations: `max(round(warmup_epochs * batches), minimum)`.
+
+    Returns 0 when `warmup_epochs <= 0` (no warm-up at all).
+    """
+    if warmup_epochs <= 0:
+        return 0
+    return max(round(warmup_epochs * batches_per_epoch), minimum)
+
+
+def warmup_values(
+    iteration: int,
+    warmup_iters: int,
+    epoch: int,
+    lr0: float,
+    lf: float | Callable[[float], float],
+    warmup_bias_lr: float,
+    warmup_momentum: float,
+    momentum: float,
+    nbs: int,
+    total_batch: int,
+) -> dict[str, Any]:
+    """Learning rates, momentum and accumulation at one iteration of the warm-up.
+
+    Each value is interpolated linearly over `[0, warmup_iters]`: the bias group's lr from
+    `warmup_bias_lr` down to `lr0 * lf`, the other groups from 0 up to `lr0 * lf`, momentum from
+    `warmup_momentum` to `momentum`, accumulation from 1 to `nbs / total_batch` (rounded half to
+    even, at least 1). At and past `warmup_iters` the values are the post-warm-up ones.
+
+    Args:
+        iteration: global iteration (batches seen since the start of training).
+        warmup_iters: warm-up length (`warmup_iterations`); 0 means no warm-up.
+        epoch: current epoch, used when `lf` is a schedule function.
+        lr0: initial learning rate.
+        lf: the schedule multiplier at this epoch (`lr_factor(...)`), or a function of the epoch.
+        warmup_bias_lr, warmup_momentum, momentum: the hyperparameters of the same names.
+        nbs: nominal batch size (64).
+        total_batch: images per iteration over all processes.
+
+    Returns:
+        `{"lrs": [weights, norm, bias], "momentum": float, "accumulate": int}`.
+    """
+    factor = lf(epoch) if callable(lf) else float(lf)
+    target_lr = lr0 * factor
+    final_accumulate = nbs / total_batch
+    if warmup_iters <= 0 or iteration >= warmup_iters:
+        return {
+            "lrs": [target_lr, target_lr, target_lr],
+            "momentum": float(momentum),
+            "accumulate": accumulate_steps(nbs, total_batch),
+        }
+    xp = [0, warmup_iters]
+    lr_weights = float(np.interp(iteration, xp, [0.0, target_lr]))
+    lr_bias = float(np.interp(iteration, xp, [warmup_bias_lr, target_lr]))
+    accumulate = max(1, int(np.interp(iteration, xp, [1.0, final_accumulate]).round()))
+    return {
+        "lrs": [lr_weights, lr_weights, lr_bias],
+        "momentum": float(np.interp(iteration, xp, [warmup_momentum, momentum])),
+        "accumulate": accumulate,
+    }
