@@ -1,0 +1,135 @@
+"""Anchor-free (YOLOv8) detection loss: task-aligned assignment, BCE classes, CIoU boxes, DFL.
+
+Each component is normalised by the batch's sum of soft class targets (the assigner's scores), then
+weighted by their gains (box 7.5, cls 0.5, dfl 1.5) and, as in YOLOv5, multiplied by the batch size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from accelyolo.boxes import bbox_iou, xywh2xyxy
+from accelyolo.losses.assigner import TaskAlignedAssigner
+from accelyolo.models.heads import AnchorFreeHead, make_anchor_points
+
+__all__ = ["AnchorFreeLoss", "pad_targets"]
+
+
+def pad_targets(targets: torch.Tensor, batch_size: int, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group flat targets by image into a padded tensor, without a Python loop over images.
+
+    Args:
+        targets: (T, 6) [image index, class, cx, cy, w, h] normalised to the input image.
+        batch_size: B.
+        scale: (4,) [W, H, W, H] in pixels.
+
+    Returns:
+        gt (B, M, 5) [class, x1, y1, x2, y2] in pixels (zero padding), mask (B, M, 1) of real rows.
+    """
+    device = targets.device
+    if targets.numel() == 0:
+        return torch.zeros(batch_size, 0, 5, device=device), torch.zeros(batch_size, 0, 1, device=device)
+    image = targets[:, 0].long()
+    if image.min() < 0 or image.max() >= batch_size:
+        raise ValueError(
+            f"loss: target image indices (column 0) must lie in [0, {batch_size}), "
+            f"got {int(image.min())}..{int(image.max())}"
+        )
+    counts = torch.bincount(image, minlength=batch_size)  # (B,)
+    m = int(counts.max())
+    order = torch.argsort(image, stable=True)
+    image = image[order]
+    starts = torch.cumsum(counts, 0) - counts  # first row of each image in the sorted order
+    slot = torch.arange(len(image), device=device) - starts[image]  # position within its image
+    gt = torch.zeros(batch_size, m, 5, device=device)
+    rows = targets[order]
+    gt[image, slot] = torch.cat((rows[:, 1:2], xywh2xyxy(rows[:, 2:6] * scale)), 1)
+    mask = (torch.arange(m, device=device).view(1, m) < counts.view(-1, 1)).unsqueeze(-1).float()
+    return gt, mask
+
+
+class AnchorFreeLoss(nn.Module):
+    """YOLOv8 loss for the `AnchorFreeHead`'s raw train-mode outputs.
+
+    Args:
+        head: the model's head (supplies nc, reg_max and strides).
+        box, cls, dfl: component gains.
+        topk, alpha, beta: task-aligned assigner settings.
+    """
+
+    names = ("box", "cls", "dfl")
+
+    def __init__(
+        self,
+        head: AnchorFreeHead,
+        box: float = 7.5,
+        cls: float = 0.5,
+        dfl: float = 1.5,
+        topk: int = 10,
+        alpha: float = 0.5,
+        beta: float = 6.0,
+    ) -> None:
+        super().__init__()
+        self.nc, self.reg_max, self.strides = head.nc, head.reg_max, head.strides
+        self.no = head.no
+        self.gains = (box, cls, dfl)
+        self.assigner = TaskAlignedAssigner(self.nc, topk=topk, alpha=alpha, beta=beta)
+
+    def forward(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (total = sum of weighted components x batch size, detached (3,) components)."""
+        if isinstance(preds, torch.Tensor) or len(preds) != len(self.strides):
+            raise ValueError(
+                "AnchorFreeLoss: preds must be the model's train-mode output, a list of "
+                f"{len(self.strides)} (B, {self.no}, H, W) maps; call model.train() before the loss"
+            )
+        feats = [p.float() for p in preds]
+        b, device = feats[0].shape[0], feats[0].device
+        x = torch.cat([f.view(b, self.no, -1) for f in feats], 2).transpose(1, 2)  # (B, N, no)
+        pred_dist, pred_logits = x.split((4 * self.reg_max, self.nc), -1)
+        points, strides = make_anchor_points([f.shape[2:] for f in feats], self.strides, device, torch.float32)
+        proj = torch.arange(self.reg_max, device=device, dtype=torch.float32)
+        ltrb = pred_dist.view(b, -1, 4, self.reg_max).softmax(-1) @ proj  # (B, N, 4) in cells
+        pred_boxes = torch.cat((points - ltrb[..., :2], points + ltrb[..., 2:]), -1)  # (B, N, 4) xyxy cells
+
+        h, w = feats[0].shape[2] * self.strides[0], feats[0].shape[3] * self.strides[0]
+        scale = torch.tensor([w, h, w, h], device=device, dtype=torch.float32)
+        gt, mask_gt = pad_targets(targets.to(device=device, dtype=torch.float32), b, scale)
+        assigned = self.assigner(
+            pred_logits.detach().sigmoid(),
+            pred_boxes.detach() * strides,
+            points * strides,
+            gt[..., :1],
+            gt[..., 1:],
+            mask_gt,
+        )
+
+        score_sum = assigned.scores.sum().clamp(min=1.0)
+        loss_cls = F.binary_cross_entropy_with_logits(pred_logits, assigned.scores, reduction="sum") / score_sum
+        loss_box = loss_dfl = torch.zeros((), device=device)
+        fg = assigned.fg_mask
+        if fg.any():
+            target_boxes = assigned.bboxes / strides  # (B, N, 4) cells
+            weight = assigned.scores.sum(-1)[fg]  # (P,)
+            iou = bbox_iou(pred_boxes[fg], target_boxes[fg], kind="ciou")
+            loss_box = ((1.0 - iou) * weight).sum() / score_sum
+            dist = self._dfl(pred_dist[fg].view(-1, self.reg_max), target_boxes[fg], points.expand(b, -1, -1)[fg])
+            loss_dfl = (dist * weight).sum() / score_sum
+        items = torch.stack((loss_box * self.gains[0], loss_cls * self.gains[1], loss_dfl * self.gains[2]))
+        return items.sum() * b, items.detach()
+
+    def _dfl(self, logits: torch.Tensor, target_boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Distribution focal loss: cross-entropy to the two bins around each target distance, (P,).
+
+        Args:
+            logits: (P * 4, reg_max) bin logits; target_boxes: (P, 4) xyxy cells; points: (P, 2) cells.
+        """
+        target = torch.cat((points - target_boxes[:, :2], target_boxes[:, 2:] - points), -1)
+        target = target.clamp(0, self.reg_max - 1 - 0.01).view(-1)  # (P * 4,)
+        left = target.long()
+        w_left = left + 1 - target
+        loss = F.cross_entropy(logits, left, reduction="none") * w_left + F.cross_entropy(
+            logits, left + 1, reduction="none"
+        ) * (1 - w_left)
+        return loss.view(-1, 4).mean(-1)

@@ -1,0 +1,175 @@
+"""The detector (`YOLO` = backbone + neck + head) and model utilities: fuse, info, transfer, freeze."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from accelyolo.models.backbone import YOLOv5Backbone, YOLOv8Backbone
+from accelyolo.models.heads import AnchorBasedHead, AnchorFreeHead
+from accelyolo.models.layers import Conv
+from accelyolo.models.neck import YOLOv5PAN, YOLOv8PAN
+
+__all__ = ["YOLO", "freeze_layers", "model_info", "transfer_weights"]
+
+logger = logging.getLogger(__name__)
+
+STRIDES = (8.0, 16.0, 32.0)
+
+
+class YOLO(nn.Module):
+    """A YOLO detector of either family.
+
+    Args:
+        family: "anchor_free" (YOLOv8: C2f, DFL head) or "anchor_based" (YOLOv5: C3, anchors).
+        nc: number of classes.
+        width, depth: channel and repeat multipliers of the scale.
+        max_channels: channel cap before `width` (anchor-free family only).
+        anchors: (3, na, 2) anchors in pixels (anchor-based family only).
+        reg_max: DFL bins per box side (anchor-free family only).
+        config: the `build_model` keywords that rebuild this architecture (kept as `self.config`).
+
+    Input (B, 3, H, W) in [0, 1] with H, W multiples of 32. Train mode returns the head's raw maps;
+    eval mode returns (B, N, 4 + nc) boxes xywh in pixels and per-class scores.
+    """
+
+    def __init__(
+        self,
+        family: str,
+        nc: int,
+        width: float,
+        depth: float,
+        max_channels: int = 1024,
+        anchors: Sequence[Sequence[float]] | None = None,
+        reg_max: int = 16,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if nc < 1:
+            raise ValueError(f"YOLO: nc (number of classes) must be >= 1, got {nc}")
+        self.family, self.nc = family, nc
+        self.config: dict[str, Any] = dict(config or {})
+        if family == "anchor_free":
+            self.backbone = YOLOv8Backbone(width, depth, max_channels)
+            self.neck = YOLOv8PAN(width, depth, max_channels)
+            self.head = AnchorFreeHead(nc, self.neck.out_channels, STRIDES, reg_max)
+        elif family == "anchor_based":
+            if anchors is None:
+                raise ValueError("YOLO: the anchor_based family needs anchors, (3, na, 2) pixels")
+            self.backbone = YOLOv5Backbone(width, depth)
+            self.neck = YOLOv5PAN(width, depth)
+            self.head = AnchorBasedHead(nc, self.neck.out_channels, STRIDES, anchors)
+        else:
+            raise ValueError(f"YOLO: family must be 'anchor_free' or 'anchor_based', got {family!r}")
+        self.register_buffer("stride", torch.tensor(STRIDES), persistent=False)
+
+    @property
+    def names_arg(self) -> dict[str, Any]:
+        """Alias of `config`: the `build_model` keywords of this architecture."""
+        return self.config
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % 32 or x.shape[3] % 32:
+            raise ValueError(f"YOLO: input must be (B, 3, H, W) with H, W multiples of 32, got {tuple(x.shape)}")
+        return self.head(self.neck(self.backbone(x)))
+
+    def fuse(self) -> YOLO:
+        """Fold every Conv's BatchNorm into its convolution (faster inference; do not train afterwards)."""
+        for module in self.modules():
+            if isinstance(module, Conv):
+                module.fuse()
+        return self
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The model's layers in order (backbone stages, then neck blocks), named as in the state dict."""
+        out = [(f"backbone.stages.{i}", m) for i, m in enumerate(self.backbone.stages)]
+        out += [(f"neck.blocks.{i}", m) for i, m in enumerate(self.neck.blocks)]
+        return out
+
+
+def _flops(model: nn.Module, imgsz: int) -> float:
+    """GFLOPs (FlopCounterMode total / 1e9, 2 per multiply-add) of one (1, 3, imgsz, imgsz) forward pass.
+
+    Runs on a `meta` twin of the model (rebuilt from its `config`, else a copy moved to `meta`), so nothing
+    is computed, no device memory is used and the real weights are untouched.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = getattr(model, "config", None)
+    if next(model.parameters()).device.type == "meta":
+        meta = model
+    elif isinstance(model, YOLO) and config:
+        from accelyolo.models.registry import build_model
+
+        with torch.device("meta"):
+            meta = build_model(**config)
+    else:
+        meta = copy.deepcopy(model).to("meta")
+    meta.train(model.training)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        meta(torch.empty(1, 3, imgsz, imgsz, device="meta"))
+    return counter.get_total_flops() / 1e9
+
+
+def model_info(
+    model: nn.Module, imgsz: int = 640, print_fn: Callable[[str], None] | None = None
+) -> dict[str, float | int]:
+    """Layers, parameters, trainable parameters and GFLOPs at `imgsz`; prints one line if `print_fn` is given.
+
+    Returns:
+        {"layers": modules, "parameters": n, "gradients": n requiring grad, "gflops": float}.
+    """
+    if imgsz % 32:
+        raise ValueError(f"model_info: imgsz must be a multiple of 32, got {imgsz}")
+    info = {
+        "layers": len(list(model.modules())),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "gradients": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "gflops": round(_flops(model, imgsz), 3),
+    }
+    if print_fn is not None:
+        name = getattr(model, "config", {}).get("name", type(model).__name__)
+        print_fn(
+            f"{name}: {info['layers']} layers, {info['parameters']:,} parameters, "
+            f"{info['gradients']:,} gradients, {info['gflops']:.1f} GFLOPs at {imgsz} px"
+        )
+    return info
+
+
+def transfer_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """Copy the tensors of `state_dict` whose names and shapes match the model's (e.g. another nc).
+
+    Returns:
+        (moved, total): tensors copied and tensors in the model's state dict. Mismatches are skipped and
+        counted in the log line, so a new head for a different class count trains from its initialisation.
+    """
+    own = model.state_dict()
+    matched = {k: v for k, v in state_dict.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(matched, strict=False)
+    skipped = len(state_dict) - len(matched)
+    logger.info(
+        "transferred %d/%d tensors (%d in the source skipped: missing or reshaped)", len(matched), len(own), skipped
+    )
+    return len(matched), len(own)
+
+
+def freeze_layers(model: nn.Module, n: int) -> list[str]:
+    """Stop gradients for the first `n` layers (backbone stages 0-9, then neck blocks).
+
+    `n = 10` freezes the whole backbone, as YOLOv5's `--freeze 10`. Returns the frozen parameter names.
+    """
+    stages = model.stages()
+    if not 0 <= n <= len(stages):
+        raise ValueError(f"freeze_layers: n must be between 0 and {len(stages)} (layers of this model), got {n}")
+    frozen = []
+    for prefix, module in stages[:n]:
+        for name, p in module.named_parameters():
+            p.requires_grad_(False)
+            frozen.append(f"{prefix}.{name}")
+    return frozen
