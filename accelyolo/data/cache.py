@@ -1,0 +1,126 @@
+"""Label cache: the checked labels of a split as one JSON file, so a second run reads no label.
+
+The cache is keyed by a SHA-256 over every image and label path with its size and mtime (plus
+the class count and the cache format version); any change rebuilds it. It is written beside the
+labels (`labels/<split>.accelyolo.json`); where that folder is not writable, into the fallback
+folder given by the caller (beside the data.yaml) or `$ACCELYOLO_HOME/cache` /
+`~/.cache/accelyolo/cache`. JSON only, never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from accelyolo.data.checks import img2label_path
+
+CACHE_VERSION = 1
+
+
+def home_dir() -> Path:
+    """accelyolo's own folder: `$ACCELYOLO_HOME` or `~/.cache/accelyolo` (read when called)."""
+    env = os.environ.get("ACCELYOLO_HOME")
+    return Path(env) if env else Path.home() / ".cache" / "accelyolo"
+
+
+def files_hash(images: Sequence[Path], nc: int | None) -> str:
+    """Hash of image and label paths, sizes and mtimes (stat only, no file is read)."""
+    h = hashlib.sha256(f"v{CACHE_VERSION} nc={nc}".encode())
+    for image in images:
+        for p in (image, img2label_path(image)):
+            try:
+                st = p.stat()
+                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def cache_paths(images: Sequence[Path], fallback_dir: Path | None) -> list[Path]:
+    """Candidate cache files, best first: beside the labels, the fallback folder, the home cache."""
+    label_dir = img2label_path(images[0]).parent
+    name = f"{label_dir.name}.accelyolo.json"
+    digest = hashlib.sha256(str(label_dir.resolve()).encode()).hexdigest()[:12]
+    out = [label_dir.parent / name]
+    if fallback_dir is not None:
+        out.append(Path(fallback_dir) / f"{label_dir.name}-{digest}.accelyolo.json")
+    out.append(home_dir() / "cache" / f"{label_dir.name}-{digest}.accelyolo.json")
+    return out
+
+
+def read_cache(path: Path, key: str) -> list[dict[str, Any]] | None:
+    """The cached entries if `path` holds a cache with this key, else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("hash") != key:
+        return None
+    return data.get("entries")
+
+
+def is_writable(folder: Path) -> bool:
+    """Writable by us AND not marked read-only (root passes `os.access` even on `r-x` folders)."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & 0o222) and os.access(folder, os.W_OK)
+
+
+def write_cache(path: Path, key: str, entries: list[dict[str, Any]]) -> bool:
+    """Write atomically (temp file + rename); returns False where the folder is not writable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not is_writable(path.parent):
+            return False
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": CACHE_VERSION, "hash": key, "entries": entries}, f)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        return False
+
+
+def load_or_build(
+    images: Sequence[Path],
+    nc: int | None,
+    check_fn: Callable[[Path, int | None], dict[str, Any]],
+    fallback_dir: Path | None = None,
+    workers: int = 4,
+) -> tuple[list[dict[str, Any]], Path | None, bool]:
+    """Checked entries for `images`, from the cache when it is current, else rebuilt and saved.
+
+    Args:
+        images: image files of the split (non-empty).
+        nc: class count for the class-id check (part of the key).
+        check_fn: `check_image_label`, run on every image when the cache misses.
+        fallback_dir: where to write when the labels folder is read-only.
+        workers: threads for the checks (decoders release the GIL).
+
+    Returns:
+        `(entries, cache_file or None when nothing could be written, hit)`.
+    """
+    key = files_hash(images, nc)
+    candidates = cache_paths(images, fallback_dir)
+    for path in candidates:
+        entries = read_cache(path, key)
+        if entries is not None and len(entries) == len(images):
+            return entries, path, True
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        entries = list(pool.map(lambda p: check_fn(p, nc), images))
+    for path in candidates:
+        if write_cache(path, key, entries):
+            return entries, path, False
+    return entries, None, False

@@ -1,0 +1,112 @@
+"""`accelyolo data check DATA_YAML [--json]`: the dataset health report, per split.
+
+Per split: usable images, backgrounds, boxes, boxes per class, corrupt files and every problem
+with its file. Exit status 1 only when a split has no usable image (or the yaml is unusable).
+Uses (and refreshes) the same label cache as training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from accelyolo.data.cache import load_or_build
+from accelyolo.data.checks import check_image_label
+from accelyolo.data.dataset import build_report
+from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `data check` options to `parser`."""
+    parser.add_argument("data", metavar="DATA_YAML", help="the dataset's data.yaml")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument(
+        "--max-problems", type=int, default=30, help="problems listed per split in the tables (JSON: all)"
+    )
+
+
+def check_dataset(spec: DataSpec) -> dict[str, Any]:
+    """The health report of every split of `spec` (JSON-ready).
+
+    Returns:
+        `{"data": yaml path, "names": [...], "splits": {split: build_report(...)}}`.
+    """
+    splits = {}
+    for split, images in spec.splits.items():
+        if not images:
+            report = build_report([], spec.names)
+            report["problems"].append({"file": str(spec.yaml_path), "problem": f"split '{split}' has no images"})
+        else:
+            entries, cache_file, hit = load_or_build(
+                images, spec.nc, check_image_label, fallback_dir=spec.yaml_path.parent
+            )
+            report = build_report(entries, spec.names, cache_file, hit)
+        splits[split] = report
+    return {"data": str(spec.yaml_path), "names": spec.names, "splits": splits}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the check for parsed arguments; returns the exit status."""
+    try:
+        spec = load_data_yaml(args.data)
+    except DataConfigError as err:
+        if args.json:
+            print(json.dumps({"data": str(args.data), "error": str(err), "splits": {}}))
+        else:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = check_dataset(spec)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_tables(result, args.max_problems)
+    return 1 if any(r["images"] == 0 for r in result["splits"].values()) else 0
+
+
+def _print_tables(result: dict[str, Any], max_problems: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title=f"dataset check: {result['data']}")
+    cols = ("images", "backgrounds", "boxes", "corrupt", "missing_labels", "empty_labels")
+    cols += ("duplicates_removed", "rows_dropped")
+    summary.add_column("split")
+    for c in cols:
+        summary.add_column(c.replace("_", " "), justify="right")
+    for split, r in result["splits"].items():
+        style = "red" if r["images"] == 0 else None
+        summary.add_row(split, *(str(r[c]) for c in cols), style=style)
+    console.print(summary)
+    classes = Table(title="boxes per class")
+    classes.add_column("class")
+    for split in result["splits"]:
+        classes.add_column(split, justify="right")
+    for name in result["names"]:
+        counts = [str(r["boxes_per_class"].get(name, 0)) for r in result["splits"].values()]
+        classes.add_row(name, *counts)
+    console.print(classes)
+    for split, r in result["splits"].items():
+        if not r["problems"]:
+            continue
+        table = Table(title=f"{split}: {len(r['problems'])} problems")
+        table.add_column("file", overflow="fold")
+        table.add_column("problem", overflow="fold")
+        for p in r["problems"][:max_problems]:
+            table.add_row(p["file"], p["problem"])
+        console.print(table)
+        if len(r["problems"]) > max_problems:
+            console.print(f"... {len(r['problems']) - max_problems} more (use --json for all)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m accelyolo.data.check DATA_YAML [--json]`."""
+    parser = argparse.ArgumentParser(prog="accelyolo data check", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

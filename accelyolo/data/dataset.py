@@ -1,0 +1,293 @@
+"""`YoloDataset`: checked YOLO labels, image loading/caching and per-item augmentation.
+
+Determinism: every random choice of `__getitem__` (mosaic or not, donors, albumentations
+parameters, mixup) comes from `numpy.random.SeedSequence([seed, epoch, index])`, so an item
+is the same in the main process and in any worker, before and after a resume. The epoch and the
+mosaic switch live in a small shared-memory tensor, so `set_epoch` / `set_mosaic` called in the
+main process reach (persistent) DataLoader workers at their next item.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from accelyolo.data.cache import load_or_build
+from accelyolo.data.checks import check_image_label, load_rgb
+from accelyolo.data.transforms import build_train_transform, letterbox, mixup, resolve_hyp
+
+
+class YoloDataset(torch.utils.data.Dataset):
+    """A split of a YOLO dataset, letterboxed (val) or augmented (train).
+
+    Args:
+        images: image files of the split (`DataSpec.splits[...]`).
+        imgsz: output side; a multiple of `stride`.
+        augment: train pipeline (mosaic, affine, HSV, flips, mixup) instead of letterbox only.
+        hyp: YOLOv5 augmentation names (`transforms.DEFAULT_HYP` for missing keys).
+        names: class names; `len(names)` is the class count for the class-id check.
+        cache: None, or "ram" to decode and resize every image once up front.
+        rect: rectangular per-batch shapes (YOLOv5 rect batches); images are sorted by aspect.
+        batch_size: batch size the rect shapes are computed for.
+        stride: the model's largest stride; shapes are multiples of it.
+        single_cls: every class becomes class 0.
+        seed: base seed of the augmentation randomness.
+        cache_dir: where the label cache goes when the labels folder is read-only.
+        buffer_mb: per-process LRU of decoded images (MB; 0 disables). Mosaic reads 4 images per
+            item; the buffer makes repeated donors free without changing any pixel.
+        mosaic_backend: "fast" (numpy) or "albumentations" (`A.Mosaic`), see `transforms`.
+        verbose: print the split summary (and the RAM cache size).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[str | Path],
+        imgsz: int = 640,
+        augment: bool = False,
+        hyp: Mapping[str, Any] | None = None,
+        names: Sequence[str] | None = None,
+        cache: Literal["ram"] | None = None,
+        rect: bool = False,
+        batch_size: int = 16,
+        stride: int = 32,
+        single_cls: bool = False,
+        seed: int = 0,
+        *,
+        cache_dir: str | Path | None = None,
+        buffer_mb: float = 256.0,
+        mosaic_backend: Literal["fast", "albumentations"] = "fast",
+        verbose: bool = False,
+    ) -> None:
+        if imgsz % stride:
+            raise ValueError(f"imgsz={imgsz} must be a multiple of stride={stride} (e.g. 320, 640)")
+        if cache not in (None, "ram"):
+            raise ValueError(f"cache={cache!r}: expected None or 'ram'")
+        if not images:
+            raise ValueError("YoloDataset got no images; check the split's folder or .txt list")
+        self.imgsz, self.augment, self.rect, self.stride = imgsz, augment, rect, stride
+        self.hyp = resolve_hyp(hyp)
+        self.names = list(names) if names is not None else None
+        self.seed = int(seed) % 2**63  # SeedSequence takes non-negative entropy
+        nc = len(self.names) if self.names else None
+        entries, cache_file, hit = load_or_build(
+            [Path(p) for p in images], nc, check_image_label, Path(cache_dir) if cache_dir else None
+        )
+        self.report = build_report(entries, self.names, cache_file, hit)
+        usable = [e for e in entries if e["status"] != "corrupt"]
+        if not usable:
+            raise ValueError(f"no usable image among {len(entries)} (first: {entries[0]['file']})")
+        self.im_files = [e["file"] for e in usable]
+        self.shapes = np.array([e["shape"] for e in usable], dtype=np.int64).reshape(-1, 2)  # (h0, w0)
+        self.labels = [np.array(e["labels"], dtype=np.float32).reshape(-1, 5) for e in usable]
+        if single_cls:
+            for lb in self.labels:
+                lb[:, 0] = 0
+        self.batch_shapes: np.ndarray | None = None
+        self.batch_index: np.ndarray | None = None
+        if rect:
+            self._make_rect_shapes(batch_size)
+        # [epoch, mosaic on]: shared memory so the main process' setters reach the workers
+        self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
+        self.mosaic_backend = mosaic_backend
+        self._pipelines: dict[bool, Any] = {}
+        self._buffer: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._buffer_bytes, self.buffer_bytes_max = 0, int(buffer_mb * 2**20)
+        self._ram: list[np.ndarray] | None = None
+        self._pool: tuple[int, np.ndarray | None] | None = None  # (epoch, donor indices)
+        if verbose:
+            r = self.report
+            print(
+                f"{len(self.im_files)} images, {r['backgrounds']} backgrounds, {r['boxes']} boxes, "
+                f"{r['corrupt']} corrupt, {len(r['problems'])} problems "
+                f"(label cache {'hit' if hit else 'built'}: {cache_file})"
+            )
+        if cache == "ram":
+            self._cache_ram(verbose)
+
+    def __len__(self) -> int:
+        return len(self.im_files)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation randomness of `epoch` (reaches workers at their next item)."""
+        self._state[0] = int(epoch)
+
+    def set_mosaic(self, enabled: bool) -> None:
+        """Close mosaic (and mixup) with False; reaches workers from the loader's next iteration."""
+        self._state[1] = int(bool(enabled))
+
+    @property
+    def mosaic_enabled(self) -> bool:
+        return bool(self._state[1])
+
+    def _make_rect_shapes(self, batch_size: int) -> None:
+        """Sort by aspect ratio and give every batch the smallest stride-multiple shape (YOLOv5)."""
+        ar = self.shapes[:, 0] / self.shapes[:, 1]  # h / w
+        order = np.argsort(ar, kind="stable")
+        self.im_files = [self.im_files[i] for i in order]
+        self.labels = [self.labels[i] for i in order]
+        self.shapes, ar = self.shapes[order], ar[order]
+        self.batch_index = np.arange(len(ar)) // batch_size
+        shapes = []
+        for b in range(int(self.batch_index[-1]) + 1):
+            ari = ar[self.batch_index == b]
+            lo, hi = ari.min(), ari.max()
+            shapes.append([hi, 1.0] if hi < 1 else [1.0, 1.0 / lo] if lo > 1 else [1.0, 1.0])
+        pad = 0.0 if self.augment else 0.5
+        grid = np.ceil(np.array(shapes) * self.imgsz / self.stride + pad).astype(np.int64)
+        self.batch_shapes = grid * self.stride  # (n_batches, 2) h, w
+
+    def _cache_ram(self, verbose: bool) -> None:
+        """Decode and resize every image once; print the memory it takes first."""
+        r = self.imgsz / self.shapes.max(1)
+        nbytes = int((np.round(self.shapes[:, 0] * r) * np.round(self.shapes[:, 1] * r) * 3).sum())
+        print(f"caching {len(self)} images in RAM: {nbytes / 2**20:.1f} MB")
+        with ThreadPoolExecutor(4) as pool:
+            self._ram = list(pool.map(self._decode, range(len(self))))
+
+    def _decode(self, i: int) -> np.ndarray:
+        return load_rgb(self.im_files[i], self.imgsz, fast=self.augment)
+
+    def load_image(self, i: int) -> np.ndarray:
+        """Image `i` as RGB uint8, long side resized to `imgsz` (RAM cache / LRU buffer / disk)."""
+        if self._ram is not None:
+            return self._ram[i]
+        img = self._buffer.get(i)
+        if img is not None:
+            self._buffer.move_to_end(i)
+            return img
+        img = self._decode(i)
+        if img.nbytes <= self.buffer_bytes_max:
+            self._buffer[i] = img
+            self._buffer_bytes += img.nbytes
+            while self._buffer_bytes > self.buffer_bytes_max:
+                self._buffer_bytes -= self._buffer.popitem(last=False)[1].nbytes
+        return img
+
+    def donor_pool(self, epoch: int) -> np.ndarray | None:
+        """Indices the mosaic donors of `epoch` are drawn from; None means the whole dataset.
+
+        When the decoded dataset does not fit in half the LRU buffer, donors come from a pool of
+        images chosen per (seed, epoch) that does, so an item costs about one decode instead
+        of four (the role of ultralytics' recent-image buffer, but deterministic). Every image
+        is still a primary once per epoch, and the pool changes every epoch.
+        """
+        per_image = self.imgsz * self.imgsz * 9 // 4  # bytes of a decoded 4:3 image
+        size = max(16, self.buffer_bytes_max // 2 // per_image)
+        if self._ram is not None or self.buffer_bytes_max == 0 or len(self) <= size:
+            return None
+        if self._pool is None or self._pool[0] != epoch:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, 0, 1]))  # not an item stream
+            self._pool = (epoch, np.sort(rng.choice(len(self), size, replace=False)))
+        return self._pool[1]
+
+    def _yolo_rows(self, i: int) -> np.ndarray:
+        """Labels of image `i` as albumentations YOLO rows `(n, 5)`: cx, cy, w, h, class."""
+        lb = self.labels[i]
+        return np.concatenate([lb[:, 1:5], lb[:, :1]], 1)
+
+    def _target_shape(self, i: int) -> tuple[int, int]:
+        if self.batch_shapes is not None:
+            return tuple(int(v) for v in self.batch_shapes[self.batch_index[i]])
+        return (self.imgsz, self.imgsz)
+
+    def _letterboxed(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """Letterbox image `i` to its target shape; boxes re-normalized to the padded image."""
+        img = self.load_image(i)
+        h0, w0 = (int(v) for v in self.shapes[i])
+        out, (ry, rx), (left, top) = letterbox(img, self._target_shape(i), scaleup=self.augment)
+        nh, nw = round(ry * img.shape[0]), round(rx * img.shape[1])  # image inside the padding
+        rows = self._yolo_rows(i).copy()
+        H, W = out.shape[:2]
+        rows[:, [0, 2]] = (rows[:, [0, 2]] * nw + np.array([left, 0])) / W
+        rows[:, [1, 3]] = (rows[:, [1, 3]] * nh + np.array([top, 0])) / H
+        ratio_pad = ((nh / h0, nw / w0), (left, top))
+        return out, rows, ratio_pad
+
+    def _pipeline(self, mosaic: bool):
+        if mosaic not in self._pipelines:  # built lazily, per process
+            self._pipelines[mosaic] = build_train_transform(
+                self.imgsz, self.hyp, mosaic=mosaic, backend=self.mosaic_backend
+            )
+        return self._pipelines[mosaic]
+
+    def _augmented(self, i: int, rng: np.random.Generator, use_mosaic: bool) -> dict[str, Any]:
+        """One pass of the train pipeline for image `i`, randomness drawn from `rng`."""
+        extra: dict[str, Any] = {}
+        if use_mosaic:
+            img, rows = self.load_image(i), self._yolo_rows(i)
+            pool = self.donor_pool(int(self._state[0]))
+            donors = rng.integers(0, len(self), 3) if pool is None else pool[rng.integers(0, len(pool), 3)]
+            extra["mosaic_metadata"] = [
+                {"image": self.load_image(int(j)), "bboxes": self._yolo_rows(int(j))} for j in donors
+            ]
+        else:
+            img, rows, _ = self._letterboxed(i)
+        pipeline = self._pipeline(use_mosaic)
+        pipeline.set_random_seed(int(rng.integers(2**31 - 1)))
+        res = pipeline(image=img, bboxes=rows, **extra)
+        boxes = np.asarray(res["bboxes"], dtype=np.float32).reshape(-1, rows.shape[1])
+        return {"image": res["image"], "bboxes": boxes}
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        epoch, mosaic_on = int(self._state[0]), bool(self._state[1])
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, int(i)]))
+        h0, w0 = (int(v) for v in self.shapes[i])
+        if self.augment:
+            use_mosaic = mosaic_on and not self.rect and rng.random() < self.hyp["mosaic"]
+            sample = self._augmented(i, rng, use_mosaic)
+            if use_mosaic and self.hyp["mixup"] > 0 and rng.random() < self.hyp["mixup"]:
+                other = self._augmented(int(rng.integers(len(self))), rng, True)
+                sample = mixup(sample, other, rng)
+            r = self.imgsz / max(h0, w0)
+            ratio_pad = ((r, r), (0, 0))  # nominal: the geometry is random after augmentation
+            image, rows = sample["image"], sample["bboxes"]
+        else:
+            image, rows, ratio_pad = self._letterboxed(i)
+        return {
+            "image": np.ascontiguousarray(image),
+            "boxes": rows[:, :4].astype(np.float32),
+            "classes": rows[:, 4].astype(np.int64),
+            "path": self.im_files[i],
+            "orig_shape": (h0, w0),
+            "ratio_pad": ratio_pad,
+        }
+
+
+def build_report(
+    entries: list[dict[str, Any]],
+    names: Sequence[str] | None,
+    cache_file: Path | None = None,
+    cache_hit: bool = False,
+) -> dict[str, Any]:
+    """Counts and problems of a split from its checked entries (JSON-ready).
+
+    Keys: `images` (usable), `backgrounds`, `boxes`, `corrupt`, `missing_labels`,
+    `empty_labels`, `duplicates_removed`, `rows_dropped`, `boxes_per_class` (name -> count),
+    `problems` (list of `{file, problem}`), `cache_file`, `cache_hit`.
+    """
+    usable = [e for e in entries if e["status"] != "corrupt"]
+    counts: dict[int, int] = {}
+    for e in usable:
+        for row in e["labels"]:
+            counts[int(row[0])] = counts.get(int(row[0]), 0) + 1
+    label = (lambda c: names[c] if c < len(names) else str(c)) if names else str
+    return {
+        "images": len(usable),
+        "backgrounds": sum(e["status"] == "background" for e in usable),
+        "boxes": sum(counts.values()),
+        "corrupt": len(entries) - len(usable),
+        "missing_labels": sum(bool(e["missing"]) for e in entries),
+        "empty_labels": sum(bool(e["empty"]) for e in entries),
+        "duplicates_removed": sum(int(e["duplicates"]) for e in entries),
+        "rows_dropped": sum(int(e["rows_dropped"]) for e in entries),
+        "boxes_per_class": {label(c): counts[c] for c in sorted(counts)},
+        "problems": [{"file": e["file"], "problem": p} for e in entries for p in e["problems"]],
+        "cache_file": str(cache_file) if cache_file else None,
+        "cache_hit": cache_hit,
+    }

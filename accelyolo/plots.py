@@ -1,0 +1,150 @@
+"""PNG pictures with Pillow only: batches with their boxes, and the label distribution."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+_PALETTE = [
+    (255, 56, 56), (255, 157, 151), (255, 112, 31), (255, 178, 29), (207, 210, 49),
+    (72, 249, 10), (146, 204, 23), (61, 219, 134), (26, 147, 52), (0, 212, 187),
+    (44, 153, 168), (0, 194, 255), (52, 69, 147), (100, 115, 255), (0, 24, 236),
+    (132, 56, 255), (82, 0, 133), (203, 56, 255), (255, 149, 200), (255, 55, 199),
+]  # fmt: skip
+
+
+def class_colour(cls: int) -> tuple[int, int, int]:
+    """A stable colour per class id."""
+    return _PALETTE[int(cls) % len(_PALETTE)]
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def draw_boxes(
+    image: np.ndarray | Image.Image,
+    boxes: Any,
+    classes: Any,
+    names: Sequence[str] | None = None,
+    scores: Any = None,
+    width: int = 1,
+) -> Image.Image:
+    """Draw pixel `xyxy` boxes `(n, 4)` with class names (and scores) on a copy of `image`.
+
+    Args:
+        image: RGB uint8 `(H, W, 3)` array or a PIL image.
+        boxes: `(n, 4)` x1, y1, x2, y2 in pixels.
+        classes: `(n,)` class ids.
+        names: class names for the labels (ids are shown without them).
+        scores: optional `(n,)` confidences shown after the name.
+        width: line width in px.
+    """
+    im = image.copy() if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    draw = ImageDraw.Draw(im)
+    boxes, classes = _to_numpy(boxes).reshape(-1, 4), _to_numpy(classes).reshape(-1)
+    scores = None if scores is None else _to_numpy(scores).reshape(-1)
+    for k, (box, c) in enumerate(zip(boxes, classes)):
+        colour = class_colour(int(c))
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        text = names[int(c)] if names is not None and int(c) < len(names) else str(int(c))
+        if scores is not None:
+            text += f" {scores[k]:.2f}"
+        tx, ty = x1, max(y1 - 10, 0)
+        draw.rectangle(draw.textbbox((tx, ty), text), fill=colour)
+        draw.text((tx, ty), text, fill=(255, 255, 255))
+    return im
+
+
+def plot_batch(
+    images: Any,
+    targets: Any,
+    paths: Sequence[str],
+    names: Sequence[str],
+    fname: str | Path,
+    preds: Sequence[Any] | None = None,
+    max_images: int = 16,
+) -> Path:
+    """Save a grid of a batch with its boxes as PNG.
+
+    Args:
+        images: uint8 `(B, 3, H, W)` tensor or array (a collated batch).
+        targets: `(N, 6)` = image index, class, cx, cy, w, h normalized, or None.
+        paths: image paths (file names are written under each tile).
+        names: class names.
+        fname: output PNG.
+        preds: optional per-image `(n, 6)` = x1, y1, x2, y2 (pixels), confidence, class.
+        max_images: at most this many tiles.
+    """
+    imgs = _to_numpy(images)[:max_images]
+    if imgs.dtype != np.uint8:  # float batches in [0, 1]
+        imgs = (np.clip(imgs, 0, 1) * 255).astype(np.uint8)
+    b, _, h, w = imgs.shape
+    cols = math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    grid = Image.new("RGB", (cols * w, rows * (h + 12)), (255, 255, 255))
+    t = None if targets is None else _to_numpy(targets).reshape(-1, 6)
+    for i in range(b):
+        tile = Image.fromarray(imgs[i].transpose(1, 2, 0))
+        if t is not None:
+            ti = t[t[:, 0] == i]
+            cx, cy, bw, bh = ti[:, 2] * w, ti[:, 3] * h, ti[:, 4] * w, ti[:, 5] * h
+            xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+            tile = draw_boxes(tile, xyxy, ti[:, 1], names)
+        if preds is not None and i < len(preds):
+            p = _to_numpy(preds[i]).reshape(-1, 6)
+            tile = draw_boxes(tile, p[:, :4], p[:, 5], names, scores=p[:, 4])
+        x, y = (i % cols) * w, (i // cols) * (h + 12)
+        grid.paste(tile, (x, y))
+        if i < len(paths):
+            ImageDraw.Draw(grid).text((x + 2, y + h), Path(paths[i]).name[:40], fill=(0, 0, 0))
+    fname = Path(fname)
+    fname.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(fname)
+    return fname
+
+
+def plot_labels(labels: Sequence[np.ndarray] | np.ndarray, names: Sequence[str], fname: str | Path) -> Path:
+    """Save the label distribution as PNG: class histogram, box centres, box sizes.
+
+    Args:
+        labels: per-image `(n, 5)` arrays (cls, cx, cy, w, h normalized) or one stacked array.
+        names: class names (the histogram has one bar per class).
+        fname: output PNG.
+    """
+    lb = np.concatenate([np.asarray(x).reshape(-1, 5) for x in labels]) if len(labels) else np.zeros((0, 5))
+    panel, pad = 300, 30
+    im = Image.new("RGB", (3 * panel + 4 * pad, panel + 2 * pad + 40), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    # class histogram
+    nc = max(len(names), 1)
+    counts = np.bincount(lb[:, 0].astype(int), minlength=nc)[:nc] if len(lb) else np.zeros(nc, int)
+    x0, y0 = pad, pad
+    draw.rectangle([x0, y0, x0 + panel, y0 + panel], outline=(0, 0, 0))
+    bar = panel / nc
+    top = max(int(counts.max()), 1)
+    for c, n in enumerate(counts):
+        bh = panel * n / top
+        draw.rectangle([x0 + c * bar, y0 + panel - bh, x0 + (c + 1) * bar - 1, y0 + panel], fill=class_colour(c))
+    draw.text((x0, y0 + panel + 4), f"instances per class (max {top}), {len(lb)} boxes", fill=(0, 0, 0))
+    if nc <= 12:
+        for c, name in enumerate(names):
+            draw.text((x0 + c * bar + 2, y0 + panel + 16), str(name)[:6], fill=(0, 0, 0))
+    # centre and size scatter plots
+    for k, (cols, title) in enumerate((((1, 2), "box centres x, y"), ((3, 4), "box sizes w, h"))):
+        x0 = pad + (k + 1) * (panel + pad)
+        draw.rectangle([x0, y0, x0 + panel, y0 + panel], outline=(0, 0, 0))
+        for row in lb[:20000]:
+            px, py = x0 + row[cols[0]] * panel, y0 + row[cols[1]] * panel
+            draw.point((px, py), fill=class_colour(int(row[0])))
+        draw.text((x0, y0 + panel + 4), title + " (0..1)", fill=(0, 0, 0))
+    fname = Path(fname)
+    fname.parent.mkdir(parents=True, exist_ok=True)
+    im.save(fname)
+    return fname

@@ -1,0 +1,270 @@
+"""Augmentation keeps boxes true; letterbox/rect; determinism across workers; close mosaic; collate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from accelyolo.data import YoloDataset, build_dataloader, collate_fn
+from accelyolo.data.checks import img2label_path
+from accelyolo.data.transforms import HsvGain, letterbox
+
+# flat, fully saturated colours; blends with black (background), with each other at edges or
+# with the grey padding (114) never land within COLOUR_TOL of another one
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 255)]
+COLOUR_TOL = 40
+NO_HSV = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}
+
+
+def rect_dataset(root: Path, n: int = 8, seed: int = 0) -> list[Path]:
+    """Images (64x64 and 64x48) of black with 2-3 non-touching flat rectangles, class = colour."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for k in range(n):
+        h, w = (64, 64) if k % 2 else (48, 64)
+        img = np.zeros((h, w, 3), np.uint8)
+        rows, taken = [], np.zeros((h, w), bool)
+        for c in rng.choice(len(COLOURS), size=3, replace=False):
+            bw, bh = (int(v) for v in rng.integers(12, 22, 2))
+            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            if taken[max(y - 3, 0) : y + bh + 3, max(x - 3, 0) : x + bw + 3].any():
+                continue
+            taken[y : y + bh, x : x + bw] = True
+            img[y : y + bh, x : x + bw] = COLOURS[c]
+            rows.append(f"{c} {(x + bw / 2) / w} {(y + bh / 2) / h} {bw / w} {bh / h}\n")
+        p = root / "images" / f"{k}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(p)
+        lp = img2label_path(p)
+        lp.parent.mkdir(parents=True, exist_ok=True)
+        lp.write_text("".join(rows))
+        images.append(p)
+    return images
+
+
+def assert_boxes_true(item: dict, tol: int = 2, leftover: int = 60) -> None:
+    """Every box encloses its colour within `tol` px, and no colour is left without its box."""
+    img = item["image"].astype(int)
+    h, w = img.shape[:2]
+    xyxy = np.concatenate(
+        [item["boxes"][:, :2] - item["boxes"][:, 2:] / 2, item["boxes"][:, :2] + item["boxes"][:, 2:] / 2], 1
+    )
+    xyxy = xyxy * [w, h, w, h]
+    for c, colour in enumerate(COLOURS):
+        mask = (np.abs(img - colour) < COLOUR_TOL).all(2)
+        covered = np.zeros_like(mask)
+        for (x1, y1, x2, y2), cls in zip(xyxy, item["classes"]):
+            if cls != c:
+                continue
+            inside = mask[max(int(y1), 0) : int(np.ceil(y2)), max(int(x1), 0) : int(np.ceil(x2))]
+            assert inside.any(), f"box of class {c} holds none of its colour"
+            ys, xs = np.nonzero(inside)
+            ox, oy = max(int(x1), 0), max(int(y1), 0)
+            # tight: the colour reaches within tol px of every edge of its box
+            assert xs.min() + ox <= x1 + tol and xs.max() + ox + 1 >= x2 - tol, (c, x1, x2)
+            assert ys.min() + oy <= y1 + tol and ys.max() + oy + 1 >= y2 - tol, (c, y1, y2)
+            covered[
+                max(int(np.floor(y1)) - tol, 0) : int(np.ceil(y2)) + tol,
+                max(int(np.floor(x1)) - tol, 0) : int(np.ceil(x2)) + tol,
+            ] = True
+        # pixels of a colour outside all its boxes: only remnants of boxes dropped by the rules
+        assert (mask & ~covered).sum() <= leftover, f"colour {c}: {(mask & ~covered).sum()} px without a box"
+
+
+@pytest.mark.parametrize("mosaic,backend", [(1.0, "fast"), (1.0, "albumentations"), (0.0, "fast")])
+def test_boxes_stay_true_through_augmentation(tmp_path: Path, mosaic: float, backend: str):
+    images = rect_dataset(tmp_path)
+    hyp = {**NO_HSV, "mosaic": mosaic, "flipud": 0.5, "fliplr": 0.5, "scale": 0.5, "translate": 0.1}
+    ds = YoloDataset(images, imgsz=64, augment=True, hyp=hyp, names=[str(c) for c in range(7)], mosaic_backend=backend)
+    n_boxes = 0
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item["image"].shape == (64, 64, 3)
+            assert ((item["boxes"] >= 0) & (item["boxes"] <= 1)).all()
+            assert_boxes_true(item)
+            n_boxes += len(item["boxes"])
+    assert n_boxes > 3 * len(ds)  # boxes survive, the test is not vacuous
+
+
+def test_mixup_keeps_boxes_of_both_samples(tmp_path: Path):
+    images = rect_dataset(tmp_path)
+    ds = YoloDataset(images, imgsz=64, augment=True, hyp={**NO_HSV, "mixup": 1.0}, names=list("abcdefg"))
+    solo = YoloDataset(images, imgsz=64, augment=True, hyp={**NO_HSV, "mixup": 0.0}, names=list("abcdefg"))
+    more = sum(len(ds[i]["boxes"]) > len(solo[i]["boxes"]) for i in range(len(ds)))
+    assert more >= len(ds) // 2
+    # the blend has pixel values of neither flat colour nor black
+    assert any(len(np.unique(ds[i]["image"].reshape(-1, 3), axis=0)) > 12 for i in range(len(ds)))
+
+
+def test_val_letterbox_and_ratio_pad(tmp_path: Path):
+    images = rect_dataset(tmp_path, n=2)  # image 0 is 64 wide, 48 high
+    ds = YoloDataset(images, imgsz=128, names=list("abcdefg"))
+    item = ds[0]
+    assert item["image"].shape == (128, 128, 3) and item["orig_shape"] == (48, 64)
+    (ry, rx), (pad_w, pad_h) = item["ratio_pad"]
+    assert (ry, rx, pad_w, pad_h) == (2.0, 2.0, 0, 16)
+    assert (item["image"][:16] == 114).all() and (item["image"][-16:] == 114).all()
+    assert_boxes_true(item)
+    # boxes mapped back with ratio_pad land on the original label
+    label = np.loadtxt(img2label_path(images[0]), ndmin=2)
+    cx = (item["boxes"][:, 0] * 128 - pad_w) / rx / 64
+    cy = (item["boxes"][:, 1] * 128 - pad_h) / ry / 48
+    np.testing.assert_allclose(np.stack([cx, cy], 1), label[:, 1:3], atol=1e-5)
+
+
+def test_rect_batches_are_stride_multiples_and_sorted(tmp_path: Path):
+    images = rect_dataset(tmp_path, n=6)
+    ds = YoloDataset(images, imgsz=64, names=list("abcdefg"), rect=True, batch_size=2, stride=32)
+    assert (ds.batch_shapes % 32 == 0).all()
+    ar = ds.shapes[:, 0] / ds.shapes[:, 1]
+    assert (np.diff(ar) >= 0).all()
+    dl = build_dataloader(ds, batch_size=2, workers=0, shuffle=True)
+    shapes = [tuple(b["images"].shape[2:]) for b in dl]
+    assert shapes == [tuple(s) for s in ds.batch_shapes]
+    assert shapes[0][0] < shapes[0][1]  # the 48-high images get a wide batch
+    for i in range(len(ds)):
+        assert_boxes_true(ds[i])
+
+
+def test_letterbox_function():
+    img = np.full((30, 60, 3), 7, np.uint8)
+    out, ratio, pad = letterbox(img, (64, 64))
+    assert out.shape == (64, 64, 3) and ratio == (32 / 30, 64 / 60) and pad == (0, 16)
+    out, ratio, pad = letterbox(img, (64, 64), scaleup=False)
+    assert ratio == (1.0, 1.0) and pad == (2, 17) and (out[17:47, 2:62] == 7).all()
+
+
+def test_hsv_gain_is_seeded_and_changes_colour():
+    img = np.full((8, 8, 3), (120, 80, 40), np.uint8)
+    t = HsvGain(0.015, 0.7, 0.4, p=1.0)
+    t.set_random_seed(1)
+    a = t(image=img)["image"]
+    t.set_random_seed(1)
+    b = t(image=img)["image"]
+    assert (a == b).all() and not (a == img).all()
+    zero = HsvGain(0.0, 0.0, 0.0)(image=img)["image"]
+    assert np.abs(zero.astype(int) - img).max() <= 2
+
+
+def test_collate_shapes():
+    items = [
+        {"image": np.zeros((32, 64, 3), np.uint8), "boxes": np.array([[0.5, 0.5, 0.1, 0.2]], np.float32),
+         "classes": np.array([3]), "path": "a", "orig_shape": (10, 20), "ratio_pad": ((1, 1), (0, 0))},
+        {"image": np.ones((32, 64, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
+         "classes": np.zeros(0, np.int64), "path": "b", "orig_shape": (10, 20), "ratio_pad": ((1, 1), (0, 0))},
+        {"image": np.ones((32, 64, 3), np.uint8), "boxes": np.full((2, 4), 0.25, np.float32),
+         "classes": np.array([0, 1]), "path": "c", "orig_shape": (10, 20), "ratio_pad": ((1, 1), (0, 0))},
+    ]  # fmt: skip
+    batch = collate_fn(items)
+    assert batch["images"].shape == (3, 3, 32, 64) and batch["images"].dtype == torch.uint8
+    assert batch["targets"].shape == (3, 6) and batch["targets"].dtype == torch.float32
+    assert batch["targets"][:, 0].tolist() == [0, 2, 2] and batch["targets"][:, 1].tolist() == [3, 0, 1]
+    assert batch["paths"] == ["a", "b", "c"] and len(batch["ratio_pads"]) == 3
+
+
+def _items_by_path(dl) -> dict[str, tuple]:
+    out = {}
+    for batch in dl:
+        t = batch["targets"]
+        for b, path in enumerate(batch["paths"]):
+            out[path] = (batch["images"][b].numpy().copy(), t[t[:, 0] == b, 1:].numpy().copy())
+    return out
+
+
+def test_same_seed_epoch_index_gives_same_item_in_workers(tmp_path: Path):
+    images = rect_dataset(tmp_path)
+    hyp = {"mosaic": 0.7, "mixup": 0.5, "degrees": 5.0, "shear": 2.0}
+    ds = YoloDataset(images, imgsz=64, augment=True, hyp=hyp, names=list("abcdefg"), seed=7)
+    dl = build_dataloader(ds, batch_size=3, workers=2, shuffle=True, seed=1)
+    for epoch in (0, 1):  # set_epoch must reach the persistent workers
+        ds.set_epoch(epoch)
+        in_workers = _items_by_path(dl)
+        assert len(in_workers) == len(ds)
+        for i in range(len(ds)):
+            item = ds[i]
+            image, rows = in_workers[item["path"]]
+            np.testing.assert_array_equal(image, item["image"].transpose(2, 0, 1))
+            np.testing.assert_array_equal(rows[:, 0], item["classes"])
+            np.testing.assert_allclose(rows[:, 1:], item["boxes"])
+    ds.set_epoch(0)
+    assert any(not np.array_equal(ds[i]["image"], in_workers[ds.im_files[i]][0].transpose(1, 2, 0))
+               for i in range(len(ds)))  # epoch 1 differs from epoch 0  # fmt: skip
+
+
+def flat_dataset(root: Path) -> list[Path]:
+    """Eight 64x64 images, each one flat colour of its own, one full-image box."""
+    images = []
+    for k, colour in enumerate([(0, 0, 0), *COLOURS]):
+        p = root / "images" / f"{k}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), colour).save(p)
+        lp = img2label_path(p)
+        lp.parent.mkdir(parents=True, exist_ok=True)
+        lp.write_text("0 0.5 0.5 0.9 0.9\n")
+        images.append(p)
+    return images
+
+
+def _colours_in(image: np.ndarray) -> int:
+    """How many source colours (of black + COLOURS) cover >= 20 px of a CHW image."""
+    img = image.transpose(1, 2, 0).astype(int)
+    return sum((np.abs(img - c) < 20).all(2).sum() >= 20 for c in [(0, 0, 0), *COLOURS])
+
+
+def test_close_mosaic_reaches_persistent_workers(tmp_path: Path):
+    ds = YoloDataset(flat_dataset(tmp_path), imgsz=64, augment=True, hyp={**NO_HSV, "mosaic": 1.0},
+                     names=["a"])  # fmt: skip
+    dl = build_dataloader(ds, batch_size=4, workers=2, shuffle=True, seed=0)
+    assert dl.persistent_workers
+    first = [_colours_in(im) for b in dl for im in b["images"].numpy()]
+    assert max(first) >= 2  # mosaics mix the flat images
+    ds.set_mosaic(False)
+    ds.set_epoch(1)
+    second = [_colours_in(im) for b in dl for im in b["images"].numpy()]
+    assert max(second) == 1 and len(second) == len(ds)
+    ds.set_mosaic(True)
+    assert max(_colours_in(im) for b in dl for im in b["images"].numpy()) >= 2
+
+
+def test_ram_cache_prints_size_and_changes_nothing(tmp_path: Path, capsys):
+    images = rect_dataset(tmp_path, n=4)
+    plain = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"), buffer_mb=0)
+    ram = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"), cache="ram")
+    assert "caching 4 images in RAM" in capsys.readouterr().out
+    for i in range(4):
+        np.testing.assert_array_equal(plain[i]["image"], ram[i]["image"])
+
+
+def test_single_cls_and_bad_arguments(tmp_path: Path):
+    images = rect_dataset(tmp_path, n=2)
+    ds = YoloDataset(images, imgsz=64, names=list("abcdefg"), single_cls=True)
+    assert all((lb[:, 0] == 0).all() for lb in ds.labels)
+    with pytest.raises(ValueError, match="multiple of stride"):
+        YoloDataset(images, imgsz=70)
+    with pytest.raises(ValueError, match="cache"):
+        YoloDataset(images, imgsz=64, cache="disk")
+
+
+def test_donor_pool_bounds_decodes_on_large_datasets(tmp_path: Path, monkeypatch):
+    import accelyolo.data.dataset as dataset_module
+
+    images = rect_dataset(tmp_path, n=48)
+    decodes = []
+    original = dataset_module.load_rgb
+    monkeypatch.setattr(dataset_module, "load_rgb", lambda *a, **k: decodes.append(a[0]) or original(*a, **k))
+    pool_mb = 2 * 16 * (64 * 64 * 9 // 4) / 2**20  # a buffer whose half holds 16 images
+    ds = YoloDataset(images, imgsz=64, augment=True, hyp={"mosaic": 1.0}, names=list("abcdefg"), buffer_mb=pool_mb)
+    pool = ds.donor_pool(0)
+    assert pool is not None and len(pool) == 16 and not np.array_equal(pool, ds.donor_pool(1))
+    ds.set_epoch(0)
+    for i in range(len(ds)):
+        ds[i]
+    assert len(decodes) <= len(ds) + 16 + 8  # ~one decode per item, not four
+    big = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"))
+    assert big.donor_pool(0) is None  # the whole dataset fits: donors from everywhere
