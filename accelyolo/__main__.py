@@ -1,0 +1,7 @@
+"""`python -m accelyolo ...` is the `accelyolo` console script."""
+
+import sys
+
+from accelyolo.cli import main
+
+sys.exit(main())

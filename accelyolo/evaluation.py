@@ -1,0 +1,74 @@
+"""The validation loop shared by the trainer and `accelyolo val`: every rank evaluates its shard.
+
+Each rank runs the model over its part of the validation loader, turns detections and labels into small
+per-image records, and the records of all ranks are gathered once at the end. Images that DDP's even
+batching repeated on the last batch carry the same image id and are dropped when the records merge, so
+no rank waits alone on a barrier and no image counts twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from accelyolo.boxes import non_max_suppression, xywh2xyxy
+from accelyolo.metrics import DetectionEvaluator, DetectionResult
+
+
+def targets_to_pixels(targets: torch.Tensor, batch_size: int, height: int, width: int) -> list:
+    """Split collated targets `(N, 6)` [img, cls, cx, cy, w, h] (normalized) into per-image
+    `(boxes xyxy pixels (m, 4), classes (m,))` pairs."""
+    scale = targets.new_tensor([width, height, width, height])
+    boxes = xywh2xyxy(targets[:, 2:6] * scale)
+    out = []
+    for i in range(batch_size):
+        keep = targets[:, 0] == i
+        out.append((boxes[keep], targets[keep, 1]))
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader,
+    accelerator: Accelerator,
+    nc: int,
+    names: list[str],
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.7,
+    max_det: int = 300,
+    on_batch: Callable[[dict[str, Any], list[torch.Tensor]], None] | None = None,
+) -> DetectionResult:
+    """Run `model` (eval mode, not DDP-wrapped) over this rank's shard of `loader`; gather; compute.
+
+    Every rank returns the same `DetectionResult`. `on_batch(batch, detections)` sees each local batch
+    with its detections (xyxy, conf, cls in letterboxed pixels), e.g. to write predictions.json.
+    """
+    was_training = model.training
+    model.eval()
+    local = DetectionEvaluator(nc=nc, names=names)
+    for batch in loader:
+        images = batch["images"].float() / 255.0  # (B, 3, H, W) in [0, 1]
+        with accelerator.autocast():
+            out = model(images)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        detections = non_max_suppression(out.float(), conf_thres=conf_thres, iou_thres=iou_thres,
+                                         max_det=max_det)
+        height, width = images.shape[2:]
+        truths = targets_to_pixels(batch["targets"].to(images.device), len(detections), height, width)
+        for path, det, (gt_boxes, gt_classes) in zip(batch["paths"], detections, truths):
+            local.add(str(path), det, gt_boxes, gt_classes)
+        if on_batch is not None:
+            on_batch(batch, detections)
+    records = local.records()
+    if accelerator.num_processes > 1:
+        records = gather_object(records)
+    merged = DetectionEvaluator(nc=nc, names=names)
+    merged.extend(records)
+    model.train(was_training)
+    return merged.compute()

@@ -1,0 +1,46 @@
+"""Run folders (`runs/train/exp`, `exp2`, ...) and finding the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
+    """`runs/train/exp` if free (or exist_ok), else the first free `exp2`, `exp3`, ..."""
+    path = Path(path)
+    if exist_ok or not path.exists():
+        return path
+    stem = re.sub(r"\d+$", "", path.name) or path.name
+    taken = {p.name for p in path.parent.iterdir()} if path.parent.exists() else set()
+    n = 2
+    while f"{stem}{n}" in taken:
+        n += 1
+    return path.parent / f"{stem}{n}"
+
+
+def find_resume_checkpoint(resume: str, project: str | Path) -> Path:
+    """`auto`: the newest `weights/last.safetensors` under `project`; otherwise the path itself.
+
+    A run folder is accepted too (its `weights/last.safetensors` is used).
+    """
+    if resume == "auto":
+        candidates = sorted(Path(project).glob("**/weights/last.safetensors"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise FileNotFoundError(
+                f"--resume auto found no weights/last.safetensors under '{project}'; "
+                "pass the checkpoint path: --resume runs/train/exp/weights/last.safetensors"
+            )
+        return candidates[-1]
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "weights" / "last.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint '{path}' does not exist.")
+    return path
+
+
+def run_dir_of_checkpoint(path: Path) -> Path:
+    """The run folder a `weights/*.safetensors` checkpoint belongs to."""
+    path = Path(path).resolve()
+    return path.parent.parent if path.parent.name == "weights" else path.parent

@@ -1,0 +1,58 @@
+"""Training entry point: `accelerate launch accelyolo/train.py [--recipe FILE] [--flag value ...]`.
+
+Also `python -m accelyolo.train` and `accelyolo train`. With no arguments it trains the default nano
+model on the built-in demo data (the `demo` recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from accelyolo.config import ConfigError, add_config_arguments, config_from_args
+
+DEFAULT_RECIPE = "demo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelyolo.trainer import fit
+
+    recipe, overrides = config_from_args(args)
+    if recipe is None and not overrides.get("data") and not overrides.get("resume"):
+        recipe = DEFAULT_RECIPE
+    try:
+        result = fit(recipe, **overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"accelyolo train: {exc}", file=sys.stderr)
+        return 2
+    print(f"results in {result.run_dir}: best epoch {result.best_epoch}, "
+          + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    return 0
+
+
+def setup_logging() -> None:
+    """Show accelyolo's INFO messages (and every library's warnings) on stderr."""
+    logger = logging.getLogger("accelyolo")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    parser = argparse.ArgumentParser(prog="accelyolo train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""`accelyolo val --weights FILE --data DATA_YAML` and `accelyolo.validate(...)`.
+
+Runs under `accelerate launch` too: each rank evaluates its shard and the records are gathered (see
+`accelyolo.evaluation`). The last line printed is `mAP50=<number> mAP50-95=<number>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ValResult:
+    """What `validate()` returns."""
+
+    metrics: dict[str, float]
+    result: Any  # accelyolo.metrics.DetectionResult
+    save_dir: Path | None
+    predictions_json: Path | None
+
+
+def validate(
+    weights: str,
+    data: str | None = None,
+    imgsz: int | None = None,
+    batch_size: int = 32,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+    workers: int = 2,
+    save_json: bool = False,
+    plots: bool = True,
+    project: str = "runs/val",
+    name: str = "exp",
+    exist_ok: bool = False,
+    rect: bool = True,
+    verbose: bool = True,
+) -> ValResult:
+    """Validate a `.safetensors` checkpoint on a dataset's `val` split (EMA weights when present).
+
+    `data` and `imgsz` default to the ones the checkpoint was trained with (the demo data if none).
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from rich.console import Console
+
+    from accelyolo.boxes import scale_boxes
+    from accelyolo.checkpoint import load_checkpoint
+    from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
+    from accelyolo.evaluation import evaluate
+    from accelyolo.metrics import coco_json_records
+    from accelyolo.runs import increment_path
+
+    accelerator = Accelerator()
+    console = Console()
+    model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
+    trained = meta.get("config", {})
+    imgsz = imgsz or int(trained.get("imgsz", 640))
+    with accelerator.main_process_first():
+        spec = load_data_yaml(data or trained.get("data") or demo_data_yaml())
+        names = list(meta.get("names") or spec.names)
+        if len(names) != model.nc:
+            raise ValueError(f"{weights}: the model has {model.nc} classes, the dataset {spec.yaml_path} "
+                             f"{len(names)}; pass the data.yaml the model was trained on.")
+        if not spec.splits.get("val"):
+            raise ValueError(f"{spec.yaml_path}: the 'val' split has no images.")
+        dataset = YoloDataset(spec.splits["val"], imgsz=imgsz, augment=False, hyp=None, names=names,
+                              rect=rect, batch_size=batch_size, stride=32,
+                              single_cls=bool(trained.get("single_cls", False)))
+    loader = build_dataloader(dataset, batch_size=batch_size, workers=workers, shuffle=False, seed=0)
+    model = model.to(accelerator.device).eval()
+    loader = accelerator.prepare(loader)
+
+    save_dir = None
+    if accelerator.is_main_process:
+        save_dir = increment_path(Path(project) / name, exist_ok)
+        save_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.num_processes > 1:
+        save_dir = gather_object([str(save_dir)])[0]
+    save_dir = Path(save_dir)
+
+    json_records: list[dict[str, Any]] = []
+    plotted = {"n": 0}
+
+    def on_batch(batch: dict[str, Any], detections: list[torch.Tensor]) -> None:
+        if save_json:
+            for det, path, orig, ratio_pad in zip(detections, batch["paths"], batch["orig_shapes"],
+                                                  batch["ratio_pads"]):
+                det = det.detach().float().cpu().clone()
+                det[:, :4] = scale_boxes(det[:, :4], ratio_pad=ratio_pad, orig_shape=tuple(orig))
+                json_records.extend(coco_json_records(str(path), det.numpy()))
+        if plots and accelerator.is_main_process and plotted["n"] < 3:
+            from accelyolo.plots import plot_batch
+
+            n = plotted["n"]
+            plot_batch(batch["images"].cpu(), batch["targets"].cpu(), batch["paths"], names,
+                       save_dir / f"val_batch{n}_labels.png")
+            plot_batch(batch["images"].cpu(), None, batch["paths"], names, save_dir / f"val_batch{n}_pred.png",
+                       preds=[d.detach().cpu() for d in detections])
+            plotted["n"] += 1
+
+    result = evaluate(model, loader, accelerator, nc=model.nc, names=names, conf_thres=conf, iou_thres=iou,
+                      max_det=max_det, on_batch=on_batch)
+    json_path = None
+    if save_json:
+        if accelerator.num_processes > 1:
+            json_records = gather_object(json_records)
+        json_records = _dedupe(json_records)
+        if accelerator.is_main_process:
+            json_path = save_dir / "predictions.json"
+            json_path.write_text(json.dumps(json_records))
+    metrics = result.as_dict()
+    if accelerator.is_main_process:
+        from accelyolo.reports import per_class_table, plot_confusion_matrix, plot_curves
+
+        if verbose:
+            console.print(per_class_table(result, names))
+        if plots:
+            plot_curves(result, names, save_dir)
+            plot_confusion_matrix(result, names, save_dir)
+    accelerator.wait_for_everyone()
+    return ValResult(metrics=metrics, result=result, save_dir=save_dir, predictions_json=json_path)
+
+
+def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop the exact repeats that DDP's even batching makes of the last images."""
+    seen, out = set(), []
+    for rec in records:
+        key = (rec["image_id"], rec["category_id"], tuple(rec["bbox"]), rec["score"])
+        if key not in seen:
+            seen.add(key)
+            out.append(rec)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="a .safetensors checkpoint written by accelyolo")
+    parser.add_argument("--data", default=None, help="data.yaml (default: the one the model was trained on)")
+    parser.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")
+    parser.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=32)
+    parser.add_argument("--conf", type=float, default=0.001, help="confidence threshold")
+    parser.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--save-json", action="store_true", help="write predictions.json (COCO results)")
+    parser.add_argument("--no-plots", dest="plots", action="store_false")
+    parser.add_argument("--project", default="runs/val")
+    parser.add_argument("--name", default="exp")
+    parser.add_argument("--exist-ok", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelyolo.checkpoint import CheckpointError
+
+    try:
+        out = validate(**vars(args))
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"accelyolo val: {exc}", file=sys.stderr)
+        return 2
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        m = out.metrics
+        print(f"mAP50={m['mAP50']:.4f} mAP50-95={m['mAP50-95']:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="accelyolo val", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The training loop in one process: run folder, checkpoints, exact resume, transfer, non-finite loss."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import accelyolo
+from accelyolo.callbacks import Callback
+from accelyolo.config import ConfigError
+from accelyolo.trainer import NonFiniteLossError, fit
+from tests.conftest import tiny_train_options
+
+
+class RecordSteps(Callback):
+    """Keeps every step's loss items and LRs; can stop the run after a given epoch."""
+
+    def __init__(self, stop_after_epoch: int | None = None) -> None:
+        self.steps = []
+        self.stop_after_epoch = stop_after_epoch
+
+    def on_step_end(self, trainer, step):
+        self.steps.append((step["epoch"], step["batch"], step["loss_items"], step["lrs"]))
+
+    def on_epoch_end(self, trainer, row):
+        if self.stop_after_epoch is not None and row["epoch"] == self.stop_after_epoch:
+            trainer.stop_requested = True
+
+
+def test_fit_writes_the_run_folder(tiny_demo, tmp_path):
+    result = fit(**tiny_train_options(tiny_demo, tmp_path, plots=True))
+    run = result.run_dir
+    assert run == tmp_path / "exp"
+    for name in ("args.yaml", "results.csv", "labels.png", "train_batch0.png", "PR_curve.png",
+                 "confusion_matrix.png", "weights/last.safetensors", "weights/best.safetensors",
+                 "weights/inference.safetensors"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/mAP50", "metrics/mAP50-95",
+            "lr/pg0", "lr/pg1", "lr/pg2"} <= set(rows[0])
+    assert result.epochs_completed == 2 and result.best_epoch in (1, 2)
+    assert set(result.metrics) >= {"precision", "recall", "mAP50", "mAP50-95", "fitness"}
+
+    with safe_open(str(run / "weights" / "last.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("model.") for k in keys) and any(k.startswith("ema.") for k in keys)
+    assert any(k.startswith("optimizer.state.") for k in keys)
+    with safe_open(str(run / "weights" / "inference.safetensors"), "pt") as f:
+        assert not any(k.startswith("optimizer.") for k in f.keys())  # noqa: SIM118
+
+    model, meta = accelyolo.load_checkpoint(str(run / "weights" / "inference.safetensors"))
+    assert meta["names"] == ["circle", "square", "triangle", "cross"][: model.nc] or len(meta["names"]) == model.nc
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 64))
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    assert out.shape[0] == 1 and out.shape[-1] == 4 + model.nc
+
+    second = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    assert second.run_dir == tmp_path / "exp2"  # incremented, the first run is untouched
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_exact(tiny_demo, tmp_path, workers):
+    """A run stopped after epoch 1 and resumed takes, step for step, the losses of one never stopped."""
+    opts = tiny_train_options(tiny_demo, tmp_path, epochs=3, workers=workers, warmup_epochs=1.0,
+                              warmup_min_iters=4, close_mosaic=1, batch_size=4, max_steps_per_epoch=6)
+    straight = RecordSteps()
+    fit(callbacks=[straight], **{**opts, "name": "straight"})
+
+    first = RecordSteps(stop_after_epoch=1)
+    stopped = fit(callbacks=[first], **{**opts, "name": "stopped"})
+    assert stopped.epochs_completed == 1
+    second = RecordSteps()
+    resumed = fit(callbacks=[second], resume=str(stopped.last_checkpoint))
+    assert resumed.run_dir == stopped.run_dir
+    assert len(straight.steps) == 18
+    assert first.steps + second.steps == straight.steps  # losses and LRs, bitwise
+    rows = list(csv.DictReader((stopped.run_dir / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+
+
+def test_resume_finished_run_and_extend(tiny_demo, tmp_path, caplog):
+    done = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    again = fit(resume=str(done.last_checkpoint))
+    assert again.epochs_completed == 1
+    assert "already finished 1 epochs of 1" in caplog.text
+    longer = fit(resume=str(done.last_checkpoint), epochs=2)
+    assert longer.epochs_completed == 2
+    with pytest.raises(ConfigError, match="cannot change: lr0"):
+        fit(resume=str(done.last_checkpoint), lr0=0.5)
+    auto = fit(resume="auto", project=str(tmp_path), epochs=2)  # newest last.safetensors under project
+    assert auto.run_dir == done.run_dir
+
+
+def test_weights_transfer_to_another_class_count(tiny_demo, tmp_path, capsys):
+    done = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, single_cls=True,
+                             weights=str(done.last_checkpoint)))
+    out = capsys.readouterr().out
+    assert "transferred" in out
+
+
+def test_nonfinite_losses_stop_with_last_checkpoint_intact(tiny_demo, tmp_path, monkeypatch):
+    import accelyolo.trainer as trainer_module
+
+    real_build_loss = trainer_module.build_loss
+
+    def poisoned_build_loss(model, **kwargs):
+        loss_fn = real_build_loss(model, **kwargs)
+
+        class Poisoned:
+            names = loss_fn.names
+            calls = 0
+
+            def __call__(self, preds, targets):
+                total, items = loss_fn(preds, targets)
+                Poisoned.calls += 1
+                if Poisoned.calls > 12:  # the first epoch (12 batches) is healthy
+                    total = total * float("nan")
+                return total, items
+
+        return Poisoned()
+
+    monkeypatch.setattr(trainer_module, "build_loss", poisoned_build_loss)
+    opts = tiny_train_options(tiny_demo, tmp_path, epochs=3, batch_size=4)
+    with pytest.raises(NonFiniteLossError, match="10 non-finite losses in a row"):
+        fit(**opts)
+    model, meta = accelyolo.load_checkpoint(str(tmp_path / "exp" / "weights" / "last.safetensors"))
+    assert meta["epoch"] == 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())

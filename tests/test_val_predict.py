@@ -1,0 +1,103 @@
+"""`accelyolo val` / `validate()` and `accelyolo predict` / `predict()` on a checkpoint trained here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import accelyolo
+from accelyolo.trainer import fit
+from tests.conftest import tiny_train_options
+from tests.test_distributed import TRAIN, env, launch_args
+
+REPO = TRAIN.rsplit("/accelyolo/", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_demo, tmp_path_factory):
+    project = tmp_path_factory.mktemp("runs")
+    result = fit(**tiny_train_options(tiny_demo, project, epochs=12, nbs=8, warmup_epochs=1.0, warmup_min_iters=6,
+                                      close_mosaic=3))
+    assert result.metrics["mAP50"] > 0.01  # learned something, so the comparisons below are not of zeros
+    return result
+
+
+def test_validate_matches_the_trainers_validation(trained, tiny_demo, tmp_path):
+    out = accelyolo.validate(weights=str(trained.best_checkpoint), data=str(tiny_demo), imgsz=64, batch_size=16,
+                             workers=0, rect=False, project=str(tmp_path), save_json=True)
+    for key in ("mAP50", "mAP50-95", "precision", "recall"):
+        assert out.metrics[key] == pytest.approx(trained.metrics[key], abs=1e-6), key
+    for name in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png",
+                 "val_batch0_labels.png", "val_batch0_pred.png", "predictions.json"):
+        assert (out.save_dir / name).is_file(), name
+    records = json.loads(out.predictions_json.read_text())
+    assert records, "a trained model predicts something at conf 0.001"
+    first = records[0]
+    assert set(first) == {"image_id", "category_id", "bbox", "score"}
+    assert isinstance(first["image_id"], str) and first["image_id"].startswith("val_")
+    assert 0 <= first["category_id"] < 4 and len(first["bbox"]) == 4
+    x, y, w, h = first["bbox"]
+    assert w >= 0 and h >= 0 and x >= -1 and y >= -1 and x + w <= 65 and y + h <= 65  # original pixels
+
+
+def test_val_cli_prints_the_last_line(trained, tiny_demo, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "accelyolo", "val", "--weights", str(trained.best_checkpoint),
+                           "--data", str(tiny_demo), "--workers", "0", "--project", str(tmp_path), "--no-plots"],
+                          capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("mAP50=") and " mAP50-95=" in last
+
+
+def test_val_cli_rejects_a_damaged_checkpoint(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    proc = subprocess.run([sys.executable, "-m", "accelyolo", "val", "--weights", str(bad)],
+                          capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 2
+    assert "bad.safetensors" in proc.stderr
+
+
+@pytest.mark.slow
+def test_val_under_two_processes_equals_one(trained, tiny_demo, tmp_path):
+    common = ["--weights", str(trained.best_checkpoint), "--data", str(tiny_demo), "--workers", "0",
+              "--no-plots", "--batch-size", "4", "--project", str(tmp_path)]
+    script = f"{REPO}/accelyolo/validate.py"
+    one = subprocess.run([sys.executable, script, *common], capture_output=True, text=True, env=env(), timeout=300)
+    two = subprocess.run(launch_args(2) + [script, *common], capture_output=True, text=True, env=env(), timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    last_one = one.stdout.strip().splitlines()[-1]
+    assert last_one.startswith("mAP50=")
+    assert two.stdout.strip().splitlines()[-1] == last_one
+    assert two.stdout.count("mAP50=") == 1  # printed by the main process only
+
+
+def test_predict_folder_with_a_corrupt_file(trained, tiny_demo, tmp_path, capsys):
+    images = sorted((tiny_demo.parent / "images" / "val").iterdir())[:3]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in images:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_text("not an image")
+    results = accelyolo.predict(weights=str(trained.inference_checkpoint), source=str(folder), conf=0.001,
+                                save=True, project=str(tmp_path / "pred"))
+    assert [r.path.rsplit("/", 1)[-1] for r in results] == [p.name for p in images]
+    assert "broken.jpg" in capsys.readouterr().err
+    for r in results:
+        assert r.boxes.shape[1] == 4 and len(r.scores) == len(r.classes) == len(r.names)
+        if len(r.boxes):
+            assert np.all(r.boxes[:, 2] >= r.boxes[:, 0]) and r.boxes.max() <= 64 + 1e-3
+    saved = tmp_path / "pred" / "exp"
+    assert (saved / "predictions.json").is_file()
+    assert len(list(saved.glob("*.png"))) == 3
+
+
+def test_cli_help_lists_the_subcommands():
+    proc = subprocess.run([sys.executable, "-m", "accelyolo", "--help"], capture_output=True, text=True, env=env())
+    assert proc.returncode == 0
+    for word in ("train", "val", "predict", "data"):
+        assert word in proc.stdout
