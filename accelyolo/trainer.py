@@ -46,6 +46,8 @@ from accelyolo.optim import (
     build_optimizer,
     lr_factor,
     scaled_weight_decay,
+    set_lr_momentum,
+    warmup_iterations,
     warmup_values,
 )
 from accelyolo.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -253,15 +255,14 @@ class Trainer:
         if cfg.max_steps_per_epoch:
             self.batches_per_epoch = min(self.batches_per_epoch, cfg.max_steps_per_epoch)
         nb = self.batches_per_epoch
-        self.warmup_iters = max(round(cfg.warmup_epochs * nb), cfg.warmup_min_iters) if cfg.warmup_epochs > 0 else 0
+        self.warmup_iters = warmup_iterations(cfg.warmup_epochs, nb, cfg.warmup_min_iters)
         self._fit_start_plots()
         for cb in self.callbacks:
             cb.on_fit_start(self)
 
-        if self.start_epoch >= cfg.epochs:
-            if accelerator.is_main_process:
-                LOGGER.warning("resume: the run in %s already finished %d epochs of %d; pass a larger --epochs "
-                               "to train it further.", self.run_dir, self.start_epoch, cfg.epochs)
+        if self.start_epoch >= cfg.epochs and accelerator.is_main_process:
+            LOGGER.warning("resume: the run in %s already finished %d epochs of %d; pass a larger --epochs "
+                           "to train it further.", self.run_dir, self.start_epoch, cfg.epochs)
         history: list[dict[str, Any]] = []
         best_metrics: dict[str, float] = {}
         self.last_result = None
@@ -330,12 +331,7 @@ class Trainer:
             lrs, momentum, accumulate = values["lrs"], values["momentum"], values["accumulate"]
         else:
             lrs, momentum, accumulate = [cfg.lr0 * lf] * 3, cfg.momentum, self.accumulate
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            group["lr"] = lr
-            if "momentum" in group:
-                group["momentum"] = momentum
-            elif "betas" in group:
-                group["betas"] = (momentum, group["betas"][1])
+        set_lr_momentum(self.optimizer, lrs, momentum)
         return accumulate
 
     def _multi_scale(self, images: torch.Tensor, ni: int) -> torch.Tensor:

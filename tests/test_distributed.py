@@ -100,8 +100,8 @@ def _same_image_dataset(root: Path, source_yaml: Path, copies: int = 8) -> Path:
 @pytest.mark.slow
 def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_demo, tmp_path):
     import torch
-    from accelyolo.checkpoint import save_checkpoint
 
+    from accelyolo.checkpoint import save_checkpoint
     from accelyolo.models import build_model
 
     # The anchor-based loss is a mean per element / matched target, so equal shards give each rank the
@@ -115,9 +115,9 @@ def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_dem
     save_checkpoint(init, model_state=model.state_dict(), metadata={"model": model.config})
     start = {f"model.{k}": v.numpy() for k, v in model.state_dict().items()}
     # clipping off: a clipped update hides a wrongly scaled gradient
-    no_aug = ["--weights", str(init), "--epochs", "1", "--max-steps-per-epoch", "1", "--lr0", "0.01", "--max-grad-norm", "0",
-              "--mosaic", "0", "--hsv-h", "0", "--hsv-s", "0", "--hsv-v", "0", "--translate", "0",
-              "--scale", "0", "--fliplr", "0"]
+    no_aug = ["--weights", str(init), "--epochs", "1", "--max-steps-per-epoch", "1", "--lr0", "0.01",
+              "--max-grad-norm", "0", "--mosaic", "0", "--hsv-h", "0", "--hsv-s", "0", "--hsv-v", "0",
+              "--translate", "0", "--scale", "0", "--fliplr", "0"]
     one, two = tmp_path / "one", tmp_path / "two"
     model_flag = ["--model", TINY_ANCHOR_BASED]
     run(launch_args(1) + [TRAIN] + train_flags(data, one, *no_aug, *model_flag, "--batch-size", "4"))
