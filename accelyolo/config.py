@@ -52,6 +52,7 @@ class TrainConfig:
     cos_lr: bool = _opt(False, "one-cycle cosine LR decay instead of linear", "train")
     nbs: int = _opt(64, "nominal batch size reached by gradient accumulation", "train")
     max_grad_norm: float = _opt(10.0, "clip the gradient norm once per optimizer step", "train")
+    channels_last: bool = _opt(True, "NHWC memory format for model and images (faster convolutions)", "train")
     multi_scale: bool = _opt(False, "random image size in [0.5, 1.5] x imgsz per batch", "train")
     close_mosaic: int = _opt(10, "turn mosaic/mixup off for the last N epochs", "train")
     label_smoothing: float = _opt(0.0, "label smoothing epsilon", "train")

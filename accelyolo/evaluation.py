@@ -42,17 +42,21 @@ def evaluate(
     iou_thres: float = 0.7,
     max_det: int = 300,
     on_batch: Callable[[dict[str, Any], list[torch.Tensor]], None] | None = None,
+    channels_last: bool = False,
 ) -> DetectionResult:
     """Run `model` (eval mode, not DDP-wrapped) over this rank's shard of `loader`; gather; compute.
 
     Every rank returns the same `DetectionResult`. `on_batch(batch, detections)` sees each local batch
     with its detections (xyxy, conf, cls in letterboxed pixels), e.g. to write predictions.json.
+    `channels_last` feeds NHWC images (for a model converted with `memory_format=torch.channels_last`).
     """
     was_training = model.training
     model.eval()
     local = DetectionEvaluator(nc=nc, names=names)
     for batch in loader:
         images = batch["images"].float() / 255.0  # (B, 3, H, W) in [0, 1]
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             out = model(images)
         if isinstance(out, (tuple, list)):

@@ -74,7 +74,7 @@ def validate(
                               rect=rect, batch_size=batch_size, stride=32,
                               single_cls=bool(trained.get("single_cls", False)))
     loader = build_dataloader(dataset, batch_size=batch_size, workers=workers, shuffle=False, seed=0)
-    model = model.to(accelerator.device).eval()
+    model = model.fuse().to(accelerator.device, memory_format=torch.channels_last).eval()
     loader = accelerator.prepare(loader)
 
     save_dir = None
@@ -106,7 +106,7 @@ def validate(
             plotted["n"] += 1
 
     result = evaluate(model, loader, accelerator, nc=model.nc, names=names, conf_thres=conf, iou_thres=iou,
-                      max_det=max_det, on_batch=on_batch)
+                      max_det=max_det, on_batch=on_batch, channels_last=True)
     json_path = None
     if save_json:
         if accelerator.num_processes > 1:

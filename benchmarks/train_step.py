@@ -4,13 +4,15 @@
 
 The trainer runs with accumulation 1 (nbs = batch) and no warmup, so every batch is an optimizer step; its
 step time is measured from "batch in hand" to "EMA updated" (data loading excluded on both sides). The bare
-loop is forward, loss, backward, clip, SGD step, zero_grad on batches prefetched into memory: no Accelerate,
-no EMA. Last line: `overhead_ratio=<trainer median / bare median>` (goal <= 1.03).
+loop is forward, loss, backward, clip, SGD step, zero_grad on batches prefetched into memory (channels-last, as
+the trainer's default): no Accelerate, no EMA.
+Last line: `overhead_ratio=<trainer median / bare median>` (goal <= 1.03).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -18,12 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-from accelyolo.optim import build_optimizer
 
 from accelyolo.callbacks import Callback
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
 from accelyolo.losses import build_loss
 from accelyolo.models import build_model
+from accelyolo.optim import build_optimizer
 from accelyolo.trainer import fit
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "data.yaml"
@@ -50,13 +52,13 @@ def bare_loop(data_yaml: str, model_name: str, imgsz: int, batch: int, steps: in
             batches.append(b)
             if len(batches) == steps:
                 break
-    model = build_model(model_name, nc=len(spec.names)).train()
+    model = build_model(model_name, nc=len(spec.names)).train().to(memory_format=torch.channels_last)
     loss_fn = build_loss(model, imgsz=imgsz)
     optimizer = build_optimizer("SGD", model, 0.01, 0.937, 0.0005)
     times = []
     for b in batches:
         t0 = time.perf_counter()
-        images = b["images"].float() / 255.0
+        images = (b["images"].float() / 255.0).contiguous(memory_format=torch.channels_last)
         loss, _ = loss_fn(model(images), b["targets"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -78,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     warm = 5
     bare = bare_loop(data, args.model, args.imgsz, args.batch, args.steps + warm, 0)[warm:]
     recorder = StepTimes()
+    batches_per_epoch = math.ceil(len(load_data_yaml(data).splits["train"]) / args.batch)
+    epochs = math.ceil((args.steps + warm) / batches_per_epoch)  # small datasets take several epochs
     with tempfile.TemporaryDirectory() as tmp:
-        fit(data=data, model=args.model, imgsz=args.imgsz, batch_size=args.batch, nbs=args.batch, epochs=1,
-            warmup_epochs=0.0, workers=0, project=tmp, plots=False, val_interval=1,
-            max_steps_per_epoch=args.steps + warm, callbacks=[recorder], close_mosaic=0)
+        fit(data=data, model=args.model, imgsz=args.imgsz, batch_size=args.batch, nbs=args.batch, epochs=epochs,
+            warmup_epochs=0.0, workers=0, project=tmp, plots=False, val_interval=epochs, callbacks=[recorder],
+            close_mosaic=0)
     trainer = recorder.times[warm:]
     bare_median, trainer_median = statistics.median(bare), statistics.median(trainer)
     print(f"data={data} model={args.model} imgsz={args.imgsz} batch={args.batch} steps={len(trainer)}")
