@@ -134,3 +134,38 @@ def test_nonfinite_losses_stop_with_last_checkpoint_intact(tiny_demo, tmp_path, 
     model, meta = accelyolo.load_checkpoint(str(tmp_path / "exp" / "weights" / "last.safetensors"))
     assert meta["epoch"] == 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_multi_scale_save_period_patience_ram_cache_adamw_cosine(tiny_demo, tmp_path):
+    sizes = []
+
+    class Sizes(Callback):
+        def on_step_end(self, trainer, step):
+            sizes.append(step["size"])
+
+    result = fit(callbacks=[Sizes()], **tiny_train_options(
+        tiny_demo, tmp_path, epochs=4, multi_scale=True, save_period=2, patience=1, val_interval=1,
+        cache="ram", optimizer="AdamW", cos_lr=True, lr0=1e-9))
+    assert len(set(sizes)) > 1 and all(s % 32 == 0 and 32 <= s <= 96 for s in sizes)  # 64 px +/- 50%
+    weights = result.run_dir / "weights"
+    assert (weights / "epoch2.safetensors").is_file()
+    # lr0 1e-9 cannot improve on epoch 1, so patience 1 stops the run after epoch 2
+    assert result.stopped_early and result.epochs_completed == 2
+
+
+def test_frozen_layers_do_not_change(tiny_demo, tmp_path):
+    from accelyolo.models import build_model
+
+    result = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, freeze=2, lr0=0.05, weight_decay=0.0))
+    trained, _ = accelyolo.load_checkpoint(str(result.last_checkpoint), prefer_ema=False)
+    torch.manual_seed(0)  # the trainer seeds with seed 0 before building the model
+    fresh = build_model(trained.config["name"], nc=trained.nc)
+    after = dict(trained.named_parameters())
+    moved = {n for n, p in fresh.named_parameters() if not torch.equal(p, after[n])}
+    assert not any(n.startswith(("backbone.stages.0.", "backbone.stages.1.")) for n in moved)
+    assert any(n.startswith("head.") for n in moved)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tiny_demo, tmp_path):
+    result = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, mixed_precision="bf16"))
+    assert result.last_checkpoint.is_file()
