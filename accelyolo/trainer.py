@@ -218,6 +218,41 @@ class Trainer:
     # ------------------------------------------------------------------------------------ fit
 
     def fit(self) -> FitResult:
+        """Set up, then train epoch after epoch, validating and saving; returns the run's summary."""
+        self._setup()
+        cfg, accelerator = self.cfg, self.accelerator
+        if self.start_epoch >= cfg.epochs and accelerator.is_main_process:
+            LOGGER.warning("resume: the run in %s already finished %d epochs of %d; pass a larger --epochs "
+                           "to train it further.", self.run_dir, self.start_epoch, cfg.epochs)
+        history: list[dict[str, Any]] = []
+        stopped_early = False
+        epoch = self.start_epoch - 1
+        for epoch in range(self.start_epoch, cfg.epochs):
+            row = self.train_one_epoch(epoch)
+            improved = False
+            if (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs:
+                self.last_result = self.validate()
+                metrics = self.last_result.as_dict()
+                row.update({f"metrics/{k}": metrics[k] for k in ("precision", "recall", "mAP50", "mAP50-95")})
+                row["fitness"] = metrics["fitness"]
+                improved = metrics["fitness"] > self.best_fitness
+                if improved:
+                    self.best_fitness, self.best_epoch, self.best_metrics = metrics["fitness"], epoch, metrics
+            self.save(epoch, improved)
+            history.append(row)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, row)
+            if cfg.patience and self.best_epoch >= 0 and epoch - self.best_epoch >= cfg.patience:
+                self._print(f"early stopping: no improvement for {cfg.patience} epochs "
+                            f"(best epoch {self.best_epoch + 1}).")
+                stopped_early = True
+                break
+            if self.stop_requested:
+                break
+        return self._finish(epoch, history, stopped_early)
+
+    def _setup(self) -> None:
+        """Accelerator, run folder, data, model, loss, optimizer, EMA; restores a resumed run's state."""
         cfg = self.cfg
         self.accelerator = accelerator = self._make_accelerator()
         seed_everything(cfg.seed + accelerator.process_index, cfg.deterministic)
@@ -237,6 +272,9 @@ class Trainer:
         optimizer = build_optimizer(cfg.optimizer, model, cfg.lr0, cfg.momentum, weight_decay)
 
         self.start_epoch, self.best_fitness, self.best_epoch, self.global_step = 0, -1.0, -1, 0
+        self.best_metrics: dict[str, float] = {}
+        self.last_result = None
+        self.stop_requested = False
         bundle = load_checkpoint_bundle(self.resume_from) if self.resume_from else None
         if bundle is not None:
             model.load_state_dict(bundle.model_state)
@@ -257,53 +295,15 @@ class Trainer:
         self.batches_per_epoch = len(self.train_loader)
         if cfg.max_steps_per_epoch:
             self.batches_per_epoch = min(self.batches_per_epoch, cfg.max_steps_per_epoch)
-        nb = self.batches_per_epoch
-        self.warmup_iters = warmup_iterations(cfg.warmup_epochs, nb, cfg.warmup_min_iters)
+        self.warmup_iters = warmup_iterations(cfg.warmup_epochs, self.batches_per_epoch, cfg.warmup_min_iters)
         self._fit_start_plots()
         for cb in self.callbacks:
             cb.on_fit_start(self)
-
-        if self.start_epoch >= cfg.epochs and accelerator.is_main_process:
-            LOGGER.warning("resume: the run in %s already finished %d epochs of %d; pass a larger --epochs "
-                           "to train it further.", self.run_dir, self.start_epoch, cfg.epochs)
-        history: list[dict[str, Any]] = []
-        best_metrics: dict[str, float] = {}
-        self.last_result = None
-        self.stop_requested = False
-        stopped_early = False
-        epoch = self.start_epoch - 1
         self._print(f"world size {accelerator.num_processes} ({accelerator.distributed_type.value}, "
                     f"mixed precision {accelerator.mixed_precision}, device {accelerator.device})")
         self._print(f"training {cfg.model} on {self.data_spec.yaml_path} for epochs "
-                    f"{self.start_epoch + 1}..{cfg.epochs}: {nb} batches/epoch, global batch "
+                    f"{self.start_epoch + 1}..{cfg.epochs}: {self.batches_per_epoch} batches/epoch, global batch "
                     f"{self.total_batch}, accumulate {self.accumulate}, run folder {self.run_dir}")
-        for epoch in range(self.start_epoch, cfg.epochs):
-            row = self.train_one_epoch(epoch)
-            final = epoch + 1 == cfg.epochs
-            if (epoch + 1) % cfg.val_interval == 0 or final:
-                result = self.validate()
-                self.last_result = result
-                metrics = result.as_dict()
-                row.update({"metrics/precision": metrics["precision"], "metrics/recall": metrics["recall"],
-                            "metrics/mAP50": metrics["mAP50"], "metrics/mAP50-95": metrics["mAP50-95"],
-                            "fitness": metrics["fitness"]})
-                improved = metrics["fitness"] > self.best_fitness
-                if improved:
-                    self.best_fitness, self.best_epoch, best_metrics = metrics["fitness"], epoch, metrics
-            else:
-                improved = False
-            self.save(epoch, improved)
-            history.append(row)
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, row)
-            if cfg.patience and self.best_epoch >= 0 and epoch - self.best_epoch >= cfg.patience:
-                self._print(f"early stopping: no improvement for {cfg.patience} epochs "
-                            f"(best epoch {self.best_epoch + 1}).")
-                stopped_early = True
-                break
-            if self.stop_requested:
-                break
-        return self._finish(epoch, best_metrics, history, stopped_early)
 
     def _restore(self, bundle) -> None:
         meta = bundle.metadata
@@ -320,6 +320,7 @@ class Trainer:
         self.best_fitness = float(meta.get("best_fitness", -1.0))
         self.best_epoch = int(meta.get("best_epoch", -1))
         self.global_step = int(meta.get("global_step", 0))
+        self.best_metrics = dict(meta.get("best_metrics", {}))
         self._print(f"resuming {self.resume_from} from epoch {self.start_epoch + 1}")
 
     # ------------------------------------------------------------------------------------ epoch
@@ -467,6 +468,7 @@ class Trainer:
                              "accumulate": self.accumulate, "total_batch": self.total_batch},
                 "config": cfg.to_dict(), "names": self.names, "model": unwrapped.config,
                 "metrics": self.last_result.as_dict() if self.last_result is not None else {},
+                "best_metrics": self.best_metrics,
                 "accelyolo_version": __version__,
             }
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
@@ -498,7 +500,7 @@ class Trainer:
         plot_batch(batch["images"].cpu(), batch["targets"].cpu(), batch["paths"], self.names,
                    self.run_dir / f"train_batch{i}.png")
 
-    def _finish(self, epoch: int, best_metrics: dict[str, float], history: list, stopped_early: bool) -> FitResult:
+    def _finish(self, epoch: int, history: list, stopped_early: bool) -> FitResult:
         accelerator = self.accelerator
         last = self.weights_dir / "last.safetensors"
         best = self.weights_dir / "best.safetensors"
@@ -517,10 +519,10 @@ class Trainer:
             cb.on_fit_end(self)
         if self.trackers_started:
             accelerator.end_training()
-        if best_metrics:
+        if self.best_metrics:
             self._print(f"best epoch {self.best_epoch + 1}: " +
-                        " ".join(f"{k}={v:.4f}" for k, v in best_metrics.items()))
-        return FitResult(run_dir=self.run_dir, best_epoch=self.best_epoch + 1, metrics=best_metrics,
+                        " ".join(f"{k}={v:.4f}" for k, v in self.best_metrics.items()))
+        return FitResult(run_dir=self.run_dir, best_epoch=self.best_epoch + 1, metrics=self.best_metrics,
                          last_checkpoint=last, best_checkpoint=best if best.exists() else None,
                          inference_checkpoint=inference if inference.exists() else None,
                          epochs_completed=epoch + 1, stopped_early=stopped_early, history=history)

@@ -14,6 +14,17 @@ TINY_ANCHOR_FREE = "yolov8t"
 TINY_ANCHOR_BASED = "yolov5t"
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster single-threaded (and steadier on a shared machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """data.yaml of a small demo dataset (48 train / 16 val images of 64 px)."""

@@ -11,14 +11,7 @@ from accelyolo.losses import AnchorBasedLoss, AnchorFreeLoss, FocalLoss, TaskAli
 from accelyolo.losses.anchor_free import pad_targets
 from accelyolo.models import build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster single-threaded (and steadier on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_batch(b: int = 4, size: int = 64, nc: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,13 +37,7 @@ PUBLISHED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster single-threaded (and steadier on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_names():

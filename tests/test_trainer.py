@@ -89,6 +89,7 @@ def test_resume_finished_run_and_extend(tiny_demo, tmp_path, caplog):
     done = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1))
     again = fit(resume=str(done.last_checkpoint))
     assert again.epochs_completed == 1
+    assert again.metrics == done.metrics and again.best_epoch == done.best_epoch
     assert "already finished 1 epochs of 1" in caplog.text
     longer = fit(resume=str(done.last_checkpoint), epochs=2)
     assert longer.epochs_completed == 2
