@@ -77,6 +77,7 @@ class ModelEMA:
         self.updates += 1
         d = self.decay_at(self.updates)
         model_state = unwrap_model(model).state_dict()
+        ema_floats, model_floats = [], []
         for name, ema_value in self.ema.state_dict().items():
             if name not in model_state:
                 raise KeyError(
@@ -85,9 +86,13 @@ class ModelEMA:
                 )
             value = model_state[name].detach().to(ema_value.device, ema_value.dtype)
             if ema_value.is_floating_point():
-                ema_value.mul_(d).add_(value, alpha=1.0 - d)
+                ema_floats.append(ema_value)
+                model_floats.append(value)
             else:
                 ema_value.copy_(value)
+        # One fused call per op over all tensors (the same arithmetic as a per-tensor mul_/add_ loop).
+        torch._foreach_mul_(ema_floats, d)
+        torch._foreach_add_(ema_floats, model_floats, alpha=1.0 - d)
 
     def copy_attributes(self, model: nn.Module, include: Iterable[str]) -> None:
         """Copy plain attributes (class names, strides, ...) from the model to the EMA copy.
