@@ -170,3 +170,15 @@ def test_frozen_layers_do_not_change(tiny_demo, tmp_path):
 def test_bf16_mixed_precision_runs_on_cpu(tiny_demo, tmp_path):
     result = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, mixed_precision="bf16"))
     assert result.last_checkpoint.is_file()
+
+
+def test_trackers_are_used_only_when_installed(tiny_demo, tmp_path, caplog):
+    from accelerate.utils import is_tensorboard_available
+
+    if is_tensorboard_available():
+        pytest.skip("tensorboard is installed here; this checks the fallback when it is not")
+    result = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, log_with="tensorboard"))
+    assert result.last_checkpoint.is_file()
+    assert "tracker 'tensorboard' is not installed" in caplog.text
+    with pytest.raises(ConfigError, match="unknown tracker 'tensorbored'"):
+        fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, log_with="tensorbored"))
