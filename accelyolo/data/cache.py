@@ -4,7 +4,7 @@ The cache is keyed by a SHA-256 over every image and label path with its size an
 the class count and the cache format version); any change rebuilds it. It is written beside the
 labels (`labels/<split>.accelyolo.json`); where that folder is not writable, into the fallback
 folder given by the caller (beside the data.yaml) or `$ACCELYOLO_HOME/cache` /
-`~/.cache/accelyolo/cache`. JSON only, never pickle.
+`~/.cache/accelyolo/cache`. JSON only (no pickle anywhere).
 """
 
 from __future__ import annotations
