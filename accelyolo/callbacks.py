@@ -86,17 +86,17 @@ class CSVLogger(Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._columns: list[str] | None = None  # the file's header, read once (a resumed run keeps its own)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         if not trainer.accelerator.is_main_process:
             return
         new = not self.path.exists() or self.path.stat().st_size == 0
-        columns = list(row)
-        if not new:
+        if self._columns is None and not new:
             with self.path.open(newline="") as handle:
-                header = next(csv.reader(handle), None)
-            if header:
-                columns = header + [c for c in row if c not in header]
+                self._columns = next(csv.reader(handle), None)
+        columns = list(row) if new or not self._columns else self._columns + [c for c in row if c not in self._columns]
+        self._columns = columns
         with self.path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             if new:

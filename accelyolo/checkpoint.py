@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,12 +164,15 @@ def _umask() -> int:
     return mask
 
 
-def _write_atomically(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
+def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """Have `write` fill a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    A crash at any point leaves either the old file or the new one, never a partial file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        save_file(tensors, tmp_name, metadata=header)
+        write(tmp_name)
         # safetensors creates files with mode 0600; give the checkpoint the usual permissions
         # (0666 minus the umask) so that teammates on a shared machine can read it.
         os.chmod(tmp_name, 0o666 & ~_umask())
@@ -189,6 +193,18 @@ def _write_atomically(tensors: dict[str, torch.Tensor], header: dict[str, str], 
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _write_atomically(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
+    """Write a safetensors file atomically (see `_replace_atomically`)."""
+    _replace_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Copy a finished bundle (e.g. last -> best) with the same atomic replace as a save."""
+    dst = Path(dst)
+    _replace_atomically(dst, lambda tmp: shutil.copyfile(src, tmp))
+    return dst
 
 
 def save_checkpoint(
@@ -356,6 +372,20 @@ def _load_sections(path: Path, manifest: dict[str, Any], device: str | torch.dev
             target = "cpu" if section in ("rng", "scaler") else device
             sections[section] = _decode(node, lambda name, target=target: file.get_tensor(name).to(target))
     return sections
+
+
+def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata saved with a bundle (epoch, config, names, ...), read from the header alone.
+
+    Checks the file as `load_checkpoint_bundle` does, without reading any tensor.
+    """
+    path = Path(path)
+    metadata = _read_header(path).get("__metadata__") or {}
+    _check_format(path, metadata)
+    try:
+        return json.loads(metadata.get("metadata", "{}"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(path, f"damaged metadata ({error})", _OTHER_CHECKPOINT) from None
 
 
 def load_checkpoint_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> CheckpointBundle:

@@ -278,12 +278,8 @@ def check_values(cfg: TrainConfig) -> None:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    """Write the resolved configuration (`args.yaml`), grouped by section."""
-    grouped: dict[str, dict[str, Any]] = {}
-    for f in dataclasses.fields(cfg):
-        grouped.setdefault(f.metadata["section"], {})[f.name] = getattr(cfg, f.name)
-    flat = {k: v for section in grouped.values() for k, v in section.items()}
-    path.write_text(yaml.safe_dump(flat, sort_keys=False))
+    """Write the resolved configuration (`args.yaml`) in field order, which keeps the sections together."""
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -327,8 +323,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[str | None, dict[str, An
     """Split parsed flags into (recipe, overrides) for `load_config`."""
     overrides = dict(vars(args))
     recipe = overrides.pop("recipe", None)
-    overrides.pop("command", None)
-    overrides.pop("func", None)
     if overrides.get("hyp") is None:
         overrides.pop("hyp", None)
     return recipe, overrides

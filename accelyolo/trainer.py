@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,7 +33,13 @@ from rich.console import Console
 
 from accelyolo import __version__
 from accelyolo.callbacks import Callback, CSVLogger, ProgressCallback, TrackerCallback
-from accelyolo.checkpoint import load_checkpoint_bundle, save_checkpoint, strip_checkpoint
+from accelyolo.checkpoint import (
+    copy_checkpoint,
+    load_checkpoint_bundle,
+    read_checkpoint_metadata,
+    save_checkpoint,
+    strip_checkpoint,
+)
 from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
 from accelyolo.ema import ModelEMA
@@ -104,8 +108,7 @@ def config_for_resume(resume: str, overrides: dict[str, Any]) -> tuple[TrainConf
             "use --weights instead."
         )
     path = find_resume_checkpoint(resume, overrides.get("project", "runs/train"))
-    bundle_meta = load_checkpoint_bundle(path).metadata
-    saved = dict(bundle_meta["config"])
+    saved = dict(read_checkpoint_metadata(path)["config"])
     saved.update({k.replace("-", "_"): v for k, v in overrides.items()})
     saved["resume"] = str(path)
     return config_from_dict(saved, {k: f"checkpoint {path}" for k in saved}), path
@@ -156,14 +159,15 @@ class Trainer:
         return chosen or None
 
     def _setup_run_dir(self) -> Path:
+        """The run folder: the resumed run's, or a new `project/name[N]` chosen by the main process."""
         if self.resume_from is not None:
             run_dir = run_dir_of_checkpoint(self.resume_from)
         else:
             run_dir = None
             if self.accelerator.is_main_process:
                 run_dir = increment_path(Path(self.cfg.project) / self.cfg.name, self.cfg.exist_ok)
-                (run_dir / "weights").mkdir(parents=True, exist_ok=True)
-            run_dir = gather_object([str(run_dir)])[0] if self.accelerator.num_processes > 1 else run_dir
+            if self.accelerator.num_processes > 1:  # every rank takes the main process's choice
+                run_dir = gather_object([str(run_dir)])[0]
             run_dir = Path(run_dir)
         if self.accelerator.is_main_process:
             (run_dir / "weights").mkdir(parents=True, exist_ok=True)
@@ -201,12 +205,11 @@ class Trainer:
         if cfg.freeze:
             frozen = freeze_layers(model, cfg.freeze)
             self._print(f"freeze: {len(frozen)} parameter tensors frozen")
-        if getattr(model, "family", "") == "anchor_based" and self.resume_from is None:
+        if model.family == "anchor_based" and self.resume_from is None:
             from accelyolo.autoanchor import check_anchors
 
-            shapes = getattr(self.train_dataset, "shapes", None)
-            report = check_anchors(model, self.train_dataset.labels, shapes, cfg.imgsz, thr=cfg.anchor_t,
-                                   seed=cfg.seed)
+            report = check_anchors(model, self.train_dataset.labels, self.train_dataset.shapes, cfg.imgsz,
+                                   thr=cfg.anchor_t, seed=cfg.seed)
             self._print(f"autoanchor: best possible recall {report['bpr_before']:.4f}"
                         + (f" -> {report['bpr_after']:.4f} (anchors replaced)" if report["replaced"] else ""))
         return model
@@ -359,7 +362,7 @@ class Trainer:
             cb.on_epoch_start(self, epoch)
         nb = self.batches_per_epoch
         last_opt_step = epoch * nb - 1
-        loss_sum = torch.zeros(len(self.loss_fn.names), device=accelerator.device)
+        loss_sum = torch.zeros(len(self.loss_fn.names))  # on the CPU: the step's items come there anyway
         counted, nonfinite_run, window_has_grads = 0, 0, False
         optimizer.zero_grad(set_to_none=True)
         t_epoch = time.perf_counter()
@@ -379,12 +382,12 @@ class Trainer:
                 with accelerator.autocast():
                     preds = model(images)
                     loss, items = self.loss_fn(preds, batch["targets"])
-                finite = self._all_finite(loss)
+                finite, host_items = self._check_loss(loss, items)
                 if finite:
                     accelerator.backward(loss * accelerator.num_processes)
             if finite:
                 nonfinite_run, window_has_grads = 0, True
-                loss_sum += items.detach().float()
+                loss_sum += host_items
                 counted += 1
             else:
                 nonfinite_run += 1
@@ -402,7 +405,7 @@ class Trainer:
             step_time = time.perf_counter() - t0
             self._first_batch_plots(epoch, i, batch)
             step = {"epoch": epoch, "batch": i, "ni": ni, "finite": finite,
-                    "loss_items": items.detach().float().cpu().tolist(),
+                    "loss_items": host_items.tolist(),
                     "mean_losses": dict(zip(self.loss_fn.names, (loss_sum / max(counted, 1)).tolist())),
                     "instances": int(batch["targets"].shape[0]), "size": int(images.shape[-1]),
                     "memory": self._memory(), "lrs": [g["lr"] for g in optimizer.param_groups],
@@ -419,12 +422,14 @@ class Trainer:
         row["time_s"] = time.perf_counter() - t_epoch
         return row
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every rank (all ranks must skip together or none)."""
+    def _check_loss(self, loss: torch.Tensor, items: torch.Tensor) -> tuple[bool, torch.Tensor]:
+        """Whether the loss is finite on every rank (all ranks must skip together or none), and the loss
+        items on the CPU; one device-to-host copy per step serves both."""
         flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
         if self.accelerator.num_processes > 1:
             flag = self.accelerator.reduce(flag, "sum") / self.accelerator.num_processes
-        return bool(flag.item() == 1.0)
+        host = torch.cat((flag, items.detach().float().reshape(-1))).cpu()
+        return bool(host[0] == 1.0), host[1:]
 
     def _warn_nonfinite(self, epoch: int, i: int, run: int) -> None:
         LOGGER.warning("non-finite loss at epoch %d batch %d: step skipped (%d in a row)", epoch + 1, i, run)
@@ -478,9 +483,9 @@ class Trainer:
             last = save_checkpoint(self.weights_dir / "last.safetensors", **kwargs)
             LOGGER.info("epoch %d: saved weights/last.safetensors%s", epoch + 1, " and best" if improved else "")
             if improved:
-                _copy_file(last, self.weights_dir / "best.safetensors")
+                copy_checkpoint(last, self.weights_dir / "best.safetensors")
             if cfg.save_period > 0 and (epoch + 1) % cfg.save_period == 0:
-                _copy_file(last, self.weights_dir / f"epoch{epoch + 1}.safetensors")
+                copy_checkpoint(last, self.weights_dir / f"epoch{epoch + 1}.safetensors")
         accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------ pictures, end
@@ -526,12 +531,3 @@ class Trainer:
                          last_checkpoint=last, best_checkpoint=best if best.exists() else None,
                          inference_checkpoint=inference if inference.exists() else None,
                          epochs_completed=epoch + 1, stopped_early=stopped_early, history=history)
-
-
-def _copy_file(src: Path, dst: Path) -> None:
-    """Copy a finished bundle atomically (temp file + fsync + replace), like the save itself."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, dst)

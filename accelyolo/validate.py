@@ -85,7 +85,9 @@ def validate(
         save_dir = gather_object([str(save_dir)])[0]
     save_dir = Path(save_dir)
 
-    json_records: list[dict[str, Any]] = []
+    # image path -> its COCO records; an image that DDP's even batching repeats keeps its first records,
+    # the same rule the evaluator applies to its per-image records
+    json_by_image: dict[str, list[dict[str, Any]]] = {}
     plotted = {"n": 0}
 
     def on_batch(batch: dict[str, Any], detections: list[torch.Tensor]) -> None:
@@ -94,7 +96,7 @@ def validate(
                                                   batch["ratio_pads"]):
                 det = det.detach().float().cpu().clone()
                 det[:, :4] = scale_boxes(det[:, :4], ratio_pad=ratio_pad, orig_shape=tuple(orig))
-                json_records.extend(coco_json_records(str(path), det.numpy()))
+                json_by_image.setdefault(str(path), coco_json_records(str(path), det.numpy()))
         if plots and accelerator.is_main_process and plotted["n"] < 3:
             from accelyolo.plots import plot_batch
 
@@ -109,9 +111,13 @@ def validate(
                       max_det=max_det, on_batch=on_batch, channels_last=True)
     json_path = None
     if save_json:
+        pairs = list(json_by_image.items())
         if accelerator.num_processes > 1:
-            json_records = gather_object(json_records)
-        json_records = _dedupe(json_records)
+            pairs = gather_object(pairs)
+        merged: dict[str, list[dict[str, Any]]] = {}
+        for path, records in pairs:
+            merged.setdefault(path, records)
+        json_records = [record for records in merged.values() for record in records]
         if accelerator.is_main_process:
             json_path = save_dir / "predictions.json"
             json_path.write_text(json.dumps(json_records))
@@ -126,17 +132,6 @@ def validate(
             plot_confusion_matrix(result, names, save_dir)
     accelerator.wait_for_everyone()
     return ValResult(metrics=metrics, result=result, save_dir=save_dir, predictions_json=json_path)
-
-
-def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop the exact repeats that DDP's even batching makes of the last images."""
-    seen, out = set(), []
-    for rec in records:
-        key = (rec["image_id"], rec["category_id"], tuple(rec["bbox"]), rec["score"])
-        if key not in seen:
-            seen.add(key)
-            out.append(rec)
-    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

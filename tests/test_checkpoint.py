@@ -276,3 +276,19 @@ def test_strip_without_ema_keeps_model_weights(tmp_path):
     bundle = load_checkpoint_bundle(stripped)
     assert bundle.metadata["stripped"] == {"source": "last.safetensors", "weights": "model", "half": False}
     assert_same(bundle.model_state, model.state_dict(), "model")
+
+
+def test_metadata_alone_and_atomic_copy(tmp_path):
+    from accelyolo.checkpoint import CheckpointError, copy_checkpoint, read_checkpoint_metadata
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    src = save_checkpoint(tmp_path / "weights" / "last.safetensors", model_state=net.state_dict(),
+                          metadata={"epoch": 3, "config": {"imgsz": 64}})
+    expected = {"epoch": 3, "config": {"imgsz": 64}}
+    assert read_checkpoint_metadata(src) == load_checkpoint_bundle(src).metadata == expected
+    dst = copy_checkpoint(src, tmp_path / "weights" / "best.safetensors")
+    assert dst.read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["best.safetensors", "last.safetensors"]  # no temp file
+    (tmp_path / "cut.safetensors").write_bytes(src.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        read_checkpoint_metadata(tmp_path / "cut.safetensors")
