@@ -2,7 +2,7 @@
 
 from accelyolo.data.dataset import YoloDataset, build_report
 from accelyolo.data.demo import demo_data_yaml, generate_demo
-from accelyolo.data.loader import build_dataloader, collate_fn
+from accelyolo.data.loader import build_dataloader, collate_fn, to_model_input
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "demo_data_yaml",
     "generate_demo",
     "load_data_yaml",
+    "to_model_input",
 ]

@@ -17,6 +17,15 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from accelyolo.data.dataset import YoloDataset
 
 
+def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 `(B, 3, H, W)` images -> float `[0, 1]`, NHWC in memory when `channels_last` (the one place
+    the trainer, the evaluator and predict turn a batch into model input)."""
+    images = images.float() / 255.0
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
 def collate_fn(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack items into a batch.
 
