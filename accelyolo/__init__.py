@@ -25,7 +25,7 @@ def fit(recipe: str | None = None, **overrides: Any) -> FitResult:
 
 def build_model(name: str, nc: int = 80, **kwargs: Any):
     """Build a registered model (`yolov8n` ... `yolov8x`, `yolov5n` ... `yolov5x`)."""
-    from accelyolo.models import build_model as _build_model
+    from accelyolo.families import build_model as _build_model
 
     return _build_model(name, nc=nc, **kwargs)
 

@@ -139,8 +139,8 @@ def check_anchors(
     say = print_fn or logger.info
     model = getattr(model, "module", model)
     head = getattr(model, "head", None)
-    if getattr(model, "family", None) != "anchor_based" or not hasattr(head, "anchors"):
-        raise ValueError("check_anchors: the model must be anchor-based (a yolov5* model from build_model)")
+    if not hasattr(head, "anchors"):
+        raise ValueError("check_anchors: the model has no head.anchors (an anchor-based model, e.g. yolov5s)")
     rng = np.random.default_rng(seed)
     wh = _label_wh(labels, shapes, imgsz, rng)
     current = head.anchors.detach().float().cpu().numpy().reshape(-1, 2).astype(np.float64)

@@ -1,7 +1,10 @@
-"""Small event hooks around the training loop: progress bar, results.csv, trackers.
+"""Small event hooks around the training loop: progress bar, results.csv, trackers, pictures.
 
 A callback observes; it never swaps the trainer's model or optimizer, and none depends on the order of
-the others. The hooks receive the trainer and a plain dict of what just happened.
+the others. `on_step_end` receives the step's `StepOutput` (a dataclass), `on_epoch_end` the epoch's
+results.csv row (a dict: epoch, losses, metrics — None when the epoch was not validated —, fitness, LRs,
+time). `close` is called however the run ends (finished, stopped, interrupted, failed). A callback that
+wants the run to stop calls `trainer.request_stop()`: every rank stops after the same step.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from accelyolo.records import StepOutput
     from accelyolo.trainer import Trainer
 
 LOGGER = logging.getLogger("accelyolo")
@@ -25,11 +29,14 @@ class Callback:
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
 
-    def on_step_end(self, trainer: Trainer, step: dict[str, Any]) -> None: ...
+    def on_step_end(self, trainer: Trainer, step: StepOutput) -> None: ...
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None: ...
 
     def on_fit_end(self, trainer: Trainer) -> None: ...
+
+    def close(self, trainer: Trainer) -> None:
+        """Release what the callback holds open (a live display, a file); called whatever happened."""
 
 
 class ProgressCallback(Callback):
@@ -54,57 +61,69 @@ class ProgressCallback(Callback):
             transient=False,
         )
         self._progress.start()
-        desc = f"epoch {epoch + 1}/{trainer.cfg.epochs}"
+        desc = f"epoch {epoch}/{trainer.cfg.epochs}"
         self._task = self._progress.add_task(desc, total=trainer.batches_per_epoch, info="", speed="")
 
-    def on_step_end(self, trainer: Trainer, step: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: Trainer, step: StepOutput) -> None:
         if self._progress is None:
             return
-        losses = " ".join(f"{k}={v:.3f}" for k, v in step["mean_losses"].items())
-        info = f"{step['memory']} {losses} inst={step['instances']} size={step['size']}"
-        speed = f"{step['images_per_s']:.1f} img/s"
-        self._progress.update(self._task, advance=1, info=info, speed=speed)
+        losses = " ".join(f"{k}={v:.3f}" for k, v in step.mean_losses.items())
+        info = f"{_memory()} {losses} inst={step.instances} size={step.image_size}"
+        self._progress.update(self._task, advance=1, info=info, speed=f"{step.images_per_s:.1f} img/s")
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-        if trainer.accelerator.is_main_process and "metrics/mAP50" in row:
-            trainer.console.print(
-                f"  val: P={row['metrics/precision']:.3f} R={row['metrics/recall']:.3f} "
-                f"mAP50={row['metrics/mAP50']:.3f} mAP50-95={row['metrics/mAP50-95']:.3f}"
+        self.close(trainer)
+        if trainer.accelerator.is_main_process and row.get("metrics/mAP50") is not None:
+            LOGGER.info(
+                "  val: P=%.3f R=%.3f mAP50=%.3f mAP50-95=%.3f",
+                row["metrics/precision"],
+                row["metrics/recall"],
+                row["metrics/mAP50"],
+                row["metrics/mAP50-95"],
             )
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def close(self, trainer: Trainer) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _memory() -> str:
+    import torch
+
+    return f"{torch.cuda.memory_reserved() / 1e9:.2f}G" if torch.cuda.is_available() else ""
 
 
 class CSVLogger(Callback):
-    """Appends one row per epoch to `results.csv` (kept and continued on resume)."""
+    """Appends one row per epoch to `results.csv` (kept and continued on resume).
+
+    The columns are those of the first row written (a resumed run keeps its file's header); an epoch that
+    was not validated leaves its metric cells empty, so every row lines up with the header.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._columns: list[str] | None = None  # the file's header, read once (a resumed run keeps its own)
+        self._columns: list[str] | None = None
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         if not trainer.accelerator.is_main_process:
             return
         new = not self.path.exists() or self.path.stat().st_size == 0
-        if self._columns is None and not new:
-            with self.path.open(newline="") as handle:
-                self._columns = next(csv.reader(handle), None)
-        columns = list(row) if new or not self._columns else self._columns + [c for c in row if c not in self._columns]
-        self._columns = columns
+        if self._columns is None:
+            if not new:
+                with self.path.open(newline="") as handle:
+                    self._columns = next(csv.reader(handle), None)
+            self._columns = self._columns or list(row)
         with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=self._columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({k: _fmt(row.get(k, "")) for k in columns})
+            writer.writerow({k: _fmt(row.get(k)) for k in self._columns})
 
 
 def _fmt(value: Any) -> Any:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.6g}" if math.isfinite(value) else str(value)
     return value
@@ -117,3 +136,46 @@ class TrackerCallback(Callback):
         if trainer.trackers_started:
             values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}
             trainer.accelerator.log(values, step=int(row["epoch"]))
+
+
+class PlotsCallback(Callback):
+    """Pictures in the run folder (main process, `plots: true`): labels.png, the first training batches,
+    and at the end the per-class table, PR/F1/P/R curves and confusion matrix of the last validation."""
+
+    first_batches = 3
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._epoch = trainer.state.epoch + 1  # the first epoch this run trains
+        if self._active(trainer) and trainer.state.epoch == 0:
+            from accelyolo.plots import plot_labels
+
+            plot_labels(trainer.train_dataset.labels, trainer.names, trainer.run_dir / "labels.png")
+
+    def on_step_end(self, trainer: Trainer, step: StepOutput) -> None:
+        if self._active(trainer) and step.epoch == self._epoch and step.batch < self.first_batches:
+            from accelyolo.plots import plot_batch
+
+            batch = trainer.last_batch
+            plot_batch(
+                batch["images"].cpu(),
+                batch["targets"].cpu(),
+                batch["paths"],
+                trainer.names,
+                trainer.run_dir / f"train_batch{step.batch}.png",
+            )
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        result = trainer.last_result
+        if result is None or not trainer.accelerator.is_main_process:
+            return
+        from accelyolo.logs import render_text
+        from accelyolo.reports import per_class_table, plot_confusion_matrix, plot_curves
+
+        LOGGER.info("%s", render_text(per_class_table(result, trainer.names)))
+        if trainer.cfg.plots:
+            plot_curves(result, trainer.names, trainer.run_dir)
+            plot_confusion_matrix(result, trainer.names, trainer.run_dir)
+
+    @staticmethod
+    def _active(trainer: Trainer) -> bool:
+        return trainer.cfg.plots and trainer.accelerator.is_main_process

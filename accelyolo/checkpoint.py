@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "accelyolo-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: epochs in metadata are 1-based (epochs completed), scheduler state saved
 _SECTIONS = ("model", "ema", "optimizer", "scaler", "rng")
 # Metadata only a resumed training run needs; a stripped inference file drops it.
 _TRAINING_ONLY_METADATA = ("scheduler", "schedule", "ema_updates", "optimizer", "scaler", "rng")
@@ -463,7 +463,7 @@ def load_checkpoint(
         device: where the model goes.
         prefer_ema: load the EMA weights when the bundle has them (they validate better).
         model_factory: builds the model from `metadata["model"]` keyword arguments; defaults to
-            `accelyolo.models.build_model`.
+            `accelyolo.families.build_model`.
 
     Returns:
         `(model, metadata)`, the model in eval mode.
@@ -478,7 +478,7 @@ def load_checkpoint(
             "load_checkpoint_bundle(path).model_state into it",
         )
     if model_factory is None:
-        from accelyolo.models import build_model as model_factory
+        from accelyolo.families import build_model as model_factory
     model = model_factory(**model_kwargs)
     use_ema = prefer_ema and bundle.ema_state is not None
     weights = bundle.ema_state if use_ema else bundle.model_state

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from accelyolo.train import setup_logging
+    from accelyolo.logs import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)

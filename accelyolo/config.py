@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from accelyolo.hyp import HYPERPARAMETERS
+
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
@@ -28,6 +30,12 @@ class ConfigError(ValueError):
 
 def _opt(default: Any, help: str, section: str) -> Any:
     return field(default=default, metadata={"help": help, "section": section})
+
+
+def _hyp(name: str) -> Any:
+    """A hyperparameter field whose default and help come from the one table, `HYPERPARAMETERS`."""
+    entry = HYPERPARAMETERS[name]
+    return _opt(entry.default, entry.help, "hyp")
 
 
 @dataclass
@@ -50,12 +58,23 @@ class TrainConfig:
     epochs: int = _opt(100, "total epochs", "train")
     optimizer: str = _opt("SGD", "SGD, Adam, AdamW or RMSProp", "train")
     cos_lr: bool = _opt(False, "one-cycle cosine LR decay instead of linear", "train")
+    scheduler: str = _opt(
+        "yolo",
+        "'yolo' (warmup + cosine/linear decay, the hyp's lr0/lrf) or the name of a "
+        "torch.optim.lr_scheduler class, e.g. OneCycleLR",
+        "train",
+    )
+    scheduler_args: dict | None = _opt(
+        None,
+        "keyword arguments of a torch scheduler (a yaml mapping); "
+        "its total_steps/T_max default to the run's optimizer steps",
+        "train",
+    )
     nbs: int = _opt(64, "nominal batch size reached by gradient accumulation", "train")
     max_grad_norm: float = _opt(10.0, "clip the gradient norm once per optimizer step", "train")
     channels_last: bool = _opt(True, "NHWC memory format for model and images (faster convolutions)", "train")
     multi_scale: bool = _opt(False, "random image size in [0.5, 1.5] x imgsz per batch", "train")
     close_mosaic: int = _opt(10, "turn mosaic/mixup off for the last N epochs", "train")
-    label_smoothing: float = _opt(0.0, "label smoothing epsilon", "train")
     ema_decay: float = _opt(0.9999, "EMA decay", "train")
     ema_tau: float = _opt(2000.0, "EMA decay ramp in optimizer steps", "train")
     warmup_min_iters: int = _opt(100, "fewest warmup iterations when warmup_epochs > 0", "train")
@@ -77,35 +96,35 @@ class TrainConfig:
     log_with: str | None = _opt(None, "tracker: tensorboard, wandb, mlflow or all", "run")
     plots: bool = _opt(True, "write label, batch and metric pictures", "run")
     max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for quick runs", "run")
-    # hyperparameters (YOLOv5 hyp.scratch-low names and values)
-    lr0: float = _opt(0.01, "initial learning rate", "hyp")
-    lrf: float = _opt(0.01, "final LR as a fraction of lr0", "hyp")
-    momentum: float = _opt(0.937, "SGD momentum / Adam beta1", "hyp")
-    weight_decay: float = _opt(0.0005, "weight decay at the nominal batch", "hyp")
-    warmup_epochs: float = _opt(3.0, "warmup epochs (fractions allowed, 0 = none)", "hyp")
-    warmup_momentum: float = _opt(0.8, "initial warmup momentum", "hyp")
-    warmup_bias_lr: float = _opt(0.1, "initial warmup LR of the bias group", "hyp")
-    box: float | None = _opt(None, "box loss gain (empty = the model family's default)", "hyp")
-    cls: float | None = _opt(None, "class loss gain (empty = the model family's default)", "hyp")
-    dfl: float | None = _opt(None, "DFL loss gain, anchor-free models", "hyp")
-    obj: float | None = _opt(None, "objectness loss gain, anchor-based models", "hyp")
-    cls_pw: float = _opt(1.0, "class BCE positive weight, anchor-based models", "hyp")
-    obj_pw: float = _opt(1.0, "objectness BCE positive weight, anchor-based models", "hyp")
-    iou_t: float = _opt(0.2, "IoU training threshold (kept for YOLOv5 hyp files)", "hyp")
-    anchor_t: float = _opt(4.0, "anchor-multiple threshold, anchor-based models", "hyp")
-    fl_gamma: float = _opt(0.0, "focal loss gamma (0 = plain BCE)", "hyp")
-    hsv_h: float = _opt(0.015, "hue jitter (fraction)", "hyp")
-    hsv_s: float = _opt(0.7, "saturation jitter (fraction)", "hyp")
-    hsv_v: float = _opt(0.4, "value jitter (fraction)", "hyp")
-    degrees: float = _opt(0.0, "rotation (+/- degrees)", "hyp")
-    translate: float = _opt(0.1, "translation (+/- fraction)", "hyp")
-    scale: float = _opt(0.5, "scale (+/- gain)", "hyp")
-    shear: float = _opt(0.0, "shear (+/- degrees)", "hyp")
-    perspective: float = _opt(0.0, "perspective (+/- fraction)", "hyp")
-    flipud: float = _opt(0.0, "vertical flip probability", "hyp")
-    fliplr: float = _opt(0.5, "horizontal flip probability", "hyp")
-    mosaic: float = _opt(1.0, "mosaic probability", "hyp")
-    mixup: float = _opt(0.0, "mixup probability", "hyp")
+    # hyperparameters: names, defaults and help from accelyolo.hyp.HYPERPARAMETERS (YOLOv5 hyp.scratch-low)
+    lr0: float = _hyp("lr0")
+    lrf: float = _hyp("lrf")
+    momentum: float = _hyp("momentum")
+    weight_decay: float = _hyp("weight_decay")
+    warmup_epochs: float = _hyp("warmup_epochs")
+    warmup_momentum: float = _hyp("warmup_momentum")
+    warmup_bias_lr: float = _hyp("warmup_bias_lr")
+    box: float | None = _hyp("box")
+    cls: float | None = _hyp("cls")
+    dfl: float | None = _hyp("dfl")
+    obj: float | None = _hyp("obj")
+    cls_pw: float = _hyp("cls_pw")
+    obj_pw: float = _hyp("obj_pw")
+    anchor_t: float = _hyp("anchor_t")
+    fl_gamma: float = _hyp("fl_gamma")
+    label_smoothing: float = _hyp("label_smoothing")
+    hsv_h: float = _hyp("hsv_h")
+    hsv_s: float = _hyp("hsv_s")
+    hsv_v: float = _hyp("hsv_v")
+    degrees: float = _hyp("degrees")
+    translate: float = _hyp("translate")
+    scale: float = _hyp("scale")
+    shear: float = _hyp("shear")
+    perspective: float = _hyp("perspective")
+    flipud: float = _hyp("flipud")
+    fliplr: float = _hyp("fliplr")
+    mosaic: float = _hyp("mosaic")
+    mixup: float = _hyp("mixup")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,9 +168,9 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
             return float(value)
         if kind is str and isinstance(value, (str, Path)):
             return str(value)
-    raise ConfigError(
-        f"{source}: '{key}' must be {_type_name(annotation)}, got {type(value).__name__} {value!r}."
-    )
+        if kind is dict and isinstance(value, dict):
+            return dict(value)
+    raise ConfigError(f"{source}: '{key}' must be {_type_name(annotation)}, got {type(value).__name__} {value!r}.")
 
 
 def _type_name(annotation: Any) -> str:
@@ -200,7 +219,7 @@ def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
     if hyp is not None:
         if not isinstance(hyp, dict):
             raise ConfigError(f"{path}: 'hyp' must be a mapping or a yaml path.")
-        hyp_names = [f.name for f in fields_in_section("hyp")]
+        hyp_names = list(HYPERPARAMETERS)
         for key in hyp:
             if key not in hyp_names:
                 raise ConfigError(f"{hyp_source}: unknown hyperparameter '{key}'.{_suggest(key, hyp_names)}")
@@ -269,7 +288,29 @@ def check_values(cfg: TrainConfig) -> None:
     if cfg.cache not in (None, "", "ram", "none"):
         problems.append(f"'cache' must be 'ram' or empty, got {cfg.cache!r}")
     if cfg.mixed_precision not in (None, "no", "fp16", "bf16", "fp8"):
-        problems.append(f"'mixed_precision' must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
+        problems.append(f"'mixed_precision' must be no, fp16, bf16 or fp8, got {cfg.mixed_precision!r}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        problems.append(f"'label_smoothing' must lie in [0, 1), got {cfg.label_smoothing}")
+    if cfg.scheduler != "yolo":
+        from torch.optim import lr_scheduler
+
+        known = sorted(
+            n
+            for n in dir(lr_scheduler)
+            if isinstance(getattr(lr_scheduler, n), type)
+            and issubclass(getattr(lr_scheduler, n), lr_scheduler.LRScheduler)
+            and n not in ("LRScheduler", "_LRScheduler")
+        )
+        if cfg.scheduler not in known:
+            problems.append(
+                f"'scheduler' must be 'yolo' or a torch.optim.lr_scheduler class, got "
+                f"{cfg.scheduler!r}.{_suggest(cfg.scheduler, ['yolo', *known])} Known: {', '.join(known)}"
+            )
+    elif cfg.scheduler_args:
+        problems.append(
+            "'scheduler_args' apply to a torch scheduler; the 'yolo' schedule reads lr0, lrf, cos_lr "
+            "and the warmup_* hyperparameters"
+        )
     for key in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
             problems.append(f"'{key}' must lie in [0, 1], got {getattr(cfg, key)}")
@@ -299,20 +340,38 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             base = next(a for a in allowed if a is not type(None))
             extra = ["--batch"] if f.name == "batch_size" else []
             if base is bool:
-                group.add_argument(flag, *extra, dest=f.name, default=argparse.SUPPRESS,
-                                   action=argparse.BooleanOptionalAction, help=f.metadata["help"])
+                group.add_argument(
+                    flag,
+                    *extra,
+                    dest=f.name,
+                    default=argparse.SUPPRESS,
+                    action=argparse.BooleanOptionalAction,
+                    help=f.metadata["help"],
+                )
             else:
                 # `--resume` alone means `--resume auto`, as in YOLOv5.
                 more = {"nargs": "?", "const": "auto"} if f.name == "resume" else {}
-                group.add_argument(flag, *extra, dest=f.name, default=argparse.SUPPRESS,
-                                   type=_parse_optional(base), metavar=base.__name__.upper(),
-                                   help=f"{f.metadata['help']} (default: {f.default})", **more)
+                group.add_argument(
+                    flag,
+                    *extra,
+                    dest=f.name,
+                    default=argparse.SUPPRESS,
+                    type=_parse_optional(base),
+                    metavar=base.__name__.upper(),
+                    help=f"{f.metadata['help']} (default: {f.default})",
+                    **more,
+                )
 
 
 def _parse_optional(base: type):
     def parse(text: str):
         if text.lower() in ("", "none", "null"):
             return None
+        if base is dict:  # a yaml mapping on the command line: --scheduler-args "{max_lr: 0.01}"
+            value = yaml.safe_load(text)
+            if not isinstance(value, dict):
+                raise argparse.ArgumentTypeError(f"expected a yaml mapping such as '{{key: value}}', got {text!r}")
+            return value
         return base(text)
 
     parse.__name__ = base.__name__

@@ -8,6 +8,7 @@ no rank waits alone on a barrier and no image counts twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,10 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from accelyolo.boxes import non_max_suppression, xywh2xyxy
+from accelyolo.data.loader import to_model_input
 from accelyolo.metrics import DetectionEvaluator, DetectionResult
+
+LOGGER = logging.getLogger("accelyolo")
 
 
 def targets_to_pixels(targets: torch.Tensor, batch_size: int, height: int, width: int) -> list:
@@ -54,15 +58,12 @@ def evaluate(
     model.eval()
     local = DetectionEvaluator(nc=nc, names=names)
     for batch in loader:
-        images = batch["images"].float() / 255.0  # (B, 3, H, W) in [0, 1]
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = to_model_input(batch["images"], channels_last)  # (B, 3, H, W) in [0, 1]
         with accelerator.autocast():
             out = model(images)
         if isinstance(out, (tuple, list)):
             out = out[0]
-        detections = non_max_suppression(out.float(), conf_thres=conf_thres, iou_thres=iou_thres,
-                                         max_det=max_det)
+        detections = non_max_suppression(out.float(), conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
         height, width = images.shape[2:]
         truths = targets_to_pixels(batch["targets"].to(images.device), len(detections), height, width)
         for path, det, (gt_boxes, gt_classes) in zip(batch["paths"], detections, truths):
@@ -71,8 +72,48 @@ def evaluate(
             on_batch(batch, detections)
     records = local.records()
     if accelerator.num_processes > 1:
+        counts = gather_object([len(records)])  # images each rank evaluated (DDP repeats included)
         records = gather_object(records)
+        if accelerator.is_main_process:
+            LOGGER.info("validation: %s images on %d ranks", " + ".join(map(str, counts)), len(counts))
     merged = DetectionEvaluator(nc=nc, names=names)
     merged.extend(records)
     model.train(was_training)
     return merged.compute()
+
+
+class DetectionValidator:
+    """The trainer's evaluator: `evaluate(model)` runs `evaluate` over the validation loader it holds.
+
+    A trainer asks `build_evaluator()` for one; a second task adds its own evaluator beside it.
+    """
+
+    def __init__(
+        self,
+        loader,
+        accelerator: Accelerator,
+        names: list[str],
+        conf_thres: float = 0.001,
+        iou_thres: float = 0.7,
+        max_det: int = 300,
+        channels_last: bool = False,
+    ) -> None:
+        self.loader, self.accelerator, self.names = loader, accelerator, list(names)
+        self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
+        self.channels_last = channels_last
+
+    def evaluate(
+        self, model: torch.nn.Module, on_batch: Callable[[dict[str, Any], list[torch.Tensor]], None] | None = None
+    ) -> DetectionResult:
+        return evaluate(
+            model,
+            self.loader,
+            self.accelerator,
+            nc=len(self.names),
+            names=self.names,
+            conf_thres=self.conf_thres,
+            iou_thres=self.iou_thres,
+            max_det=self.max_det,
+            on_batch=on_batch,
+            channels_last=self.channels_last,
+        )

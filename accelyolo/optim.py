@@ -8,23 +8,29 @@ Everything here follows the YOLOv5 recipe (behaviour, not code):
   weight decay is scaled by `global_batch * accumulate / 64`, so the regularization per image
   stays the same whatever the batch;
 - schedules are pure functions of the (fractional) epoch and the global iteration, so a resumed
-  run computes exactly the values the uninterrupted run would have used. None of this is a
-  `torch.optim.lr_scheduler` (a scheduler prepared by Accelerate steps once per process).
+  run computes exactly the values the uninterrupted run would have used; `YoloScheduler` exposes
+  them as a `torch.optim.lr_scheduler.LRScheduler` whose state is the number of steps taken. It is
+  deliberately not passed to `accelerator.prepare` (a prepared scheduler steps once per process).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = [
     "OPTIMIZERS",
+    "YoloSchedule",
+    "YoloScheduler",
+    "build_scheduler",
     "accumulate_steps",
     "build_optimizer",
     "build_param_groups",
@@ -223,3 +229,158 @@ def warmup_values(
         "momentum": float(np.interp(iteration, xp, [warmup_momentum, momentum])),
         "accumulate": accumulate,
     }
+
+
+# ----------------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class YoloSchedule:
+    """YOLOv5's schedule as pure functions of the global iteration `ni` (batches since the start).
+
+    An optimizer step happens at iteration `ni` when at least `accumulate(ni)` batches have passed since
+    the previous step, or when `ni` is the last batch of its epoch (so every epoch ends with empty
+    gradients and a run resumed at an epoch boundary takes the steps of one never stopped). The LR and
+    momentum of that step are `lrs(ni)` and `momentum_at(ni)`. Everything is a function of `ni`, never
+    of a count kept somewhere, which is what makes resume exact.
+    """
+
+    lr0: float
+    lrf: float
+    kind: str  # "cosine" or "linear"
+    epochs: int
+    batches_per_epoch: int
+    warmup_iters: int
+    warmup_bias_lr: float
+    warmup_momentum: float
+    momentum: float
+    nbs: int
+    total_batch: int
+
+    def _warmup(self, ni: int) -> dict[str, Any]:
+        epoch = ni // self.batches_per_epoch
+        lf = lr_factor(epoch, self.epochs, self.lrf, self.kind)
+        return warmup_values(
+            ni,
+            self.warmup_iters,
+            epoch,
+            self.lr0,
+            lf,
+            self.warmup_bias_lr,
+            self.warmup_momentum,
+            self.momentum,
+            self.nbs,
+            self.total_batch,
+        )
+
+    def accumulate(self, ni: int) -> int:
+        """Batches per optimizer step at iteration `ni` (ramped from 1 during the warmup)."""
+        return self._warmup(ni)["accumulate"]
+
+    def lrs(self, ni: int) -> list[float]:
+        """[weights, norm, bias] learning rates of a step taken at iteration `ni`."""
+        return self._warmup(ni)["lrs"]
+
+    def momentum_at(self, ni: int) -> float:
+        return self._warmup(ni)["momentum"]
+
+    def is_step_iteration(self, ni: int, last_step: int) -> bool:
+        """Whether the optimizer steps at `ni`, the previous step having been at iteration `last_step`."""
+        return ni - last_step >= self.accumulate(ni) or ni % self.batches_per_epoch == self.batches_per_epoch - 1
+
+    def next_step_iteration(self, last_step: int) -> int:
+        """The iteration of the step after the one at `last_step` (-1: before the first)."""
+        ni = last_step + 1
+        while not self.is_step_iteration(ni, last_step):
+            ni += 1
+        return ni
+
+    def steps_before(self, iteration: int) -> int:
+        """Optimizer steps due at iterations before `iteration`."""
+        steps, last = 0, -1
+        while (last := self.next_step_iteration(last)) < iteration:
+            steps += 1
+        return steps
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (what a torch scheduler's `total_steps`/`T_max` should be)."""
+        return self.steps_before(self.epochs * self.batches_per_epoch)
+
+
+class YoloScheduler(LRScheduler):
+    """`YoloSchedule` as a torch scheduler: `step()` once per optimizer step (every iteration where
+    `YoloSchedule.is_step_iteration` holds, also when that step was skipped for a non-finite loss).
+
+    After `step()` the optimizer holds the LRs and momentum of the *next* step, whose iteration follows
+    from the number of steps taken (`last_epoch`), so `state_dict()` (that count) is all a resume needs.
+    Per group: the bias group warms down from `warmup_bias_lr`, the others up from 0; momentum warms up
+    from `warmup_momentum`; then cosine or linear decay from lr0 to lr0 * lrf.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: YoloSchedule) -> None:
+        self.schedule = schedule
+        self._cached: tuple[int, int] = (0, -1)  # (steps taken, iteration of the last one; -1 = none yet)
+        super().__init__(optimizer)
+
+    def iteration_of_next_step(self) -> int:
+        """The iteration of the next step, after the `last_epoch` steps taken so far."""
+        steps_taken, last = self._cached
+        if steps_taken > self.last_epoch:
+            steps_taken, last = 0, -1
+        while steps_taken < self.last_epoch:
+            last = self.schedule.next_step_iteration(last)
+            steps_taken += 1
+        self._cached = (steps_taken, last)
+        return self.schedule.next_step_iteration(last)
+
+    def get_lr(self) -> list[float]:
+        return self.schedule.lrs(self.iteration_of_next_step())
+
+    def step(self) -> None:  # type: ignore[override]
+        super().step()
+        set_lr_momentum(self.optimizer, self.get_last_lr(), self.schedule.momentum_at(self.iteration_of_next_step()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "base_lrs": self.base_lrs,
+            "_last_lr": self._last_lr,
+            "schedule": asdict(self.schedule),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
+        self._cached = (0, -1)
+        lrs = self.get_lr()
+        set_lr_momentum(self.optimizer, lrs, self.schedule.momentum_at(self.iteration_of_next_step()))
+        self._last_lr = lrs
+
+
+def build_scheduler(
+    name: str, optimizer: torch.optim.Optimizer, schedule: YoloSchedule, kwargs: dict[str, Any] | None = None
+) -> LRScheduler:
+    """`YoloScheduler` for `name == "yolo"`, else the torch scheduler class `name` with `kwargs`.
+
+    A torch scheduler is stepped like the YOLO one (once per optimizer step); `total_steps` (OneCycleLR)
+    and `T_max` (CosineAnnealingLR) default to the run's optimizer steps, `max_lr` to lr0. The warmup of
+    the accumulation count still follows the YOLO schedule; its LR/momentum warmup does not apply.
+    """
+    if name == "yolo":
+        if kwargs:
+            raise ValueError("scheduler_args apply to torch schedulers, not to the 'yolo' schedule")
+        return YoloScheduler(optimizer, schedule)
+    from torch.optim import lr_scheduler
+
+    cls = getattr(lr_scheduler, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, LRScheduler)):
+        raise ValueError(f"unknown scheduler {name!r}: 'yolo' or a torch.optim.lr_scheduler class")
+    kwargs = dict(kwargs or {})
+    defaults = {
+        "OneCycleLR": {"total_steps": schedule.total_steps(), "max_lr": schedule.lr0},
+        "CosineAnnealingLR": {"T_max": schedule.total_steps()},
+    }
+    for key, value in defaults.get(name, {}).items():
+        kwargs.setdefault(key, value)
+    return cls(optimizer, **kwargs)

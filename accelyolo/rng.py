@@ -6,8 +6,8 @@ torch CPU and every CUDA device) is captured into a checkpoint. The captured sta
 dict of tensors and JSON scalars, so `accelyolo.checkpoint` stores it in a safetensors file with
 no pickle involved.
 
-Nothing here runs at import time: seeding and determinism flags change global state and happen
-only when `seed_everything` is called.
+Nothing here runs at import time: determinism flags change global state only when
+`use_deterministic_algorithms` is called.
 """
 
 from __future__ import annotations
@@ -19,27 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["capture_rng_state", "restore_rng_state", "seed_everything"]
+__all__ = ["capture_rng_state", "restore_rng_state", "use_deterministic_algorithms"]
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy, torch and every CUDA device with one integer.
-
-    Args:
-        seed: the seed; YOLOv5 uses `2 + rank` so that ranks draw different augmentations.
-        deterministic: also ask torch for deterministic kernels (`warn_only=True`, so an op
-            without a deterministic implementation warns instead of failing), turn off cuDNN
-            autotuning and set `CUBLAS_WORKSPACE_CONFIG`, which deterministic cuBLAS needs.
-            Slower; leave it off unless you need bit-identical reruns.
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # numpy accepts seeds in [0, 2**32)
-    torch.manual_seed(seed)  # seeds the CPU generator and every CUDA device
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+def use_deterministic_algorithms() -> None:
+    """Ask torch for deterministic kernels (`warn_only=True`: an op without a deterministic
+    implementation warns instead of failing), turn off cuDNN autotuning and set
+    `CUBLAS_WORKSPACE_CONFIG`, which deterministic cuBLAS needs. Slower; for bit-identical reruns.
+    Seeding itself is `accelerate.utils.set_seed(seed, device_specific=True)` (seed + rank)."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
 
 
 def capture_rng_state() -> dict[str, Any]:

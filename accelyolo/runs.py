@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from accelerate import Accelerator
 
 
 def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
@@ -44,3 +48,23 @@ def run_dir_of_checkpoint(path: Path) -> Path:
     """The run folder a `weights/*.safetensors` checkpoint belongs to."""
     path = Path(path).resolve()
     return path.parent.parent if path.parent.name == "weights" else path.parent
+
+
+def make_run_dir(
+    accelerator: Accelerator, path: str | Path, exist_ok: bool = False, resume_from: str | Path | None = None
+) -> Path:
+    """The run folder every rank uses: the resumed checkpoint's run, or `increment_path(path)` chosen by the
+    main process and broadcast to the others (which would otherwise race for `exp2`). Created on the main
+    process."""
+    from accelerate.utils import broadcast_object_list
+
+    if resume_from is not None:
+        run_dir = run_dir_of_checkpoint(Path(resume_from))
+    else:
+        chosen = [str(increment_path(path, exist_ok)) if accelerator.is_main_process else None]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(chosen, from_process=0)
+        run_dir = Path(chosen[0])
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir

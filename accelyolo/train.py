@@ -7,10 +7,10 @@ model on the built-in demo data (the `demo` recipe).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from accelyolo.config import ConfigError, add_config_arguments, config_from_args
+from accelyolo.logs import setup_logging
 
 DEFAULT_RECIPE = "demo"
 
@@ -30,26 +30,18 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"accelyolo train: {exc}", file=sys.stderr)
         return 2
-    print(f"results in {result.run_dir}: best epoch {result.best_epoch}, "
-          + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    print(
+        f"results in {result.run_dir}: best epoch {result.best_epoch}, "
+        + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+    )
     return 0
 
 
-def setup_logging() -> None:
-    """Show accelyolo's INFO messages (and every library's warnings) on stderr."""
-    logger = logging.getLogger("accelyolo")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    parser = argparse.ArgumentParser(prog="accelyolo train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    setup_logging()  # the main process is not known before Accelerate starts: fit() narrows it per rank
+    parser = argparse.ArgumentParser(
+        prog="accelyolo train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

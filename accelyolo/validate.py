@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+LOGGER = logging.getLogger("accelyolo")
 
 
 @dataclass
@@ -48,17 +51,17 @@ def validate(
     import torch
     from accelerate import Accelerator
     from accelerate.utils import gather_object
-    from rich.console import Console
 
     from accelyolo.boxes import scale_boxes
     from accelyolo.checkpoint import load_checkpoint
     from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
     from accelyolo.evaluation import evaluate
+    from accelyolo.logs import render_text, setup_logging
     from accelyolo.metrics import coco_json_records
-    from accelyolo.runs import increment_path
+    from accelyolo.runs import make_run_dir
 
     accelerator = Accelerator()
-    console = Console()
+    setup_logging(main_process=accelerator.is_main_process)
     model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
     trained = meta.get("config", {})
     imgsz = imgsz or int(trained.get("imgsz", 640))
@@ -66,24 +69,28 @@ def validate(
         spec = load_data_yaml(data or trained.get("data") or demo_data_yaml())
         names = list(meta.get("names") or spec.names)
         if len(names) != model.nc:
-            raise ValueError(f"{weights}: the model has {model.nc} classes, the dataset {spec.yaml_path} "
-                             f"{len(names)}; pass the data.yaml the model was trained on.")
+            raise ValueError(
+                f"{weights}: the model has {model.nc} classes, the dataset {spec.yaml_path} "
+                f"{len(names)}; pass the data.yaml the model was trained on."
+            )
         if not spec.splits.get("val"):
             raise ValueError(f"{spec.yaml_path}: the 'val' split has no images.")
-        dataset = YoloDataset(spec.splits["val"], imgsz=imgsz, augment=False, hyp=None, names=names,
-                              rect=rect, batch_size=batch_size, stride=32,
-                              single_cls=bool(trained.get("single_cls", False)))
+        dataset = YoloDataset(
+            spec.splits["val"],
+            imgsz=imgsz,
+            augment=False,
+            hyp=None,
+            names=names,
+            rect=rect,
+            batch_size=batch_size,
+            stride=32,
+            single_cls=bool(trained.get("single_cls", False)),
+        )
     loader = build_dataloader(dataset, batch_size=batch_size, workers=workers, shuffle=False, seed=0)
     model = model.fuse().to(accelerator.device, memory_format=torch.channels_last).eval()
     loader = accelerator.prepare(loader)
 
-    save_dir = None
-    if accelerator.is_main_process:
-        save_dir = increment_path(Path(project) / name, exist_ok)
-        save_dir.mkdir(parents=True, exist_ok=True)
-    if accelerator.num_processes > 1:
-        save_dir = gather_object([str(save_dir)])[0]
-    save_dir = Path(save_dir)
+    save_dir = make_run_dir(accelerator, Path(project) / name, exist_ok)
 
     # image path -> its COCO records; an image that DDP's even batching repeats keeps its first records,
     # the same rule the evaluator applies to its per-image records
@@ -92,8 +99,9 @@ def validate(
 
     def on_batch(batch: dict[str, Any], detections: list[torch.Tensor]) -> None:
         if save_json:
-            for det, path, orig, ratio_pad in zip(detections, batch["paths"], batch["orig_shapes"],
-                                                  batch["ratio_pads"]):
+            for det, path, orig, ratio_pad in zip(
+                detections, batch["paths"], batch["orig_shapes"], batch["ratio_pads"]
+            ):
                 det = det.detach().float().cpu().clone()
                 det[:, :4] = scale_boxes(det[:, :4], ratio_pad=ratio_pad, orig_shape=tuple(orig))
                 json_by_image.setdefault(str(path), coco_json_records(str(path), det.numpy()))
@@ -101,14 +109,35 @@ def validate(
             from accelyolo.plots import plot_batch
 
             n = plotted["n"]
-            plot_batch(batch["images"].cpu(), batch["targets"].cpu(), batch["paths"], names,
-                       save_dir / f"val_batch{n}_labels.png")
-            plot_batch(batch["images"].cpu(), None, batch["paths"], names, save_dir / f"val_batch{n}_pred.png",
-                       preds=[d.detach().cpu() for d in detections])
+            plot_batch(
+                batch["images"].cpu(),
+                batch["targets"].cpu(),
+                batch["paths"],
+                names,
+                save_dir / f"val_batch{n}_labels.png",
+            )
+            plot_batch(
+                batch["images"].cpu(),
+                None,
+                batch["paths"],
+                names,
+                save_dir / f"val_batch{n}_pred.png",
+                preds=[d.detach().cpu() for d in detections],
+            )
             plotted["n"] += 1
 
-    result = evaluate(model, loader, accelerator, nc=model.nc, names=names, conf_thres=conf, iou_thres=iou,
-                      max_det=max_det, on_batch=on_batch, channels_last=True)
+    result = evaluate(
+        model,
+        loader,
+        accelerator,
+        nc=model.nc,
+        names=names,
+        conf_thres=conf,
+        iou_thres=iou,
+        max_det=max_det,
+        on_batch=on_batch,
+        channels_last=True,
+    )
     json_path = None
     if save_json:
         pairs = list(json_by_image.items())
@@ -126,7 +155,7 @@ def validate(
         from accelyolo.reports import per_class_table, plot_confusion_matrix, plot_curves
 
         if verbose:
-            console.print(per_class_table(result, names))
+            LOGGER.info("%s", render_text(per_class_table(result, names)))
         if plots:
             plot_curves(result, names, save_dir)
             plot_confusion_matrix(result, names, save_dir)

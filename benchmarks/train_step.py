@@ -23,8 +23,7 @@ import torch
 
 from accelyolo.callbacks import Callback
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
-from accelyolo.losses import build_loss
-from accelyolo.models import build_model
+from accelyolo.families import build_loss, build_model
 from accelyolo.optim import build_optimizer
 from accelyolo.trainer import fit
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from accelyolo.autoanchor import anchor_metrics, check_anchors, kmean_anchors
-from accelyolo.models import COCO_ANCHORS, build_model
+from accelyolo.families import COCO_ANCHORS, build_model
 
 
 def _labels(n_images: int, w_range: tuple[float, float], h_range: tuple[float, float], seed: int = 1):

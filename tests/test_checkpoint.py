@@ -15,6 +15,7 @@ from torch import nn
 
 import accelyolo
 from accelyolo.checkpoint import (
+    FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
     load_checkpoint_bundle,
@@ -147,7 +148,7 @@ def test_tensor_layout_and_metadata_are_readable_without_accelyolo(tmp_path):
         header = file.metadata()
     assert "model.conv1.weight" in keys and "ema.bn1.running_mean" in keys
     assert {"optimizer.state.0.exp_avg", "optimizer.state.0.step", "rng.0.torch", "rng.0.numpy.keys"} <= keys
-    assert json.loads(header["accelyolo.format"])["version"] == 1
+    assert json.loads(header["accelyolo.format"])["version"] == FORMAT_VERSION
     assert set(json.loads(header["accelyolo.versions"])) >= {"torch", "accelerate", "accelyolo"}
     groups = json.loads(header["optimizer.param_groups"])
     assert [group["name"] for group in groups] == ["weights", "norm", "bias"]

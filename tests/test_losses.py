@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from accelyolo.losses import AnchorBasedLoss, AnchorFreeLoss, FocalLoss, TaskAlignedAssigner, build_loss
+from accelyolo.families import build_loss, build_model
+from accelyolo.losses import AnchorBasedLoss, AnchorFreeLoss, FocalLoss, TaskAlignedAssigner
 from accelyolo.losses.anchor_free import pad_targets
-from accelyolo.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -27,20 +27,9 @@ import albumentations as A
 import cv2
 import numpy as np
 
-DEFAULT_HYP: dict[str, float] = {  # YOLOv5 hyp.scratch-low
-    "hsv_h": 0.015,
-    "hsv_s": 0.7,
-    "hsv_v": 0.4,
-    "degrees": 0.0,
-    "translate": 0.1,
-    "scale": 0.5,
-    "shear": 0.0,
-    "perspective": 0.0,
-    "flipud": 0.0,
-    "fliplr": 0.5,
-    "mosaic": 1.0,
-    "mixup": 0.0,
-}
+from accelyolo.hyp import augmentation_defaults
+
+DEFAULT_HYP: dict[str, float] = augmentation_defaults()  # YOLOv5 hyp.scratch-low (accelyolo.hyp)
 PAD_VALUE = 114
 MIN_BOX_SIDE = 2.0
 MIN_VISIBILITY = 0.1

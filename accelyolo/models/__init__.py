@@ -1,17 +1,8 @@
-"""YOLO models: the anchor-free (YOLOv8) and anchor-based (YOLOv5) families, a registry and utilities."""
+"""Model building blocks: layers, backbones, necks, heads and the `YOLO` container, plus utilities.
 
-from accelyolo.models.registry import COCO_ANCHORS, ModelSpec, build_model, list_models, model_spec, register_model
+Named variants (`yolov8n`, `yolov5s`, ...) and `build_model` live in `accelyolo.families`.
+"""
+
 from accelyolo.models.yolo import YOLO, freeze_layers, model_info, transfer_weights
 
-__all__ = [
-    "COCO_ANCHORS",
-    "YOLO",
-    "ModelSpec",
-    "build_model",
-    "freeze_layers",
-    "list_models",
-    "model_info",
-    "model_spec",
-    "register_model",
-    "transfer_weights",
-]
+__all__ = ["YOLO", "freeze_layers", "model_info", "transfer_weights"]

@@ -4,34 +4,30 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from accelyolo.models.backbone import YOLOv5Backbone, YOLOv8Backbone
-from accelyolo.models.heads import AnchorBasedHead, AnchorFreeHead
 from accelyolo.models.layers import Conv
-from accelyolo.models.neck import YOLOv5PAN, YOLOv8PAN
 
 __all__ = ["YOLO", "freeze_layers", "model_info", "transfer_weights"]
 
 logger = logging.getLogger(__name__)
 
-STRIDES = (8.0, 16.0, 32.0)
+STRIDES = (8.0, 16.0, 32.0)  # pixels per cell of the P3, P4, P5 levels
 
 
 class YOLO(nn.Module):
-    """A YOLO detector of either family.
+    """A YOLO detector: backbone -> neck -> head, built by a model family (`accelyolo.families`).
 
     Args:
-        family: "anchor_free" (YOLOv8: C2f, DFL head) or "anchor_based" (YOLOv5: C3, anchors).
-        nc: number of classes.
-        width, depth: channel and repeat multipliers of the scale.
-        max_channels: channel cap before `width` (anchor-free family only).
-        anchors: (3, na, 2) anchors in pixels (anchor-based family only).
-        reg_max: DFL bins per box side (anchor-free family only).
+        backbone: maps (B, 3, H, W) to feature maps; has `.stages` (an `nn.ModuleList`).
+        neck: maps the backbone's outputs to one map per level; has `.blocks` and `.out_channels`.
+        head: turns the level maps into raw maps (train) or decoded detections (eval); has `.nc`
+            and `.strides`.
+        family: the registered family name that built it (`accelyolo.families.family_of` reads it).
         config: the `build_model` keywords that rebuild this architecture (kept as `self.config`).
 
     Input (B, 3, H, W) in [0, 1] with H, W multiples of 32. Train mode returns the head's raw maps;
@@ -39,39 +35,15 @@ class YOLO(nn.Module):
     """
 
     def __init__(
-        self,
-        family: str,
-        nc: int,
-        width: float,
-        depth: float,
-        max_channels: int = 1024,
-        anchors: Sequence[Sequence[float]] | None = None,
-        reg_max: int = 16,
-        config: dict[str, Any] | None = None,
+        self, backbone: nn.Module, neck: nn.Module, head: nn.Module, family: str, config: dict[str, Any] | None = None
     ) -> None:
         super().__init__()
-        if nc < 1:
-            raise ValueError(f"YOLO: nc (number of classes) must be >= 1, got {nc}")
-        self.family, self.nc = family, nc
+        if head.nc < 1:
+            raise ValueError(f"YOLO: nc (number of classes) must be >= 1, got {head.nc}")
+        self.family, self.nc = family, head.nc
         self.config: dict[str, Any] = dict(config or {})
-        if family == "anchor_free":
-            self.backbone = YOLOv8Backbone(width, depth, max_channels)
-            self.neck = YOLOv8PAN(width, depth, max_channels)
-            self.head = AnchorFreeHead(nc, self.neck.out_channels, STRIDES, reg_max)
-        elif family == "anchor_based":
-            if anchors is None:
-                raise ValueError("YOLO: the anchor_based family needs anchors, (3, na, 2) pixels")
-            self.backbone = YOLOv5Backbone(width, depth)
-            self.neck = YOLOv5PAN(width, depth)
-            self.head = AnchorBasedHead(nc, self.neck.out_channels, STRIDES, anchors)
-        else:
-            raise ValueError(f"YOLO: family must be 'anchor_free' or 'anchor_based', got {family!r}")
-        self.register_buffer("stride", torch.tensor(STRIDES), persistent=False)
-
-    @property
-    def names_arg(self) -> dict[str, Any]:
-        """Alias of `config`: the `build_model` keywords of this architecture."""
-        return self.config
+        self.backbone, self.neck, self.head = backbone, neck, head
+        self.register_buffer("stride", torch.tensor(head.strides), persistent=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % 32 or x.shape[3] % 32:
@@ -95,21 +67,12 @@ class YOLO(nn.Module):
 def _flops(model: nn.Module, imgsz: int) -> float:
     """GFLOPs (FlopCounterMode total / 1e9, 2 per multiply-add) of one (1, 3, imgsz, imgsz) forward pass.
 
-    Runs on a `meta` twin of the model (rebuilt from its `config`, else a copy moved to `meta`), so nothing
-    is computed, no device memory is used and the real weights are untouched.
+    Runs on a `meta` twin of the model (a copy moved to `meta`), so nothing is computed, no device
+    memory is used and the real weights are untouched.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    config = getattr(model, "config", None)
-    if next(model.parameters()).device.type == "meta":
-        meta = model
-    elif isinstance(model, YOLO) and config:
-        from accelyolo.models.registry import build_model
-
-        with torch.device("meta"):
-            meta = build_model(**config)
-    else:
-        meta = copy.deepcopy(model).to("meta")
+    meta = model if next(model.parameters()).device.type == "meta" else copy.deepcopy(model).to("meta")
     meta.train(model.training)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:

@@ -1,0 +1,36 @@
+"""Model families and the named variants they register (see `registry`).
+
+Importing this package registers the shipped families: `anchor_free` (yolov8n..x) and `anchor_based`
+(yolov5n..x). A new family is a module that subclasses `ModelFamily`, registers it and its variants.
+"""
+
+from accelyolo.families import anchor_based, anchor_free  # noqa: F401  (they register themselves)
+from accelyolo.families.anchor_based import COCO_ANCHORS
+from accelyolo.families.registry import (
+    ModelFamily,
+    ModelSpec,
+    build_loss,
+    build_model,
+    family_of,
+    get_family,
+    list_families,
+    list_models,
+    model_spec,
+    register_family,
+    register_model,
+)
+
+__all__ = [
+    "COCO_ANCHORS",
+    "ModelFamily",
+    "ModelSpec",
+    "build_loss",
+    "build_model",
+    "family_of",
+    "get_family",
+    "list_families",
+    "list_models",
+    "model_spec",
+    "register_family",
+    "register_model",
+]

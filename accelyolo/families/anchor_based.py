@@ -1,0 +1,89 @@
+"""The anchor-based family (YOLOv5 v6.0+): C3 backbone and PAN, anchor head, YOLOv5 loss, autoanchor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from accelyolo.autoanchor import check_anchors
+from accelyolo.families.registry import ModelFamily, ModelSpec, register_family, register_model
+from accelyolo.losses.anchor_based import AnchorBasedLoss
+from accelyolo.models.backbone import YOLOv5Backbone
+from accelyolo.models.heads import AnchorBasedHead
+from accelyolo.models.neck import YOLOv5PAN
+from accelyolo.models.yolo import STRIDES, YOLO
+
+LOGGER = logging.getLogger("accelyolo")
+
+# YOLOv5 default anchors (w, h pixels) for P3/8, P4/16, P5/32, fitted on COCO.
+COCO_ANCHORS = (
+    ((10, 13), (16, 30), (33, 23)),
+    ((30, 61), (62, 45), (59, 119)),
+    ((116, 90), (156, 198), (373, 326)),
+)
+
+
+class AnchorBasedFamily(ModelFamily):
+    name = "anchor_based"
+    loss_gains = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # YOLOv5 hyp.scratch-low, before the scaling below
+    own_options = ("obj", "obj_pw", "anchor_t")
+
+    def build(self, nc: int, width: float, depth: float) -> YOLO:
+        backbone = YOLOv5Backbone(width, depth)
+        neck = YOLOv5PAN(width, depth)
+        head = AnchorBasedHead(nc, neck.out_channels, STRIDES, COCO_ANCHORS)
+        return YOLO(backbone, neck, head, family=self.name)
+
+    def build_loss(self, model: nn.Module, hyp: Mapping[str, Any], imgsz: int) -> AnchorBasedLoss:
+        """YOLOv5's loss, its gains scaled as its train.py does: box x 3/nl, cls x nc/80 x 3/nl,
+        obj x (imgsz/640)^2 x 3/nl."""
+        if hyp.get("dfl") is not None:
+            LOGGER.warning("dfl applies to anchor-free (yolov8*) models and is ignored here")
+        head = model.head
+        nl = head.nl
+        return AnchorBasedLoss(
+            head,
+            box=self.gain(hyp, "box") * 3 / nl,
+            obj=self.gain(hyp, "obj") * (imgsz / 640) ** 2 * 3 / nl,
+            cls=self.gain(hyp, "cls") * head.nc / 80 * 3 / nl,
+            cls_pw=float(hyp.get("cls_pw", 1.0)),
+            obj_pw=float(hyp.get("obj_pw", 1.0)),
+            anchor_t=float(hyp.get("anchor_t", 4.0)),
+            fl_gamma=float(hyp.get("fl_gamma", 0.0)),
+            label_smoothing=float(hyp.get("label_smoothing", 0.0)),
+        )
+
+    def prepare_for_training(
+        self,
+        model: nn.Module,
+        labels: list[np.ndarray],
+        shapes: np.ndarray | None,
+        imgsz: int,
+        hyp: Mapping[str, Any],
+        seed: int,
+    ) -> None:
+        """Autoanchor: refit the anchors to the labels when their best possible recall is below 0.98."""
+        report = check_anchors(model, labels, shapes, imgsz, thr=float(hyp.get("anchor_t", 4.0)), seed=seed)
+        LOGGER.info(
+            "autoanchor: best possible recall %.4f%s",
+            report["bpr_before"],
+            f" -> {report['bpr_after']:.4f} (anchors replaced)" if report["replaced"] else "",
+        )
+
+
+register_family(AnchorBasedFamily())
+
+# Scales: depth, width. "t" (tiny: 1/16 width) is a public size for smoke tests and CPU demos.
+for _scale, (_depth, _width) in {
+    "n": (0.33, 0.25),
+    "s": (0.33, 0.50),
+    "m": (0.67, 0.75),
+    "l": (1.00, 1.00),
+    "x": (1.33, 1.25),
+    "t": (0.33, 0.0625),
+}.items():
+    register_model(f"yolov5{_scale}", ModelSpec("anchor_based", _depth, _width))

@@ -1,0 +1,64 @@
+"""The anchor-free family (YOLOv8): C2f backbone and PAN, decoupled DFL head, TAL + CIoU + DFL + BCE loss."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from accelyolo.families.registry import ModelFamily, ModelSpec, register_family, register_model
+from accelyolo.losses.anchor_free import AnchorFreeLoss
+from accelyolo.models.backbone import YOLOv8Backbone
+from accelyolo.models.heads import AnchorFreeHead
+from accelyolo.models.neck import YOLOv8PAN
+from accelyolo.models.yolo import STRIDES, YOLO
+
+LOGGER = logging.getLogger("accelyolo")
+
+# Hyperparameters only the anchor-based loss reads, with their neutral values.
+_ANCHOR_BASED_ONLY = {
+    "obj": None,
+    "cls_pw": 1.0,
+    "obj_pw": 1.0,
+    "anchor_t": 4.0,
+    "fl_gamma": 0.0,
+    "label_smoothing": 0.0,
+}
+
+
+class AnchorFreeFamily(ModelFamily):
+    name = "anchor_free"
+    loss_gains = {"box": 7.5, "cls": 0.5, "dfl": 1.5}  # YOLOv8's defaults
+    own_options = ("dfl",)
+
+    def build(self, nc: int, width: float, depth: float, max_channels: int = 1024, reg_max: int = 16) -> YOLO:
+        backbone = YOLOv8Backbone(width, depth, max_channels)
+        neck = YOLOv8PAN(width, depth, max_channels)
+        head = AnchorFreeHead(nc, neck.out_channels, STRIDES, reg_max)
+        return YOLO(backbone, neck, head, family=self.name)
+
+    def build_loss(self, model: nn.Module, hyp: Mapping[str, Any], imgsz: int) -> AnchorFreeLoss:
+        ignored = [k for k, neutral in _ANCHOR_BASED_ONLY.items() if hyp.get(k, neutral) != neutral]
+        if ignored:
+            LOGGER.warning(
+                "%s apply to anchor-based (yolov5*) models and are ignored for this anchor-free model",
+                ", ".join(ignored),
+            )
+        head = model.head
+        return AnchorFreeLoss(head, box=self.gain(hyp, "box"), cls=self.gain(hyp, "cls"), dfl=self.gain(hyp, "dfl"))
+
+
+register_family(AnchorFreeFamily())
+
+# Scales: depth, width, max channels. "t" (tiny: 1/16 width) is a public size for smoke tests and CPU demos.
+for _scale, (_depth, _width, _max_channels) in {
+    "n": (0.33, 0.25, 1024),
+    "s": (0.33, 0.50, 1024),
+    "m": (0.67, 0.75, 768),
+    "l": (1.00, 1.00, 512),
+    "x": (1.00, 1.25, 512),
+    "t": (0.33, 0.0625, 1024),
+}.items():
+    register_model(f"yolov8{_scale}", ModelSpec("anchor_free", _depth, _width, {"max_channels": _max_channels}))

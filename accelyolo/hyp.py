@@ -1,0 +1,70 @@
+"""The hyperparameter table: every YOLOv5-named hyperparameter, its default and its meaning, in one place.
+
+`TrainConfig` takes its `hyp` fields from here, the augmentation pipeline its defaults, and recipe
+validation its list of names (a `hyp:` key that is not in this table is an error). Defaults are YOLOv5's
+hyp.scratch-low; a loss gain of `None` means "the model family's default" (`accelyolo.families`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Hyp(NamedTuple):
+    default: float | None
+    help: str
+
+
+HYPERPARAMETERS: dict[str, Hyp] = {
+    # optimizer and schedule
+    "lr0": Hyp(0.01, "initial learning rate"),
+    "lrf": Hyp(0.01, "final LR as a fraction of lr0"),
+    "momentum": Hyp(0.937, "SGD momentum / Adam beta1"),
+    "weight_decay": Hyp(0.0005, "weight decay at the nominal batch"),
+    "warmup_epochs": Hyp(3.0, "warmup epochs (fractions allowed, 0 = none)"),
+    "warmup_momentum": Hyp(0.8, "initial warmup momentum"),
+    "warmup_bias_lr": Hyp(0.1, "initial warmup LR of the bias group"),
+    # loss
+    "box": Hyp(None, "box loss gain (empty = the model family's default)"),
+    "cls": Hyp(None, "class loss gain (empty = the model family's default)"),
+    "dfl": Hyp(None, "DFL loss gain, anchor-free models (empty = the family's default)"),
+    "obj": Hyp(None, "objectness loss gain, anchor-based models (empty = the family's default)"),
+    "cls_pw": Hyp(1.0, "class BCE positive weight"),
+    "obj_pw": Hyp(1.0, "objectness BCE positive weight, anchor-based models"),
+    "anchor_t": Hyp(4.0, "anchor-multiple threshold, anchor-based models"),
+    "fl_gamma": Hyp(0.0, "focal loss gamma (0 = plain BCE)"),
+    "label_smoothing": Hyp(0.0, "label smoothing epsilon of the class targets"),
+    # augmentation
+    "hsv_h": Hyp(0.015, "hue jitter (fraction)"),
+    "hsv_s": Hyp(0.7, "saturation jitter (fraction)"),
+    "hsv_v": Hyp(0.4, "value jitter (fraction)"),
+    "degrees": Hyp(0.0, "rotation (+/- degrees)"),
+    "translate": Hyp(0.1, "translation (+/- fraction)"),
+    "scale": Hyp(0.5, "scale (+/- gain)"),
+    "shear": Hyp(0.0, "shear (+/- degrees)"),
+    "perspective": Hyp(0.0, "perspective (+/- fraction)"),
+    "flipud": Hyp(0.0, "vertical flip probability"),
+    "fliplr": Hyp(0.5, "horizontal flip probability"),
+    "mosaic": Hyp(1.0, "mosaic probability"),
+    "mixup": Hyp(0.0, "mixup probability"),
+}
+
+AUGMENTATION_KEYS = (
+    "hsv_h",
+    "hsv_s",
+    "hsv_v",
+    "degrees",
+    "translate",
+    "scale",
+    "shear",
+    "perspective",
+    "flipud",
+    "fliplr",
+    "mosaic",
+    "mixup",
+)
+
+
+def augmentation_defaults() -> dict[str, float]:
+    """The augmentation hyperparameters with their defaults."""
+    return {key: float(HYPERPARAMETERS[key].default) for key in AUGMENTATION_KEYS}

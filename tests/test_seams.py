@@ -1,0 +1,195 @@
+"""The trainer's seams: parts replaced by subclass or by `fit(parts=...)`, the step record, the run state,
+the scheduler object, a run closed however it ends, stops decided on one rank."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from accelyolo.callbacks import Callback
+from accelyolo.checkpoint import read_checkpoint_metadata
+from accelyolo.families import build_loss
+from accelyolo.trainer import Parts, RunState, StepOutput, fit
+from tests.conftest import tiny_train_options
+from tests.test_distributed import launch_args, run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Record(Callback):
+    def __init__(self):
+        self.steps: list[StepOutput] = []
+        self.closed = 0
+
+    def on_step_end(self, trainer, step):
+        self.steps.append(step)
+
+    def close(self, trainer):
+        self.closed += 1
+
+
+class CountingLoss(torch.nn.Module):
+    """The family's loss, counting its calls: proof that the part given to fit() is the one used."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = build_loss(model, imgsz=64)
+        self.names = self.inner.names
+        self.calls = 0
+
+    def forward(self, preds, targets):
+        self.calls += 1
+        return self.inner(preds, targets)
+
+
+def test_a_loss_factory_passed_to_fit_replaces_the_loss(tiny_demo, tmp_path):
+    made = []
+
+    def make_loss(trainer, model):
+        made.append(CountingLoss(model))
+        return made[-1]
+
+    record = Record()
+    fit(callbacks=[record], parts=Parts(loss=make_loss), **tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    assert len(made) == 1 and made[0].calls == len(record.steps) == 6
+    step = record.steps[0]
+    assert isinstance(step, StepOutput) and step.epoch == 1 and step.batch == 0 and step.iteration == 0
+    assert set(step.losses) == {"box", "cls", "dfl"} and step.finite
+    assert [s.optimizer_step for s in record.steps] == [False] * 5 + [True]  # accumulate 8; the epoch's end
+    assert step.image_size == 64 and step.batch_size == 8 and step.step_time_s > 0 and len(step.lrs) == 3
+    assert [s.iteration for s in record.steps] == list(range(6))
+    assert record.closed == 1
+
+
+class Boom(Callback):
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def on_step_end(self, trainer, step):
+        if step.batch == 2:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("callback failed"), KeyboardInterrupt()])
+def test_the_run_is_closed_however_it_ends(tiny_demo, tmp_path, error):
+    record = Record()
+    with pytest.raises(type(error)):
+        fit(callbacks=[record, Boom(error)], **tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    assert record.closed == 1  # every callback's close ran: the progress display is stopped the same way
+
+
+def test_a_run_that_fails_before_training_leaves_no_run_folder(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        fit(data=None, model="yolov9z", imgsz=64, epochs=1, workers=0, project=str(tmp_path), plots=False)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_checkpoint_holds_run_state_and_scheduler_state(tiny_demo, tmp_path):
+    result = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=2, warmup_epochs=1.0, warmup_min_iters=4, nbs=8))
+    meta = read_checkpoint_metadata(result.last_checkpoint)
+    state = RunState.from_metadata(meta)
+    assert state.epoch == 2 == result.epochs_completed and state.best_epoch == result.best_epoch >= 1
+    assert state.global_step == 12 and state.ema_updates == 12  # nbs 8 = batch 8: a step every batch
+    assert meta["scheduler"]["last_epoch"] == 12  # one scheduler step per optimizer step
+    assert json.loads(json.dumps(meta["scheduler"])) == meta["scheduler"]
+
+
+def test_a_torch_scheduler_from_the_recipe_resumes_exactly(tiny_demo, tmp_path):
+    opts = tiny_train_options(
+        tiny_demo, tmp_path, epochs=3, scheduler="OneCycleLR", scheduler_args={"pct_start": 0.3}, nbs=8
+    )
+
+    class StopAfterFirst(Record):
+        def on_epoch_end(self, trainer, row):
+            trainer.request_stop()
+
+    straight = Record()
+    fit(callbacks=[straight], **{**opts, "name": "straight"})
+    first = StopAfterFirst()
+    stopped = fit(callbacks=[first], **{**opts, "name": "stopped"})
+    assert read_checkpoint_metadata(stopped.last_checkpoint)["scheduler"]["total_steps"] == 18
+    second = Record()
+    fit(callbacks=[second], resume=str(stopped.last_checkpoint))
+    lrs = [s.lrs for s in first.steps + second.steps]
+    assert lrs == [s.lrs for s in straight.steps]
+    assert max(max(x) for x in lrs) > 5 * lrs[0][0]  # the one-cycle ramp, not a constant
+
+
+def test_fit_twice_in_one_process_with_other_precision(tiny_demo, tmp_path):
+    """Accelerate refuses a second Accelerator with other settings in one process unless its state is
+    reset (`trainer.fresh_accelerator`, the one place that touches Accelerate's private state)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    Accelerator(mixed_precision="no")
+    with pytest.raises(ValueError, match="already been initialized"):
+        Accelerator(mixed_precision="bf16")
+    AcceleratorState._reset_state(reset_partial_state=False)
+    first = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, mixed_precision="no"))
+    second = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, mixed_precision="bf16"))
+    assert first.epochs_completed == second.epochs_completed == 1
+
+
+def test_run_state_reads_format_1_epochs():
+    old = {"epoch": 0, "best_epoch": 0, "best_fitness": 0.5, "global_step": 7, "ema_updates": 7}
+    state = RunState.from_metadata(old, format_version=1)
+    assert (state.epoch, state.best_epoch, state.global_step) == (1, 1, 7)
+    assert RunState.from_metadata(state.to_metadata()) == state
+
+
+SCRIPT = """
+import json, sys
+import accelyolo
+from accelyolo.callbacks import Callback
+
+class Watch(Callback):
+    def __init__(self):
+        self.lrs = []
+    def on_step_end(self, trainer, step):
+        self.lrs.append(step.lrs)
+        if STOP_AT is not None and trainer.accelerator.process_index == 1 and step.iteration == STOP_AT:
+            trainer.request_stop()  # asked on rank 1 only
+
+watch = Watch()
+result = accelyolo.fit(callbacks=[watch], **OPTIONS)
+rank = __import__("accelerate").PartialState().process_index
+out = {"rank": rank, "steps": len(watch.lrs), "lrs": watch.lrs, "epochs": result.epochs_completed}
+open(OUT.format(rank=rank), "w").write(json.dumps(out))
+"""
+
+
+def _script(tmp_path, name, options, stop_at=None):
+    path = tmp_path / f"{name}.py"
+    out = str(tmp_path / f"{name}-{{rank}}.json")
+    path.write_text(
+        textwrap.dedent(SCRIPT)
+        .replace("OPTIONS", repr(options))
+        .replace("STOP_AT", repr(stop_at))
+        .replace("OUT", repr(out))
+    )
+    return str(path)
+
+
+def _read(tmp_path, name, rank):
+    return json.loads((tmp_path / f"{name}-{rank}.json").read_text())
+
+
+@pytest.mark.slow
+def test_ddp_stop_on_one_rank_and_lr_sequence(tiny_demo, tmp_path):
+    """A stop asked on rank 1 only ends both ranks after the same step; and the LR of every step under
+    2 processes x batch 4 equals the one of 1 process x batch 8 (the scheduler is not stepped per process)."""
+    base = tiny_train_options(
+        tiny_demo, tmp_path, epochs=2, batch_size=4, warmup_epochs=1.0, warmup_min_iters=4, nbs=16
+    )
+    run(launch_args(2) + [_script(tmp_path, "stop", {**base, "name": "stop"}, stop_at=3)])
+    ranks = [_read(tmp_path, "stop", r) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 4 and ranks[0]["epochs"] == 0
+
+    run(launch_args(2) + [_script(tmp_path, "two", {**base, "name": "two"})])
+    run(launch_args(1) + [_script(tmp_path, "one", {**base, "name": "one", "batch_size": 8})])
+    two, one = _read(tmp_path, "two", 0), _read(tmp_path, "one", 0)
+    assert two["steps"] == one["steps"] == 12
+    assert two["lrs"] == one["lrs"]
