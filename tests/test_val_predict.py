@@ -28,7 +28,7 @@ def demo96(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(demo96, tmp_path_factory):
     project = tmp_path_factory.mktemp("runs")
-    result = fit(**tiny_train_options(demo96, project, imgsz=96, epochs=12, nbs=8, lr0=0.02, warmup_epochs=1.0,
+    result = fit(**tiny_train_options(demo96, project, imgsz=96, epochs=20, nbs=8, lr0=0.01, warmup_epochs=1.0,
                                       warmup_min_iters=6, close_mosaic=3, seed=1))
     assert result.metrics["mAP50"] > 0.05  # learned something, so the comparisons below are not of zeros
     return result
