@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -93,17 +92,6 @@ class ModelEMA:
         # One fused call per op over all tensors (the same arithmetic as a per-tensor mul_/add_ loop).
         torch._foreach_mul_(ema_floats, d)
         torch._foreach_add_(ema_floats, model_floats, alpha=1.0 - d)
-
-    def copy_attributes(self, model: nn.Module, include: Iterable[str]) -> None:
-        """Copy plain attributes (class names, strides, ...) from the model to the EMA copy.
-
-        Only the names listed are copied, so nothing process-specific (DDP reducers, hooks)
-        leaks into the copy that gets saved.
-        """
-        source = unwrap_model(model)
-        for name in include:
-            if hasattr(source, name):
-                setattr(self.ema, name, getattr(source, name))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged weights, as `nn.Module.state_dict()` gives them.

@@ -129,17 +129,6 @@ def test_state_dict_round_trip_and_resume():
         resumed.load_state_dict({"0.weight": torch.zeros(4, 3, 3, 3)})  # strict
 
 
-def test_copy_attributes_only_named_ones():
-    model = tiny_model()
-    model.names = ["cat", "dog"]
-    model.secret = "reducer"
-    ema = ModelEMA(model)
-    model.names = ["cat", "dog", "bird"]
-    ema.copy_attributes(Wrapper(model), include=("names", "stride"))
-    assert ema.ema.names == ["cat", "dog", "bird"]
-    assert not hasattr(ema.ema, "stride")
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match="decay"):
         ModelEMA(tiny_model(), decay=1.0)
