@@ -96,9 +96,8 @@ def predict(
         with torch.no_grad():
             out = model(x)
         out = out[0] if isinstance(out, (tuple, list)) else out
-        det = non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, agnostic=agnostic, max_det=max_det)[
-            0
-        ].cpu()
+        (det,) = non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, agnostic=agnostic, max_det=max_det)
+        det = det.cpu()
         det[:, :4] = scale_boxes(det[:, :4], ratio_pad=(ratio, pad), orig_shape=image.shape[:2])
         classes = det[:, 5].long().numpy()
         result = Detections(
