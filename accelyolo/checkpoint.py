@@ -8,7 +8,7 @@ Layout of a bundle:
   `accelyolo.format` (name + version), `accelyolo.versions` (torch, accelerate, safetensors,
   accelyolo), `accelyolo.manifest` (the shape of every nested structure: dicts with their key
   types and order, lists, tuples, python scalars, and which tensor sits where), `metadata` (the
-  caller's JSON-able dict: epoch, global step, best fitness, EMA updates, LR schedule,
+  caller's JSON-able dict: epoch, global step, best fitness, EMA updates, LR schedule or scheduler state,
   config, class names, model config, ...) and `optimizer.param_groups` (a readable copy; the
   manifest is what the loader uses, since JSON alone would turn Adam's `betas` tuple into a list).
 
@@ -48,9 +48,10 @@ __all__ = [
 FORMAT_NAME = "accelyolo-checkpoint"
 FORMAT_VERSION = 1
 _SECTIONS = ("model", "ema", "optimizer", "scaler", "rng")
-# Metadata keys only a resumed training run needs (the trainer writes them); a stripped inference file
-# drops them. Optimizer, scaler and RNG state are tensor sections, not metadata: stripping drops those too.
-_TRAINING_ONLY_METADATA = ("schedule", "ema_updates")
+# Metadata keys only a resumed training run needs; a stripped inference file drops them. "schedule" is
+# written by the current trainer, "scheduler" (LR scheduler state) by the refactored one. Optimizer,
+# scaler and RNG state are tensor sections, not metadata keys: stripping drops those sections.
+_TRAINING_ONLY_METADATA = ("scheduler", "schedule", "ema_updates")
 _MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers too
 
 
@@ -181,7 +182,7 @@ def save_checkpoint(
         optimizer_state: `optimizer.state_dict()`.
         scaler_state: `GradScaler.state_dict()` (`{}` when the scaler is disabled).
         rng_states: one `accelyolo.rng.capture_rng_state()` per rank, in rank order.
-        metadata: JSON-able dict: epoch, global_step, best_fitness, schedule, config,
+        metadata: JSON-able dict: epoch, global_step, best_fitness, schedule or scheduler state, config,
             names, `"model"` (the `build_model` keyword arguments that `load_checkpoint` uses).
     """
     path = Path(path)
@@ -387,7 +388,7 @@ def strip_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], h
     """Write an inference-only file: the EMA weights (or the model's when there is no EMA).
 
     The weights are stored as `model.*`; optimizer, scaler, RNG and resume-only metadata
-    (LR schedule, EMA counter) are dropped, and `metadata["stripped"]` records the source.
+    (LR schedule or scheduler state, EMA counter) are dropped, and `metadata["stripped"]` records the source.
     With `half=True` floating-point tensors are stored as float16 (half the size; load them
     into a float32 model as usual, `load_state_dict` casts).
     """

@@ -217,8 +217,8 @@ def test_scaler_state_disabled_is_empty_dict(tmp_path):
 def test_strip_keeps_ema_weights_and_drops_training_state(tmp_path):
     model, optimizer, scaler, ema = make_run("SGD", seed=0)
     train_steps(model, optimizer, scaler, ema, steps=2, seed=1)
-    metadata = {"model": {"width": 8, "nc": 3}, "names": ["a", "b", "c"], "epoch": 1, "schedule": {"x": 1}}
-    metadata["ema_updates"] = ema.updates
+    metadata = {"model": {"width": 8, "nc": 3}, "names": ["a", "b", "c"], "epoch": 1, "scheduler": {"x": 1}}
+    metadata.update(schedule={"accumulate": 1}, ema_updates=ema.updates)
     full = save_checkpoint(
         tmp_path / "last.safetensors",
         model_state=model.state_dict(),
@@ -234,7 +234,7 @@ def test_strip_keeps_ema_weights_and_drops_training_state(tmp_path):
     assert names and all(name.startswith("model.") for name in names)
     bundle = load_checkpoint_bundle(stripped)
     assert bundle.optimizer_state is None and bundle.rng_states is None and bundle.scaler_state is None
-    assert "schedule" not in bundle.metadata and "ema_updates" not in bundle.metadata
+    assert not {"scheduler", "schedule", "ema_updates"} & set(bundle.metadata)
     assert bundle.metadata["names"] == ["a", "b", "c"] and bundle.metadata["epoch"] == 1
     assert bundle.metadata["stripped"]["weights"] == "ema"
 
