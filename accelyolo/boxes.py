@@ -1,16 +1,21 @@
-"""Box conversions, IoU variants and non-maximum suppression.
+"""Box conversions, IoU variants and non-maximum suppression: the one home of box arithmetic.
 
-Boxes are `xyxy` (corners) or `xywh` (centre, width, height) in the last dimension. The IoU variants
-(GIoU, DIoU, CIoU) follow their papers; NMS runs through `torchvision.ops.batched_nms`.
+Boxes are `xyxy` (corners) or `xywh` (centre, width, height) in the last dimension; YOLO label rows
+are `xywh` normalized by the image size. The conversions take a torch tensor or a numpy array and
+return the same kind (tensors go through `torchvision.ops.box_convert`). The IoU variants (GIoU,
+DIoU, CIoU) follow their papers; NMS runs through `torchvision.ops.batched_nms`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torchvision
+from torchvision.ops import box_convert
 
 __all__ = [
     "bbox_iou",
@@ -19,20 +24,46 @@ __all__ = [
     "non_max_suppression",
     "scale_boxes",
     "xywh2xyxy",
+    "xywhn2xyxy",
     "xyxy2xywh",
 ]
 
-
-def xywh2xyxy(x: torch.Tensor) -> torch.Tensor:
-    """Centre/size boxes (..., 4) to corner boxes (..., 4); returns a new tensor."""
-    xy, wh = x[..., :2], x[..., 2:4] / 2
-    return torch.cat((xy - wh, xy + wh), dim=-1)
+Boxes = TypeVar("Boxes", torch.Tensor, np.ndarray)
 
 
-def xyxy2xywh(x: torch.Tensor) -> torch.Tensor:
-    """Corner boxes (..., 4) to centre/size boxes (..., 4); returns a new tensor."""
+def xywh2xyxy(x: Boxes) -> Boxes:
+    """Centre/size boxes (..., 4+) to corner boxes (..., 4); a new tensor or array of the input's kind.
+
+    Columns after the fourth (e.g. a class id) are ignored.
+    """
+    if isinstance(x, torch.Tensor):
+        return box_convert(x[..., :4], in_fmt="cxcywh", out_fmt="xyxy")
+    xy, wh = x[..., :2], x[..., 2:4] / 2  # same arithmetic as box_convert: c -/+ 0.5 * size
+    return np.concatenate((xy - wh, xy + wh), axis=-1)
+
+
+def xyxy2xywh(x: Boxes) -> Boxes:
+    """Corner boxes (..., 4+) to centre/size boxes (..., 4); a new tensor or array of the input's kind.
+
+    Columns after the fourth (e.g. a class id) are ignored.
+    """
+    if isinstance(x, torch.Tensor):
+        x = x[..., :4] if x.is_floating_point() else x[..., :4].float()
+        return box_convert(x, in_fmt="xyxy", out_fmt="cxcywh")
     x1y1, x2y2 = x[..., :2], x[..., 2:4]
-    return torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), dim=-1)
+    return np.concatenate(((x1y1 + x2y2) / 2, x2y2 - x1y1), axis=-1)
+
+
+def xywhn2xyxy(x: Boxes, w: float, h: float) -> Boxes:
+    """YOLO rows: normalized centre/size boxes (..., 4+) to pixel corner boxes (..., 4) in a `w x h` image.
+
+    A numpy input keeps its dtype (float32 labels stay float32).
+    """
+    if isinstance(x, torch.Tensor):
+        scale = torch.tensor([w, h, w, h], dtype=x.dtype, device=x.device)
+    else:
+        scale = np.array([w, h, w, h], dtype=x.dtype)
+    return xywh2xyxy(x[..., :4] * scale)
 
 
 def box_iou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:

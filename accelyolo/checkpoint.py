@@ -1,6 +1,6 @@
 """Checkpoint bundles: one `.safetensors` file holding everything needed to resume or deploy.
 
-Layout of a bundle (see DESIGN.md, decision 7):
+Layout of a bundle:
 
 - tensors: `model.<name>`, `ema.<name>`, `optimizer.state.<param index>.<key>`, `scaler.*`,
   `rng.<rank>.torch`, `rng.<rank>.cuda.<i>`, `rng.<rank>.numpy.keys`, `rng.<rank>.python.state`;
@@ -8,21 +8,19 @@ Layout of a bundle (see DESIGN.md, decision 7):
   `accelyolo.format` (name + version), `accelyolo.versions` (torch, accelerate, safetensors,
   accelyolo), `accelyolo.manifest` (the shape of every nested structure: dicts with their key
   types and order, lists, tuples, python scalars, and which tensor sits where), `metadata` (the
-  caller's JSON-able dict: epoch, global step, best fitness, EMA updates, scheduler state,
+  caller's JSON-able dict: epoch, global step, best fitness, EMA updates, LR schedule or scheduler state,
   config, class names, model config, ...) and `optimizer.param_groups` (a readable copy; the
   manifest is what the loader uses, since JSON alone would turn Adam's `betas` tuple into a list).
 
 Only tensors and JSON are ever written or read: nothing is pickled, so a checkpoint from an
-untrusted source cannot run code. Files are written atomically (temporary file in the same
-folder, fsync, `os.replace`): a crash while saving leaves the previous `last.safetensors` intact.
+untrusted source cannot run code. Files are written atomically (`accelyolo.fileio`: temporary
+file in the same folder, fsync, `os.replace`): a crash while saving leaves the previous `last.safetensors` intact.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +31,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from accelyolo.fileio import copy_atomically, replace_atomically
 
 __all__ = [
     "FORMAT_NAME",
@@ -48,8 +48,10 @@ __all__ = [
 FORMAT_NAME = "accelyolo-checkpoint"
 FORMAT_VERSION = 2  # 2: epochs in metadata are 1-based (epochs completed), scheduler state saved
 _SECTIONS = ("model", "ema", "optimizer", "scaler", "rng")
-# Metadata only a resumed training run needs; a stripped inference file drops it.
-_TRAINING_ONLY_METADATA = ("scheduler", "schedule", "ema_updates", "optimizer", "scaler", "rng")
+# Metadata keys only a resumed training run needs; a stripped inference file drops them. "schedule" is
+# written by the current trainer, "scheduler" (LR scheduler state) by the refactored one. Optimizer,
+# scaler and RNG state are tensor sections, not metadata keys: stripping drops those sections.
+_TRAINING_ONLY_METADATA = ("scheduler", "schedule", "ema_updates")
 _MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers too
 
 
@@ -151,60 +153,14 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (os.umask can only set)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Have `write` fill a temporary file beside `path`, fsync it, then rename it over `path`.
-
-    A crash at any point leaves either the old file or the new one, never a partial file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp_name)
-        # safetensors creates files with mode 0600; give the checkpoint the usual permissions
-        # (0666 minus the umask) so that teammates on a shared machine can read it.
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        fd = os.open(tmp_name, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every filesystem lets a folder be fsynced
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def _write_atomically(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
-    """Write a safetensors file atomically (see `_replace_atomically`)."""
-    _replace_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    """Write a safetensors file atomically (see `accelyolo.fileio.replace_atomically`)."""
+    replace_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Copy a finished bundle (e.g. last -> best) with the same atomic replace as a save."""
-    dst = Path(dst)
-    _replace_atomically(dst, lambda tmp: shutil.copyfile(src, tmp))
-    return dst
+    return copy_atomically(src, dst)
 
 
 def save_checkpoint(
@@ -226,7 +182,7 @@ def save_checkpoint(
         optimizer_state: `optimizer.state_dict()`.
         scaler_state: `GradScaler.state_dict()` (`{}` when the scaler is disabled).
         rng_states: one `accelyolo.rng.capture_rng_state()` per rank, in rank order.
-        metadata: JSON-able dict: epoch, global_step, best_fitness, scheduler state, config,
+        metadata: JSON-able dict: epoch, global_step, best_fitness, schedule or scheduler state, config,
             names, `"model"` (the `build_model` keyword arguments that `load_checkpoint` uses).
     """
     path = Path(path)
@@ -432,7 +388,7 @@ def strip_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], h
     """Write an inference-only file: the EMA weights (or the model's when there is no EMA).
 
     The weights are stored as `model.*`; optimizer, scaler, RNG and resume-only metadata
-    (scheduler state, EMA counter) are dropped, and `metadata["stripped"]` records the source.
+    (LR schedule or scheduler state, EMA counter) are dropped, and `metadata["stripped"]` records the source.
     With `half=True` floating-point tensors are stored as float16 (half the size; load them
     into a float32 model as usual, `load_state_dict` casts).
     """

@@ -21,7 +21,21 @@ import yaml
 
 from accelyolo.hyp import HYPERPARAMETERS
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+def _recipes_dir() -> Path:
+    """Where the shipped recipes are: `<repo>/recipes` in a source checkout (the copy users read and
+    edit), else the `accelyolo.recipes` package data of an installed wheel (see pyproject.toml)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "recipes").is_dir():
+        return checkout / "recipes"
+    from importlib.resources import files
+
+    # `files("accelyolo") / "recipes"` rather than `files("accelyolo.recipes")`: the folder has no
+    # __init__.py, and files() of such a namespace package is a MultiplexedPath, not a plain path.
+    return Path(str(files("accelyolo").joinpath("recipes")))
+
+
+RECIPES_DIR = _recipes_dir()
 
 
 class ConfigError(ValueError):
@@ -193,7 +207,11 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
 
 
 def resolve_recipe(recipe: str | Path) -> Path:
-    """A recipe path as given, or a name under the shipped `recipes/` folder (`demo` -> recipes/demo.yaml)."""
+    """A recipe path as given, or a name under the shipped recipes, `RECIPES_DIR` (`demo` -> recipes/demo.yaml).
+
+    Recipes refer to their hyp and data files relative to themselves (`hyp/scratch-low.yaml`,
+    `data/coco128.yaml`), so they resolve the same in a checkout and in an installed package.
+    """
     path = Path(recipe)
     if path.is_file():
         return path

@@ -15,27 +15,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-__all__ = ["ModelEMA", "unwrap_model"]
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the plain module inside DDP / DataParallel / `torch.compile` wrappers.
-
-    Wrappers are peeled one at a time: a compiled module keeps its original in `._orig_mod`,
-    (Distributed)DataParallel keeps it in `.module`; Accelerate can stack both.
-    """
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
+__all__ = ["ModelEMA"]
 
 
 class ModelEMA:
@@ -57,7 +42,7 @@ class ModelEMA:
             raise ValueError(f"ModelEMA decay must be in [0, 1), got {decay}")
         if tau <= 0:
             raise ValueError(f"ModelEMA tau must be > 0 (a number of updates), got {tau}")
-        self.ema = copy.deepcopy(unwrap_model(model)).eval()
+        self.ema = copy.deepcopy(extract_model_from_parallel(model, keep_torch_compile=False)).eval()
         self.ema.requires_grad_(False)
         self.decay = float(decay)
         self.tau = float(tau)
@@ -76,7 +61,7 @@ class ModelEMA:
         """
         self.updates += 1
         d = self.decay_at(self.updates)
-        model_state = unwrap_model(model).state_dict()
+        model_state = extract_model_from_parallel(model, keep_torch_compile=False).state_dict()
         ema_floats, model_floats = [], []
         for name, ema_value in self.ema.state_dict().items():
             if name not in model_state:
@@ -93,17 +78,6 @@ class ModelEMA:
         # One fused call per op over all tensors (the same arithmetic as a per-tensor mul_/add_ loop).
         torch._foreach_mul_(ema_floats, d)
         torch._foreach_add_(ema_floats, model_floats, alpha=1.0 - d)
-
-    def copy_attributes(self, model: nn.Module, include: Iterable[str]) -> None:
-        """Copy plain attributes (class names, strides, ...) from the model to the EMA copy.
-
-        Only the names listed are copied, so nothing process-specific (DDP reducers, hooks)
-        leaks into the copy that gets saved.
-        """
-        source = unwrap_model(model)
-        for name in include:
-            if hasattr(source, name):
-                setattr(self.ema, name, getattr(source, name))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged weights, as `nn.Module.state_dict()` gives them.

@@ -75,15 +75,6 @@ class DetectionResult:
             "fitness": float(self.fitness),
         }
 
-    def class_maps(self, nc: int) -> np.ndarray:
-        """mAP50-95 per class index (nc,); classes without ground truth get the overall mAP.
-
-        This is the form image-weighted sampling wants (every class has a value).
-        """
-        maps = np.full(nc, float(self.map))
-        maps[self.classes] = self.ap
-        return maps
-
 
 def fitness(metrics: DetectionResult | Mapping[str, float]) -> float:
     """Model selection score: 0.0*P + 0.0*R + 0.1*mAP50 + 0.9*mAP50-95 (YOLOv5's weights).

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from accelyolo.boxes import xywhn2xyxy
+
 _PALETTE = [
     (255, 56, 56), (255, 157, 151), (255, 112, 31), (255, 178, 29), (207, 210, 49),
     (72, 249, 10), (146, 204, 23), (61, 219, 134), (26, 147, 52), (0, 212, 187),
@@ -94,9 +96,7 @@ def plot_batch(
         tile = Image.fromarray(imgs[i].transpose(1, 2, 0))
         if t is not None:
             ti = t[t[:, 0] == i]
-            cx, cy, bw, bh = ti[:, 2] * w, ti[:, 3] * h, ti[:, 4] * w, ti[:, 5] * h
-            xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
-            tile = draw_boxes(tile, xyxy, ti[:, 1], names)
+            tile = draw_boxes(tile, xywhn2xyxy(ti[:, 2:6], w, h), ti[:, 1], names)
         if preds is not None and i < len(preds):
             p = _to_numpy(preds[i]).reshape(-1, 6)
             tile = draw_boxes(tile, p[:, :4], p[:, 5], names, scores=p[:, 4])

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+LOGGER = logging.getLogger(__name__)  # a child of "accelyolo", whose handler the CLI sets up
 
 
 @dataclass
@@ -27,18 +28,24 @@ class Detections:
     names: list[str] = field(default_factory=list)  # class name of each detection
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "detections": [
-            {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "class": int(c), "name": n}
-            for b, s, c, n in zip(self.boxes, self.scores, self.classes, self.names)]}
+        return {
+            "path": self.path,
+            "detections": [
+                {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "class": int(c), "name": n}
+                for b, s, c, n in zip(self.boxes, self.scores, self.classes, self.names)
+            ],
+        }
 
 
 def list_images(source: str | Path) -> list[Path]:
     """An image file, or the images of a folder (sorted, not recursive)."""
+    from accelyolo.data.checks import IMG_SUFFIXES
+
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMG_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"--source: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in '{source}'.")
+            raise FileNotFoundError(f"--source: no images ({', '.join(IMG_SUFFIXES)}) in '{source}'.")
         return files
     if source.is_file():
         return [source]
@@ -65,6 +72,7 @@ def predict(
     from accelyolo.boxes import non_max_suppression, scale_boxes
     from accelyolo.checkpoint import load_checkpoint
     from accelyolo.data.checks import load_rgb
+    from accelyolo.data.loader import to_model_input
     from accelyolo.data.transforms import letterbox
     from accelyolo.runs import increment_path
 
@@ -82,19 +90,24 @@ def predict(
         try:
             image = load_rgb(path)
         except Exception as exc:  # a corrupt file is reported and skipped, the others still run
-            print(f"accelyolo predict: skipping '{path}': cannot read it as an image ({exc})", file=sys.stderr)
+            LOGGER.warning("predict: skipping '%s': cannot read it as an image (%s)", path, exc)
             continue
         boxed, ratio, pad = letterbox(image, (imgsz, imgsz))
-        x = torch.from_numpy(boxed).permute(2, 0, 1)[None].to(device).float() / 255.0  # (1, 3, S, S)
+        x = to_model_input(torch.from_numpy(boxed).permute(2, 0, 1)[None].to(device))  # (1, 3, S, S)
         with torch.no_grad():
             out = model(x)
         out = out[0] if isinstance(out, (tuple, list)) else out
-        det = non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, agnostic=agnostic,
-                                  max_det=max_det)[0].cpu()
+        (det,) = non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, agnostic=agnostic, max_det=max_det)
+        det = det.cpu()
         det[:, :4] = scale_boxes(det[:, :4], ratio_pad=(ratio, pad), orig_shape=image.shape[:2])
         classes = det[:, 5].long().numpy()
-        result = Detections(str(path), det[:, :4].numpy(), det[:, 4].numpy(), classes,
-                            [names[c] if c < len(names) else str(c) for c in classes])
+        result = Detections(
+            str(path),
+            det[:, :4].numpy(),
+            det[:, 4].numpy(),
+            classes,
+            [names[c] if c < len(names) else str(c) for c in classes],
+        )
         results.append(result)
         if save_dir is not None:
             from PIL import Image
@@ -128,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = predict(**vars(args))
     except (CheckpointError, FileNotFoundError) as exc:
-        print(f"accelyolo predict: {exc}", file=sys.stderr)
+        LOGGER.error("accelyolo predict: %s", exc)
         return 2
     for r in results:
         found = ", ".join(f"{n} {s:.2f}" for n, s in zip(r.names, r.scores)) or "nothing"

@@ -456,6 +456,7 @@ class Trainer:
 
     def start_trackers(self) -> None:
         if self.accelerator.log_with:
+            self.accelerator.project_configuration.set_directories(str(self.run_dir))  # event files in the run
             self.accelerator.init_trackers(self.run_dir.name, config=self.cfg.to_dict())
             self.trackers_started = True
 

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from accelyolo.boxes import bbox_iou, box_iou, non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
+from accelyolo.boxes import (
+    bbox_iou,
+    box_iou,
+    non_max_suppression,
+    scale_boxes,
+    xywh2xyxy,
+    xywhn2xyxy,
+    xyxy2xywh,
+)
 
 
 def test_conversions_round_trip():
@@ -40,11 +49,28 @@ def test_ciou_aspect_term_and_gradient():
     b = torch.tensor([0.0, 0.0, 1.0, 4.0])
     iou = bbox_iou(a, b, kind="ciou")
     diou = bbox_iou(a, b, kind="diou")
-    assert iou.item() < diou.item()
-    v = 4 / math.pi**2 * (math.atan(0.25) - math.atan(4)) ** 2
-    assert v > 0
+    # by hand: overlap 1 x 1, union 4 + 4 - 1; enclosing box 4 x 4 (diagonal^2 32); centres (2, .5), (.5, 2)
+    plain = 1 / 7
+    expected_diou = plain - (1.5**2 + 1.5**2) / 32
+    v = 4 / math.pi**2 * (math.atan(1 / 4) - math.atan(4)) ** 2  # aspect term: w/h is 4 against 1/4
+    alpha = v / (v - plain + 1)
+    assert bbox_iou(a, b).item() == pytest.approx(plain, abs=1e-6)
+    assert diou.item() == pytest.approx(expected_diou, abs=1e-6)
+    assert iou.item() == pytest.approx(expected_diou - alpha * v, abs=1e-6)
     iou.backward()
-    assert torch.isfinite(a.grad).all()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+
+def test_conversions_accept_numpy_and_match_torch():
+    rng = np.random.default_rng(0)
+    rows = rng.uniform(0, 1, (20, 5)).astype(np.float32)  # YOLO rows with an extra column
+    for fn in (xywh2xyxy, xyxy2xywh):
+        out = fn(rows)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (20, 4)
+        np.testing.assert_array_equal(out, fn(torch.from_numpy(rows)).numpy())  # bitwise the same
+    px = xywhn2xyxy(np.array([[0.5, 0.25, 0.5, 0.5, 3.0]], np.float32), w=64, h=32)
+    assert px.dtype == np.float32 and px.tolist() == [[16.0, 0.0, 48.0, 16.0]]
+    assert xywhn2xyxy(torch.tensor([[0.5, 0.25, 0.5, 0.5]]), 64, 32).tolist() == [[16.0, 0.0, 48.0, 16.0]]
 
 
 def _pred(rows: list[list[float]], nc: int = 2) -> torch.Tensor:

@@ -219,7 +219,7 @@ def test_strip_keeps_ema_weights_and_drops_training_state(tmp_path):
     model, optimizer, scaler, ema = make_run("SGD", seed=0)
     train_steps(model, optimizer, scaler, ema, steps=2, seed=1)
     metadata = {"model": {"width": 8, "nc": 3}, "names": ["a", "b", "c"], "epoch": 1, "scheduler": {"x": 1}}
-    metadata["ema_updates"] = ema.updates
+    metadata.update(schedule={"accumulate": 1}, ema_updates=ema.updates)
     full = save_checkpoint(
         tmp_path / "last.safetensors",
         model_state=model.state_dict(),
@@ -235,7 +235,8 @@ def test_strip_keeps_ema_weights_and_drops_training_state(tmp_path):
     assert names and all(name.startswith("model.") for name in names)
     bundle = load_checkpoint_bundle(stripped)
     assert bundle.optimizer_state is None and bundle.rng_states is None and bundle.scaler_state is None
-    assert "scheduler" not in bundle.metadata and bundle.metadata["names"] == ["a", "b", "c"]
+    assert not {"scheduler", "schedule", "ema_updates"} & set(bundle.metadata)
+    assert bundle.metadata["names"] == ["a", "b", "c"] and bundle.metadata["epoch"] == 1
     assert bundle.metadata["stripped"]["weights"] == "ema"
 
     loaded, meta = accelyolo.load_checkpoint(str(stripped), model_factory=TinyNet)
@@ -283,8 +284,11 @@ def test_metadata_alone_and_atomic_copy(tmp_path):
     from accelyolo.checkpoint import CheckpointError, copy_checkpoint, read_checkpoint_metadata
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    src = save_checkpoint(tmp_path / "weights" / "last.safetensors", model_state=net.state_dict(),
-                          metadata={"epoch": 3, "config": {"imgsz": 64}})
+    src = save_checkpoint(
+        tmp_path / "weights" / "last.safetensors",
+        model_state=net.state_dict(),
+        metadata={"epoch": 3, "config": {"imgsz": 64}},
+    )
     expected = {"epoch": 3, "config": {"imgsz": 64}}
     assert read_checkpoint_metadata(src) == load_checkpoint_bundle(src).metadata == expected
     dst = copy_checkpoint(src, tmp_path / "weights" / "best.safetensors")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from accelyolo import checkpoint
+from accelyolo import checkpoint, fileio
 from accelyolo.checkpoint import CheckpointError, load_checkpoint_bundle, save_checkpoint
 
 PACKAGE = Path(__file__).resolve().parents[1] / "accelyolo"
@@ -116,7 +116,7 @@ def test_failed_fsync_or_rename_leaves_old_file(tmp_path, monkeypatch):
 
     for target in ("fsync", "replace"):
         with monkeypatch.context() as patch:
-            patch.setattr(checkpoint.os, target, fail)
+            patch.setattr(fileio.os, target, fail)
             with pytest.raises(OSError):
                 write_valid(path, epoch=2)
         assert load_checkpoint_bundle(path).metadata["epoch"] == 1

@@ -6,30 +6,15 @@ import math
 
 import pytest
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from accelyolo.ema import ModelEMA, unwrap_model
+from accelyolo.ema import ModelEMA
 
 
 def tiny_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
-
-
-class Wrapper(nn.Module):
-    """Stands in for DistributedDataParallel (`.module`)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-
-class Compiled(nn.Module):
-    """Stands in for a `torch.compile` result (`._orig_mod`)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self._orig_mod = module
 
 
 def perturb(model: nn.Module, step: int) -> None:
@@ -98,8 +83,8 @@ def test_start_of_ramp_follows_model_and_resumed_counter_holds_still():
 
 def test_wrapped_models_are_unwrapped():
     model = tiny_model()
-    wrapped = Wrapper(Compiled(model))
-    assert unwrap_model(wrapped) is model
+    wrapped = torch.compile(torch.nn.DataParallel(model))  # the order accelerate.prepare wraps in
+    assert extract_model_from_parallel(wrapped, keep_torch_compile=False) is model
     ema = ModelEMA(wrapped, decay=0.9, tau=1)
     assert set(ema.state_dict()) == set(model.state_dict())
     reference = ModelEMA(model, decay=0.9, tau=1)
@@ -127,17 +112,6 @@ def test_state_dict_round_trip_and_resume():
         assert torch.equal(value, resumed.state_dict()[name]), name
     with pytest.raises(RuntimeError):
         resumed.load_state_dict({"0.weight": torch.zeros(4, 3, 3, 3)})  # strict
-
-
-def test_copy_attributes_only_named_ones():
-    model = tiny_model()
-    model.names = ["cat", "dog"]
-    model.secret = "reducer"
-    ema = ModelEMA(model)
-    model.names = ["cat", "dog", "bird"]
-    ema.copy_attributes(Wrapper(model), include=("names", "stride"))
-    assert ema.ema.names == ["cat", "dog", "bird"]
-    assert not hasattr(ema.ema, "stride")
 
 
 def test_bad_arguments():

@@ -55,9 +55,12 @@ def coco_maps(images: list[Image], nc: int) -> tuple[float, float]:
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        if not dt:
-            return 0.0, 0.0
-        coco_dt = coco_gt.loadRes(dt)
+        if dt:
+            coco_dt = coco_gt.loadRes(dt)
+        else:  # loadRes refuses an empty list; an empty result set is what COCOeval should see
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
+            coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.evaluate()
         ev.accumulate()
@@ -77,10 +80,18 @@ def ours(images: list[Image], nc: int, shuffle_seed: int | None = None):
 
 
 def assert_agree(images: list[Image], nc: int) -> None:
+    """Same mAP50 and mAP50-95 as COCOeval, for every case: images without ground truth included.
+
+    COCOeval reports -1 (undefined) when no class has ground truth at all; ours then reports no
+    class and 0.0, the value results.csv and early stopping need.
+    """
     coco_map, coco_map50 = coco_maps(images, nc)
     res = ours(images, nc, shuffle_seed=0)
-    if res.classes.size == 0:
+    if coco_map == -1:
+        assert not any(len(boxes) for _, boxes, _, _ in images)
+        assert res.classes.size == 0 and res.map == 0.0 and res.map50 == 0.0
         return
+    assert res.classes.tolist() == sorted({int(c) for _, _, classes, _ in images for c in classes})
     assert res.map50 == pytest.approx(coco_map50, abs=TOL)
     assert res.map == pytest.approx(coco_map, abs=TOL)
 
@@ -226,6 +237,22 @@ def grid_case(draw) -> tuple[list[Image], int]:
 def test_crowded_grid_cases_agree_with_cocoeval(case) -> None:
     images, nc = case
     assert_agree(images, nc)
+
+
+def test_detections_on_images_without_ground_truth_count_as_false_positives() -> None:
+    gt = np.array([[0.0, 0.0, 10.0, 10.0]])
+    hit = np.array([[0.0, 0.0, 10.0, 10.0, 0.5, 0]])
+    stray = np.array([[20.0, 20.0, 30.0, 30.0, 0.9, 0]])  # scored above the hit
+    images = [(1, gt, np.zeros(1, dtype=np.int64), hit), (2, np.zeros((0, 4)), np.zeros(0, dtype=np.int64), stray)]
+    assert_agree(images, nc=1)
+    # the stray comes first: precision .5 at recall 1 (interpolated back to recall 0); without it AP would be 1
+    assert ours(images, nc=1).map50 == pytest.approx(0.5)
+    only_strays = [(1, np.zeros((0, 4)), np.zeros(0, dtype=np.int64), stray)]
+    assert coco_maps(only_strays, nc=1) == (-1.0, -1.0)  # COCOeval: undefined without any ground truth
+    assert_agree(only_strays, nc=1)
+    no_detections = [(1, gt, np.zeros(1, dtype=np.int64), np.zeros((0, 6)))]
+    assert coco_maps(no_detections, nc=1) == (0.0, 0.0)
+    assert_agree(no_detections, nc=1)
 
 
 def test_equal_iou_goes_to_the_later_gt_as_in_cocoeval() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
+import math
+import re
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ import accelyolo
 from accelyolo.callbacks import Callback
 from accelyolo.config import ConfigError
 from accelyolo.trainer import NonFiniteLossError, Trainer, fit
-from tests.conftest import tiny_train_options
+from tests.conftest import TINY_ANCHOR_FREE, tiny_train_options
 
 
 class RecordSteps(Callback):
@@ -53,7 +56,7 @@ def test_fit_writes_the_run_folder(tiny_demo, tmp_path):
         assert not any(k.startswith("optimizer.") for k in f.keys())  # noqa: SIM118
 
     model, meta = accelyolo.load_checkpoint(str(run / "weights" / "inference.safetensors"))
-    assert meta["names"] == ["circle", "square", "triangle", "cross"][: model.nc] or len(meta["names"]) == model.nc
+    assert meta["names"] == ["circle", "square", "triangle", "cross"] and model.nc == 4
     model.eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64))
@@ -99,12 +102,26 @@ def test_resume_finished_run_and_extend(tiny_demo, tmp_path, caplog):
     assert auto.run_dir == done.run_dir
 
 
-def test_weights_transfer_to_another_class_count(tiny_demo, tmp_path, capsys):
+def test_weights_transfer_to_another_class_count(tiny_demo, tmp_path, capsys, caplog):
+    from accelyolo.checkpoint import load_checkpoint_bundle
+
+    caplog.set_level(logging.INFO, logger="accelyolo")
     done = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1))
-    fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, single_cls=True,
-                             weights=str(done.last_checkpoint)))
-    out = capsys.readouterr().out
-    assert "transferred" in out
+    # lr0 0: the transferred parameters must come out of the second run exactly as they went in
+    single = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, single_cls=True, lr0=0.0,
+                                      weights=str(done.last_checkpoint)))
+    source = load_checkpoint_bundle(done.last_checkpoint)
+    source_state = source.ema_state or source.model_state
+    target_state = load_checkpoint_bundle(single.last_checkpoint).model_state
+    matching = [k for k, v in target_state.items() if k in source_state and source_state[k].shape == v.shape]
+    # everything but the class-dependent head tensors (4 classes -> 1)
+    assert 0 < len(matching) < len(target_state)
+    reported = re.findall(r"transferred (\d+)/(\d+)", capsys.readouterr().out + caplog.text)
+    assert reported and {(int(a), int(b)) for a, b in reported} == {(len(matching), len(target_state))}
+    trained, _ = accelyolo.load_checkpoint(str(single.last_checkpoint), prefer_ema=False)
+    for name, value in trained.named_parameters():
+        if name in matching:
+            assert torch.equal(value, source_state[name]), name
 
 
 class PoisonedLossTrainer(Trainer):
@@ -167,17 +184,55 @@ def test_frozen_layers_do_not_change(tiny_demo, tmp_path):
 
 
 def test_bf16_mixed_precision_runs_on_cpu(tiny_demo, tmp_path):
-    result = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, mixed_precision="bf16"))
-    assert result.last_checkpoint.is_file()
+    from accelyolo.checkpoint import load_checkpoint_bundle, save_checkpoint
+    from accelyolo.models import build_model
+
+    initial = build_model(TINY_ANCHOR_FREE, nc=4)  # known starting weights, passed in as `weights`
+    start = save_checkpoint(tmp_path / "start.safetensors", model_state=initial.state_dict())
+    result = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=2, mixed_precision="bf16", weights=str(start)))
+    losses = [v for row in result.history for k, v in row.items() if k.startswith("train/") and k.endswith("_loss")]
+    assert len(losses) == 2 * 3 and all(math.isfinite(v) for v in losses)  # box, cls, dfl per epoch
+    rows = list(csv.DictReader((result.run_dir / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(math.isfinite(float(r[k])) for r in rows for k in r if k.endswith("_loss"))
+    trained = load_checkpoint_bundle(result.last_checkpoint).model_state
+    before = initial.state_dict()
+    assert all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
+    changed = [k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, trained[k])]
+    assert len(changed) > len(before) // 2  # trained, not just loaded
 
 
-def test_trackers_are_used_only_when_installed(tiny_demo, tmp_path, caplog):
-    from accelerate.utils import is_tensorboard_available
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of every TensorBoard event file under `folder`: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    if is_tensorboard_available():
-        pytest.skip("tensorboard is installed here; this checks the fallback when it is not")
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.rglob("*tfevents*")):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
+    return scalars
+
+
+def test_tensorboard_tracker_gets_the_epoch_scalars(tiny_demo, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    monkeypatch.chdir(tmp_path)  # wherever the event files go, they stay inside tmp_path
+    result = fit(**tiny_train_options(tiny_demo, tmp_path / "runs", epochs=2, log_with="tensorboard"))
+    scalars = _tensorboard_scalars(tmp_path)
+    for tag in ("train/box_loss", "train/cls_loss", "metrics/mAP50", "metrics/mAP50-95"):
+        assert [step for step, _ in scalars.get(tag, [])] == [1, 2], (tag, sorted(scalars))
+        expected = [row[tag] for row in result.history]
+        assert [value for _, value in scalars[tag]] == pytest.approx(expected, rel=1e-6, abs=1e-7), tag
+
+
+def test_trackers_are_used_only_when_installed(tiny_demo, tmp_path, caplog, monkeypatch):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)  # as if not installed
     result = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, log_with="tensorboard"))
     assert result.last_checkpoint.is_file()
     assert "tracker 'tensorboard' is not installed" in caplog.text
+    assert not list(tmp_path.rglob("*tfevents*"))
     with pytest.raises(ConfigError, match="unknown tracker 'tensorbored'"):
         fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, log_with="tensorbored"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -232,11 +233,14 @@ def test_close_mosaic_reaches_persistent_workers(tmp_path: Path):
     assert max(_colours_in(im) for b in dl for im in b["images"].numpy()) >= 2
 
 
-def test_ram_cache_prints_size_and_changes_nothing(tmp_path: Path, capsys):
+def test_ram_cache_logs_size_and_changes_nothing(tmp_path: Path, caplog):
     images = rect_dataset(tmp_path, n=4)
     plain = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"), buffer_mb=0)
-    ram = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"), cache="ram")
-    assert "caching 4 images in RAM" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="accelyolo"):
+        ram = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"), cache="ram", verbose=True)
+    messages = [r.getMessage() for r in caplog.records if r.name == "accelyolo.data.dataset"]
+    assert any("caching 4 images in RAM" in m for m in messages)
+    assert any(m.startswith("4 images, 0 backgrounds") for m in messages)  # the verbose split summary
     for i in range(4):
         np.testing.assert_array_equal(plain[i]["image"], ram[i]["image"])
 

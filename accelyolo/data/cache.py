@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from accelyolo.data.checks import img2label_path
+from accelyolo.fileio import write_text_atomically
 
 CACHE_VERSION = 1
 
@@ -75,22 +75,15 @@ def is_writable(folder: Path) -> bool:
 
 
 def write_cache(path: Path, key: str, entries: list[dict[str, Any]]) -> bool:
-    """Write atomically (temp file + rename); returns False where the folder is not writable."""
+    """Write atomically (`accelyolo.fileio`); returns False where the folder is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not is_writable(path.parent):
             return False
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        write_text_atomically(path, json.dumps({"version": CACHE_VERSION, "hash": key, "entries": entries}))
     except OSError:
         return False
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": CACHE_VERSION, "hash": key, "entries": entries}, f)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
-        return False
+    return True
 
 
 def load_or_build(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
@@ -16,6 +17,8 @@ from accelyolo.data.cache import load_or_build
 from accelyolo.data.checks import check_image_label
 from accelyolo.data.dataset import build_report
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
+
+LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,14 +51,18 @@ def check_dataset(spec: DataSpec) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the check for parsed arguments; returns the exit status."""
+    """Run the check for parsed arguments; returns the exit status.
+
+    The report (JSON or tables) is the command's output and goes to stdout; an unusable yaml is
+    logged as an error (and, with `--json`, also reported in the JSON object).
+    """
     try:
         spec = load_data_yaml(args.data)
     except DataConfigError as err:
         if args.json:
             print(json.dumps({"data": str(args.data), "error": str(err), "splits": {}}))
         else:
-            print(f"error: {err}", file=sys.stderr)
+            LOGGER.error("data check: %s", err)
         return 2
     result = check_dataset(spec)
     if args.json:

@@ -21,7 +21,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-IMG_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".mpo")
+# The one list of image suffixes (lower case), for dataset folders, .txt lists and `predict --source`:
+# every format Pillow decodes that photo datasets use.
+IMG_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")
 MIN_IMAGE_SIDE = 10
 COORD_TOLERANCE = 1e-6
 

@@ -9,6 +9,7 @@ main process reach (persistent) DataLoader workers at their next item.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,8 @@ import torch
 from accelyolo.data.cache import load_or_build
 from accelyolo.data.checks import check_image_label, load_rgb
 from accelyolo.data.transforms import build_train_transform, letterbox, mixup, resolve_hyp
+
+LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
 
 
 class YoloDataset(torch.utils.data.Dataset):
@@ -42,7 +45,7 @@ class YoloDataset(torch.utils.data.Dataset):
         buffer_mb: per-process LRU of decoded images (MB; 0 disables). Mosaic reads 4 images per
             item; the buffer makes repeated donors free without changing any pixel.
         mosaic_backend: "fast" (numpy) or "albumentations" (`A.Mosaic`), see `transforms`.
-        verbose: print the split summary (and the RAM cache size).
+        verbose: log the split summary at INFO (DEBUG otherwise) to the `accelyolo` logger.
     """
 
     def __init__(
@@ -100,15 +103,15 @@ class YoloDataset(torch.utils.data.Dataset):
         self._buffer_bytes, self.buffer_bytes_max = 0, int(buffer_mb * 2**20)
         self._ram: list[np.ndarray] | None = None
         self._pool: tuple[int, np.ndarray | None] | None = None  # (epoch, donor indices)
-        if verbose:
-            r = self.report
-            print(
-                f"{len(self.im_files)} images, {r['backgrounds']} backgrounds, {r['boxes']} boxes, "
-                f"{r['corrupt']} corrupt, {len(r['problems'])} problems "
-                f"(label cache {'hit' if hit else 'built'}: {cache_file})"
-            )
+        r = self.report
+        LOGGER.log(
+            logging.INFO if verbose else logging.DEBUG,
+            "%d images, %d backgrounds, %d boxes, %d corrupt, %d problems (label cache %s: %s)",
+            len(self.im_files), r["backgrounds"], r["boxes"], r["corrupt"], len(r["problems"]),
+            "hit" if hit else "built", cache_file,
+        )  # fmt: skip
         if cache == "ram":
-            self._cache_ram(verbose)
+            self._cache_ram()
 
     def __len__(self) -> int:
         return len(self.im_files)
@@ -142,11 +145,11 @@ class YoloDataset(torch.utils.data.Dataset):
         grid = np.ceil(np.array(shapes) * self.imgsz / self.stride + pad).astype(np.int64)
         self.batch_shapes = grid * self.stride  # (n_batches, 2) h, w
 
-    def _cache_ram(self, verbose: bool) -> None:
-        """Decode and resize every image once; print the memory it takes first."""
+    def _cache_ram(self) -> None:
+        """Decode and resize every image once; log the memory it takes first."""
         r = self.imgsz / self.shapes.max(1)
         nbytes = int((np.round(self.shapes[:, 0] * r) * np.round(self.shapes[:, 1] * r) * 3).sum())
-        print(f"caching {len(self)} images in RAM: {nbytes / 2**20:.1f} MB")
+        LOGGER.info("caching %d images in RAM: %.1f MB", len(self), nbytes / 2**20)
         with ThreadPoolExecutor(4) as pool:
             self._ram = list(pool.map(self._decode, range(len(self))))
 

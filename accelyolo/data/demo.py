@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from accelyolo.data.cache import home_dir
+from accelyolo.fileio import temporary_sibling
 
 DEMO_VERSION = 1
 DEMO_NAMES = ["circle", "square", "triangle", "cross"]
@@ -46,8 +46,7 @@ def generate_demo(root: str | Path, n_train: int = 400, n_val: int = 100, imgsz:
     if _marker_matches(root, marker):
         return root / "data.yaml"
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
+    with temporary_sibling(root) as tmp:  # removed afterwards unless moved into place
         rng = np.random.default_rng(seed)
         for split, n in (("train", n_train), ("val", n_val)):
             (tmp / "images" / split).mkdir(parents=True)
@@ -63,8 +62,6 @@ def generate_demo(root: str | Path, n_train: int = 400, n_val: int = 100, imgsz:
         (tmp / "data.yaml").write_text(yaml_text)
         (tmp / "VERSION.json").write_text(json.dumps(marker))
         _move_into_place(tmp, root, marker)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root / "data.yaml"
 
 

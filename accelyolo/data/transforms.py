@@ -27,6 +27,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from accelyolo.boxes import xywhn2xyxy, xyxy2xywh
 from accelyolo.hyp import augmentation_defaults
 
 DEFAULT_HYP: dict[str, float] = augmentation_defaults()  # YOLOv5 hyp.scratch-low (accelyolo.hyp)
@@ -114,7 +115,7 @@ class YoloMosaic(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict:
         s = self.size
-        primary = {"image": data["image"], "bboxes": _albu_to_yolo(data["bboxes"], data["image"])}
+        primary = {"image": data["image"], "bboxes": _albu_to_yolo(data["bboxes"])}
         items = [primary, *data["mosaic_metadata"][:3]]
         xc = int(self.py_random.uniform(0.5 * s, 1.5 * s))
         yc = int(self.py_random.uniform(0.5 * s, 1.5 * s))
@@ -134,7 +135,7 @@ class YoloMosaic(A.DualTransform):
             canvas[vy1 - oy : vy2 - oy, vx1 - ox : vx2 - ox] = img[vy1 - y1 : vy2 - y1, vx1 - x1 : vx2 - x1]
             b = np.asarray(item["bboxes"], dtype=np.float32).reshape(-1, 5)
             if len(b):
-                xyxy = _yolo_to_xyxy_px(b, w, h) + np.array([x1 - ox, y1 - oy] * 2, np.float32)
+                xyxy = xywhn2xyxy(b, w, h) + np.array([x1 - ox, y1 - oy] * 2, np.float32)
                 clip = np.array([vx1 - ox, vy1 - oy, vx2 - ox, vy2 - oy], np.float32)
                 boxes.append(_clip_visible(xyxy, clip, b[:, 4:5]))
         out = np.concatenate(boxes) if boxes else np.zeros((0, 5), np.float32)
@@ -151,22 +152,10 @@ class YoloMosaic(A.DualTransform):
         return ("size", "fill")
 
 
-def _albu_to_yolo(bboxes: np.ndarray, image: np.ndarray) -> np.ndarray:
+def _albu_to_yolo(bboxes: np.ndarray) -> np.ndarray:
     """Albumentations' normalized x1y1x2y2 + class -> YOLO cx cy w h + class, `(n, 5)`."""
     b = np.asarray(bboxes, dtype=np.float32).reshape(-1, bboxes.shape[-1] if len(bboxes) else 5)
-    if not len(b):
-        return np.zeros((0, 5), np.float32)
-    out = np.empty((len(b), 5), np.float32)
-    out[:, 0], out[:, 1] = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-    out[:, 2], out[:, 3] = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    out[:, 4] = b[:, 4]
-    return out
-
-
-def _yolo_to_xyxy_px(b: np.ndarray, w: int, h: int) -> np.ndarray:
-    """YOLO normalized rows `(n, 5+)` -> pixel x1, y1, x2, y2 `(n, 4)`."""
-    cx, cy, bw, bh = b[:, 0] * w, b[:, 1] * h, b[:, 2] * w, b[:, 3] * h
-    return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+    return np.concatenate([xyxy2xywh(b), b[:, 4:5]], 1)
 
 
 def _clip_visible(xyxy: np.ndarray, clip: np.ndarray, cls: np.ndarray) -> np.ndarray:

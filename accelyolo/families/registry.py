@@ -123,7 +123,7 @@ def get_family(name: str) -> ModelFamily:
 
 def family_of(model: nn.Module) -> ModelFamily:
     """The family that built `model` (DDP / compiled wrappers are looked through)."""
-    model = extract_model_from_parallel(model)
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     name = getattr(model, "family", None)
     if name is None:
         raise ValueError(
@@ -181,5 +181,5 @@ def build_model(name: str, nc: int = 80, width: float | None = None, depth: floa
 def build_loss(model: nn.Module, imgsz: int = 640, **hyp: Any) -> nn.Module:
     """The loss of `model`'s family, configured from hyperparameters named as in `TrainConfig`
     (`box`, `cls`, `dfl`, `obj`, `cls_pw`, `label_smoothing`, ...; unset gains take the family default)."""
-    model = extract_model_from_parallel(model)
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     return family_of(model).build_loss(model, hyp, imgsz)

@@ -1,0 +1,319 @@
+"""The package's import structure: no import cycles, and lower layers never import higher ones.
+
+The modules are read with `ast` (nothing is imported, so no torch is needed). Every import counts:
+module level, inside functions, `from accelyolo.x import y`, `import accelyolo.x` and relative
+imports. An import of a package (`accelyolo.data`) is an import of its `__init__`; `from pkg import
+name` is an import of the submodule `pkg.name` when there is one. Imports under `if TYPE_CHECKING:`
+never run, so they count for the layers but not for cycles.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "accelyolo"
+
+# The layers, lowest first. A module may import modules of its own layer and of the layers below, never
+# of a layer above. A module belongs to the entry with the longest matching name (`accelyolo.data`
+# holds `accelyolo.data.cache`). Slot a new module or package in where it belongs; a module that no
+# entry covers fails `test_every_module_has_a_layer`. Entries may name modules that do not exist yet.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "foundation",
+        (
+            "accelyolo.fileio",
+            "accelyolo.boxes",
+            "accelyolo.rng",
+            "accelyolo.runs",
+            "accelyolo.logs",
+            "accelyolo.hyp",
+            "accelyolo.config",
+        ),
+    ),
+    (
+        "data and measures",
+        (
+            "accelyolo.data",
+            "accelyolo.metrics",
+            "accelyolo.plots",
+            "accelyolo.reports",
+            "accelyolo.ema",
+            "accelyolo.optim",
+            "accelyolo.autoanchor",
+        ),
+    ),
+    ("models", ("accelyolo.models",)),
+    ("losses", ("accelyolo.losses",)),
+    # checkpoint.load_checkpoint builds the saved model through the family registry
+    ("model families and checkpoints", ("accelyolo.families", "accelyolo.checkpoint")),
+    ("training loop", ("accelyolo.trainer", "accelyolo.callbacks", "accelyolo.evaluation", "accelyolo.records")),
+    ("entry points", ("accelyolo.train", "accelyolo.validate", "accelyolo.predict", "accelyolo.cli")),
+)
+
+# The rule the layers exist for, stated on its own so that a reordered table cannot drop it.
+LOW_LEVEL = ("accelyolo.data", "accelyolo.models", "accelyolo.losses", "accelyolo.metrics", "accelyolo.boxes")
+LOW_LEVEL += ("accelyolo.fileio",)
+HIGH_LEVEL = ("accelyolo.trainer", "accelyolo.cli", "accelyolo.train", "accelyolo.validate", "accelyolo.predict")
+HIGH_LEVEL += ("accelyolo.callbacks", "accelyolo.evaluation")
+
+# The package root's lazy imports of the top-level functions (and `python -m accelyolo`) are allowed:
+# their imports are not edges, and importing `accelyolo` itself (e.g. `__version__`) is free.
+EXEMPT = ("accelyolo", "accelyolo.__main__")
+
+# Known module cycles that are being removed elsewhere; each entry is one pair of modules.
+KNOWN_CYCLES: tuple[frozenset[str], ...] = ()  # none: add a pair only with a comment saying when it goes
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One import statement: `source` imports `target` at `line`."""
+
+    source: str
+    target: str
+    line: int
+    type_only: bool = False
+
+
+def module_name(path: Path, package_dir: Path = PACKAGE_DIR) -> str:
+    parts = list(path.relative_to(package_dir.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside `if TYPE_CHECKING:` blocks."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If):
+            test = node.test
+            name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else ""
+            if name == "TYPE_CHECKING":
+                inside.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+    return inside
+
+
+def module_imports(source: str, name: str, is_package: bool, modules: set[str]) -> list[Edge]:
+    """The intra-package imports of one module (`name`), given the names of all modules."""
+    tree = ast.parse(source)
+    type_only = _type_checking_nodes(tree)
+    edges = []
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's package, one level up per extra dot
+                package = name.split(".") if is_package else name.split(".")[:-1]
+                package = package[: len(package) - (node.level - 1)]
+                base = ".".join([*package, base] if base else package)
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                targets.append(submodule if submodule in modules else base)
+        for target in targets:
+            if target == "accelyolo" or target.startswith("accelyolo."):
+                edges.append(Edge(name, target, node.lineno, id(node) in type_only))
+    return edges
+
+
+def import_graph(package_dir: Path = PACKAGE_DIR) -> dict[str, list[Edge]]:
+    """module name -> its imports of other modules of the package (exempt modules have none)."""
+    files = {module_name(p, package_dir): p for p in sorted(package_dir.rglob("*.py"))}
+    modules = set(files)
+    graph = {}
+    for name, path in files.items():
+        edges = module_imports(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", modules)
+        graph[name] = [] if name in EXEMPT else [e for e in edges if e.target not in EXEMPT and e.target != name]
+    return graph
+
+
+def find_cycles(graph: dict[str, list[Edge]], allowed: tuple[frozenset[str], ...] = ()) -> list[list[Edge]]:
+    """One cycle (as its edges) per group of modules that import each other, ignoring `type_only`
+    edges and the edges between the two modules of an `allowed` pair."""
+    adjacency: dict[str, list[Edge]] = {name: [] for name in graph}
+    for edges in graph.values():
+        for e in edges:
+            if not e.type_only and frozenset({e.source, e.target}) not in allowed:
+                adjacency[e.source].append(e)
+                adjacency.setdefault(e.target, [])
+    # Tarjan's strongly connected components, iteratively (no recursion limit to worry about).
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+    for root in sorted(adjacency):
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            edges = adjacency[node]
+            if i < len(edges):
+                work.append((node, i + 1))
+                nxt = edges[i].target
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or any(e.target == node for e in edges):
+                    components.append(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return [_cycle_in(component, adjacency) for component in components]
+
+
+def _cycle_in(component: set[str], adjacency: dict[str, list[Edge]]) -> list[Edge]:
+    """A path of edges that starts and ends at the same module, inside one strongly connected component."""
+    start = min(component)
+    parents: dict[str, Edge | None] = {start: None}
+    queue = [start]
+    while queue:  # breadth-first, so the reported cycle is a shortest one through `start`
+        node = queue.pop(0)
+        for e in adjacency[node]:
+            if e.target == start:
+                path = [e]
+                while parents[path[0].source] is not None:
+                    path.insert(0, parents[path[0].source])
+                return path
+            if e.target in component and e.target not in parents:
+                parents[e.target] = e
+                queue.append(e.target)
+    raise AssertionError(f"no cycle through {start}")  # pragma: no cover - a component always has one
+
+
+def layer_of(module: str, layers=LAYERS) -> int | None:
+    """Index of the layer whose entry is the longest prefix of `module`, or None."""
+    best, best_len = None, -1
+    for i, (_, names) in enumerate(layers):
+        for entry in names:
+            if (module == entry or module.startswith(entry + ".")) and len(entry) > best_len:
+                best, best_len = i, len(entry)
+    return best
+
+
+def layer_violations(graph: dict[str, list[Edge]], layers=LAYERS) -> list[str]:
+    out = []
+    for edges in graph.values():
+        for e in edges:
+            low, high = layer_of(e.source, layers), layer_of(e.target, layers)
+            if low is not None and high is not None and high > low:
+                out.append(
+                    f"{e.source} (layer '{layers[low][0]}') imports {e.target} (layer '{layers[high][0]}') "
+                    f"at line {e.line}"
+                )
+    return out
+
+
+def describe(cycle: list[Edge]) -> str:
+    return " -> ".join(f"{e.source} (line {e.line})" for e in cycle) + f" -> {cycle[0].source}"
+
+
+# ----------------------------------------------------------------------------------- the package
+
+
+def test_the_package_has_no_import_cycles():
+    cycles = find_cycles(import_graph(), allowed=KNOWN_CYCLES)
+    assert not cycles, "import cycles:\n" + "\n".join(describe(c) for c in cycles)
+
+
+def test_known_cycles_still_exist():
+    """An allow-list entry whose cycle is gone must be deleted, so the list cannot hide a new one."""
+    graph = import_graph()
+    for pair in KNOWN_CYCLES:
+        sub = {name: [e for e in graph.get(name, []) if e.target in pair] for name in pair}
+        assert find_cycles(sub), f"{sorted(pair)} no longer import each other: delete the KNOWN_CYCLES entry"
+
+
+def test_lower_layers_never_import_higher_ones():
+    violations = layer_violations(import_graph())
+    assert not violations, "\n".join(violations)
+
+
+def test_every_module_has_a_layer():
+    unplaced = [name for name in import_graph() if name not in EXEMPT and layer_of(name) is None]
+    assert not unplaced, f"add these modules to LAYERS in {Path(__file__).name}: {unplaced}"
+
+
+def test_the_table_keeps_low_level_modules_below_the_loop_and_entry_points():
+    for low in LOW_LEVEL:
+        for high in HIGH_LEVEL:
+            assert layer_of(low) < layer_of(high), (low, high)
+
+
+def test_imports_inside_functions_and_relative_imports_are_seen():
+    graph = import_graph()
+    assert any(e.target == "accelyolo.families" for e in graph["accelyolo.checkpoint"])  # inside load_checkpoint
+    modules = {"accelyolo", "accelyolo.a", "accelyolo.sub", "accelyolo.sub.b", "accelyolo.sub.c"}
+    code = "from . import c\nfrom ..a import x\nimport accelyolo.sub\ndef f():\n    from accelyolo.sub import b\n"
+    edges = module_imports(code, "accelyolo.sub.b", False, modules)
+    assert [(e.target, e.line) for e in edges] == [
+        ("accelyolo.sub.c", 1),
+        ("accelyolo.a", 2),
+        ("accelyolo.sub", 3),
+        ("accelyolo.sub.b", 5),
+    ]
+
+
+# ------------------------------------------------------------------- the checker can fail
+
+
+def _fake_graph(imports: dict[str, list[str]], type_only: tuple[str, ...] = ()) -> dict[str, list[Edge]]:
+    return {
+        source: [
+            Edge(source, target, line, f"{source}>{target}" in type_only) for line, target in enumerate(targets, 1)
+        ]
+        for source, targets in imports.items()
+    }
+
+
+def test_checker_flags_a_synthetic_cycle():
+    graph = _fake_graph(
+        {
+            "accelyolo.a": ["accelyolo.b"],
+            "accelyolo.b": ["accelyolo.c", "accelyolo.d"],
+            "accelyolo.c": ["accelyolo.a"],
+            "accelyolo.d": [],
+            "accelyolo.e": ["accelyolo.e"],  # imports itself
+        }
+    )
+    cycles = find_cycles(graph)
+    assert sorted(describe(c) for c in cycles) == [
+        "accelyolo.a (line 1) -> accelyolo.b (line 1) -> accelyolo.c (line 1) -> accelyolo.a",
+        "accelyolo.e (line 1) -> accelyolo.e",
+    ]
+    # an allowed pair and a type-only import break their cycles; nothing else is let through
+    two = _fake_graph({"accelyolo.a": ["accelyolo.b"], "accelyolo.b": ["accelyolo.a"]})
+    assert find_cycles(two, allowed=(frozenset({"accelyolo.a", "accelyolo.b"}),)) == []
+    assert find_cycles(two, allowed=(frozenset({"accelyolo.a", "accelyolo.c"}),)) != []
+    typed = _fake_graph({"accelyolo.a": ["accelyolo.b"], "accelyolo.b": ["accelyolo.a"]}, ("accelyolo.b>accelyolo.a",))
+    assert find_cycles(typed) == []
+
+
+def test_checker_flags_a_lower_layer_importing_a_higher_one():
+    graph = _fake_graph(
+        {
+            "accelyolo.data.dataset": ["accelyolo.boxes", "accelyolo.trainer"],
+            "accelyolo.trainer": ["accelyolo.data"],
+        }
+    )
+    assert layer_violations(graph) == [
+        "accelyolo.data.dataset (layer 'data and measures') imports accelyolo.trainer (layer 'training loop') at line 2"
+    ]
