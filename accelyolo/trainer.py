@@ -297,6 +297,7 @@ class Trainer:
         return fresh_accelerator(
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=self.cfg.seed),
             log_with=self._available_trackers(),
+            project_dir=self.cfg.project,  # trackers that need a folder; narrowed to the run folder in start_trackers
             **kwargs,
         )
 
