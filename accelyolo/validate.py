@@ -173,6 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-det", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--save-json", action="store_true", help="write predictions.json (COCO results)")
+    parser.add_argument("--no-rect", dest="rect", action="store_false", help="square batches instead of rectangular")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
     parser.add_argument("--project", default="runs/val")
     parser.add_argument("--name", default="exp")
