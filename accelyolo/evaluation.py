@@ -1,9 +1,9 @@
 """The validation loop shared by the trainer and `accelyolo val`: every rank evaluates its shard.
 
-Each rank runs the model over its part of the validation loader, turns detections and labels into small
-per-image records, and the records of all ranks are gathered once at the end. Images that DDP's even
-batching repeated on the last batch carry the same image id and are dropped when the records merge, so
-no rank waits alone on a barrier and no image counts twice.
+Each rank runs the model over its own whole batches of the validation loader (`build_dataloader(...,
+num_shards, shard)`: no image repeated, no batch padded with an image of another shape), turns detections
+and labels into small per-image records, and the records of all ranks are gathered once at the end. A
+repeated image id (a loader that Accelerate padded) is still dropped when the records merge.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def evaluate(
             on_batch(batch, detections)
     records = local.records()
     if accelerator.num_processes > 1:
-        counts = gather_object([len(records)])  # images each rank evaluated (DDP repeats included)
+        counts = gather_object([len(records)])  # images each rank evaluated
         records = gather_object(records)
         if accelerator.is_main_process:
             LOGGER.info("validation: %s images on %d ranks", " + ".join(map(str, counts)), len(counts))

@@ -275,9 +275,7 @@ class Trainer:
         optimizer = self.parts.get("optimizer", self, model) or self.build_optimizer(model)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
-            model, optimizer, self.train_loader, self.val_loader
-        )
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, self.train_loader)
         self.batches_per_epoch = len(self.train_loader)
         if cfg.max_steps_per_epoch:
             self.batches_per_epoch = min(self.batches_per_epoch, cfg.max_steps_per_epoch)
@@ -357,8 +355,14 @@ class Trainer:
         train = build_dataloader(
             self.train_dataset, batch_size=cfg.batch_size, workers=cfg.workers, shuffle=True, seed=cfg.seed
         )
-        val = build_dataloader(
-            self.val_dataset, batch_size=cfg.batch_size * 2, workers=cfg.workers, shuffle=False, seed=cfg.seed
+        val = build_dataloader(  # this rank's whole (rect) batches; not passed to prepare(), see data.loader
+            self.val_dataset,
+            batch_size=cfg.batch_size * 2,
+            workers=cfg.workers,
+            shuffle=False,
+            seed=cfg.seed,
+            num_shards=self.accelerator.num_processes,
+            shard=self.accelerator.process_index,
         )
         return train, val
 

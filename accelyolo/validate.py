@@ -86,9 +86,16 @@ def validate(
             stride=32,
             single_cls=bool(trained.get("single_cls", False)),
         )
-    loader = build_dataloader(dataset, batch_size=batch_size, workers=workers, shuffle=False, seed=0)
+    loader = build_dataloader(  # this rank's whole batches (see accelyolo.data.loader), not prepared
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        shuffle=False,
+        seed=0,
+        num_shards=accelerator.num_processes,
+        shard=accelerator.process_index,
+    )
     model = model.fuse().to(accelerator.device, memory_format=torch.channels_last).eval()
-    loader = accelerator.prepare(loader)
 
     save_dir = make_run_dir(accelerator, Path(project) / name, exist_ok)
 
