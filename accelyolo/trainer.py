@@ -323,10 +323,9 @@ class Trainer:
             for split in ("train", "val"):
                 if not self.data_spec.splits.get(split):
                     raise ConfigError(f"{self.data_spec.yaml_path}: the '{split}' split has no images.")
-            self.names = ["item"] if cfg.single_cls else list(self.data_spec.names)
             common = dict(
                 imgsz=cfg.imgsz,
-                names=self.names,
+                names=list(self.data_spec.names),  # the class check; single_cls keeps every box as 'item'
                 cache=cfg.cache or None,
                 stride=32,
                 single_cls=cfg.single_cls,
@@ -348,6 +347,7 @@ class Trainer:
                 batch_size=cfg.batch_size * 2,
                 **common,
             )
+        self.names = list(train.names)  # ['item'] with single_cls
         return train, val
 
     def build_dataloaders(self) -> tuple[Any, Any]:

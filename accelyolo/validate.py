@@ -67,7 +67,8 @@ def validate(
     imgsz = imgsz or int(trained.get("imgsz", 640))
     with accelerator.main_process_first():
         spec = load_data_yaml(data or trained.get("data") or demo_data_yaml())
-        names = list(meta.get("names") or spec.names)
+        single_cls = bool(trained.get("single_cls", False))
+        names = ["item"] if single_cls else list(meta.get("names") or spec.names)
         if len(names) != model.nc:
             raise ValueError(
                 f"{weights}: the model has {model.nc} classes, the dataset {spec.yaml_path} "
@@ -80,11 +81,11 @@ def validate(
             imgsz=imgsz,
             augment=False,
             hyp=None,
-            names=names,
+            names=list(spec.names) if single_cls else names,  # single_cls: check, then every box is 'item'
             rect=rect,
             batch_size=batch_size,
             stride=32,
-            single_cls=bool(trained.get("single_cls", False)),
+            single_cls=single_cls,
         )
     loader = build_dataloader(  # this rank's whole batches (see accelyolo.data.loader), not prepared
         dataset,

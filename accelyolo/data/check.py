@@ -14,7 +14,7 @@ from typing import Any
 
 from accelyolo.data.cache import load_or_build
 from accelyolo.data.checks import check_image_label
-from accelyolo.data.dataset import build_report
+from accelyolo.data.dataset import SINGLE_CLASS_NAMES, build_report
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
 
 
@@ -23,12 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA_YAML", help="the dataset's data.yaml")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument(
+        "--single-cls", action="store_true", help="count every box as the one class 'item' (as training does)"
+    )
+    parser.add_argument(
         "--max-problems", type=int, default=30, help="problems listed per split in the tables (JSON: all)"
     )
 
 
-def check_dataset(spec: DataSpec) -> dict[str, Any]:
-    """The health report of every split of `spec` (JSON-ready).
+def check_dataset(spec: DataSpec, single_cls: bool = False) -> dict[str, Any]:
+    """The health report of every split of `spec` (JSON-ready); `single_cls` counts every box as `item`.
 
     Returns:
         `{"data": yaml path, "names": [...], "splits": {split: build_report(...)}}`.
@@ -42,9 +45,10 @@ def check_dataset(spec: DataSpec) -> dict[str, Any]:
             entries, cache_file, hit = load_or_build(
                 images, spec.nc, check_image_label, fallback_dir=spec.yaml_path.parent
             )
-            report = build_report(entries, spec.names, cache_file, hit)
+            report = build_report(entries, spec.names, cache_file, hit, single_cls=single_cls)
         splits[split] = report
-    return {"data": str(spec.yaml_path), "names": spec.names, "splits": splits}
+    names = list(SINGLE_CLASS_NAMES) if single_cls else spec.names
+    return {"data": str(spec.yaml_path), "names": names, "splits": splits}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"error: {err}", file=sys.stderr)
         return 2
-    result = check_dataset(spec)
+    result = check_dataset(spec, single_cls=args.single_cls)
     if args.json:
         print(json.dumps(result))
     else:

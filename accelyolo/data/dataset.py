@@ -22,6 +22,8 @@ from accelyolo.data.cache import load_or_build
 from accelyolo.data.checks import check_image_label, load_rgb
 from accelyolo.data.transforms import build_train_transform, letterbox, mixup, resolve_hyp
 
+SINGLE_CLASS_NAMES = ("item",)  # the one class of a `single_cls` run
+
 
 class YoloDataset(torch.utils.data.Dataset):
     """A split of a YOLO dataset, letterboxed (val) or augmented (train).
@@ -31,12 +33,13 @@ class YoloDataset(torch.utils.data.Dataset):
         imgsz: output side; a multiple of `stride`.
         augment: train pipeline (mosaic, affine, HSV, flips, mixup) instead of letterbox only.
         hyp: YOLOv5 augmentation names (`transforms.DEFAULT_HYP` for missing keys).
-        names: class names; `len(names)` is the class count for the class-id check.
+        names: the dataset's class names; `len(names)` is the class count for the class-id check
+            (also with `single_cls`: a row of class >= nc is still a bad row).
         cache: None, or "ram" to decode and resize every image once up front.
         rect: rectangular per-batch shapes (YOLOv5 rect batches); images are sorted by aspect.
         batch_size: batch size the rect shapes are computed for.
         stride: the model's largest stride; shapes are multiples of it.
-        single_cls: every class becomes class 0.
+        single_cls: every box is kept and becomes class 0; `names` becomes `["item"]`.
         seed: base seed of the augmentation randomness.
         cache_dir: where the label cache goes when the labels folder is read-only.
         buffer_mb: per-process LRU of decoded images (MB; 0 disables). Mosaic reads 4 images per
@@ -78,16 +81,17 @@ class YoloDataset(torch.utils.data.Dataset):
         entries, cache_file, hit = load_or_build(
             [Path(p) for p in images], nc, check_image_label, Path(cache_dir) if cache_dir else None
         )
-        self.report = build_report(entries, self.names, cache_file, hit)
+        self.report = build_report(entries, self.names, cache_file, hit, single_cls=single_cls)
         usable = [e for e in entries if e["status"] != "corrupt"]
         if not usable:
             raise ValueError(f"no usable image among {len(entries)} (first: {entries[0]['file']})")
         self.im_files = [e["file"] for e in usable]
         self.shapes = np.array([e["shape"] for e in usable], dtype=np.int64).reshape(-1, 2)  # (h0, w0)
         self.labels = [np.array(e["labels"], dtype=np.float32).reshape(-1, 5) for e in usable]
-        if single_cls:
+        if single_cls:  # after the class check against the dataset's own classes
             for lb in self.labels:
                 lb[:, 0] = 0
+            self.names = list(SINGLE_CLASS_NAMES)
         self.batch_shapes: np.ndarray | None = None
         self.batch_index: np.ndarray | None = None
         if rect:
@@ -264,8 +268,10 @@ def build_report(
     names: Sequence[str] | None,
     cache_file: Path | None = None,
     cache_hit: bool = False,
+    single_cls: bool = False,
 ) -> dict[str, Any]:
-    """Counts and problems of a split from its checked entries (JSON-ready).
+    """Counts and problems of a split from its checked entries (JSON-ready); with `single_cls` every box
+    counts for the one class `item`.
 
     Keys: `images` (usable), `backgrounds`, `boxes`, `corrupt`, `missing_labels`,
     `empty_labels`, `duplicates_removed`, `rows_dropped`, `boxes_per_class` (name -> count),
@@ -275,7 +281,10 @@ def build_report(
     counts: dict[int, int] = {}
     for e in usable:
         for row in e["labels"]:
-            counts[int(row[0])] = counts.get(int(row[0]), 0) + 1
+            cls = 0 if single_cls else int(row[0])
+            counts[cls] = counts.get(cls, 0) + 1
+    if single_cls:
+        names = SINGLE_CLASS_NAMES
     label = (lambda c: names[c] if c < len(names) else str(c)) if names else str
     return {
         "images": len(usable),

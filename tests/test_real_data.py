@@ -1,0 +1,84 @@
+"""Issue 13 items 1, 7 and 9: nothing in a real dataset is lost silently.
+
+1. `single_cls` keeps every box (all classes become the one class `item`) in training, `accelyolo val`,
+   `accelyolo data check` and `predict`.
+7. An image that becomes unreadable during training is replaced by another sample, named in a warning,
+   and counted at the end of the epoch.
+9. Training reports, per split, what the checks found and writes every skipped file and dropped row to
+   `data_report.json` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from accelyolo import fit
+from accelyolo.callbacks import Callback
+from tests.conftest import TINY_ANCHOR_FREE
+from tests.real_data_helpers import NAMES, write_shapes_set
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory):
+    """A 3-class set of 10 real-sized images (train = val), and its box count."""
+    data_yaml, truth = write_shapes_set(tmp_path_factory.mktemp("three"), n=10, seed=11)
+    boxes = sum(len(b) for b in truth.values())
+    assert {c for b in truth.values() for c, *_ in b} == {0, 1, 2}
+    return data_yaml, truth, boxes
+
+
+def _options(data_yaml, project, **extra):
+    options = dict(data=str(data_yaml), model=TINY_ANCHOR_FREE, imgsz=64, batch_size=4, epochs=1, workers=0,
+                   project=str(project), name="exp", warmup_epochs=0.0, plots=False, rect_val=True, close_mosaic=0,
+                   max_steps_per_epoch=1)
+    options.update(extra)
+    return options
+
+
+class Capture(Callback):
+    def on_fit_start(self, trainer):
+        self.train_boxes = [lb.copy() for lb in trainer.train_dataset.labels]
+        self.val_boxes = [lb.copy() for lb in trainer.val_dataset.labels]
+        self.names = list(trainer.names)
+
+
+def test_single_cls_dataset_keeps_every_box(three_classes):
+    from accelyolo.data import YoloDataset
+
+    data_yaml, truth, boxes = three_classes
+    plain = YoloDataset(sorted(truth), imgsz=64, names=NAMES)
+    single = YoloDataset(sorted(truth), imgsz=64, names=NAMES, single_cls=True)
+    assert sum(len(lb) for lb in plain.labels) == sum(len(lb) for lb in single.labels) == boxes
+    assert all((lb[:, 0] == 0).all() for lb in single.labels)
+    assert single.names == ["item"] and plain.names == NAMES
+    for a, b in zip(plain.labels, single.labels):
+        np.testing.assert_array_equal(a[:, 1:], b[:, 1:])
+
+
+def test_single_cls_trains_validates_checks_and_predicts_every_box(three_classes, tmp_path, capsys):
+    from accelyolo.data.check import main as check_main
+    from accelyolo.predict import predict
+    from accelyolo.validate import validate
+
+    data_yaml, truth, boxes = three_classes
+    seen = Capture()
+    done = fit(callbacks=[seen], **_options(data_yaml, tmp_path, single_cls=True))
+    assert seen.names == ["item"]
+    assert sum(len(lb) for lb in seen.train_boxes) == sum(len(lb) for lb in seen.val_boxes) == boxes
+    assert all((lb[:, 0] == 0).all() for lb in seen.train_boxes)
+
+    out = validate(str(done.last_checkpoint), data=str(data_yaml), imgsz=64, batch_size=4, workers=0, plots=False,
+                   project=str(tmp_path / "val"), verbose=False)
+    assert int(out.result.n_instances.sum()) == boxes  # every box validated as 'item'
+
+    capsys.readouterr()
+    assert check_main([str(data_yaml), "--json", "--single-cls"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["names"] == ["item"]
+    assert report["splits"]["val"]["boxes_per_class"] == {"item": boxes}
+
+    found = predict(str(done.last_checkpoint), sorted(truth)[0], imgsz=64, conf=0.0, device="cpu")
+    assert found[0].names and set(found[0].names) == {"item"}
