@@ -25,6 +25,7 @@ metadata, `FitResult`); `RunState.epoch` is the number of epochs completed.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -49,6 +50,7 @@ from accelyolo.checkpoint import (
 )
 from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
+from accelyolo.data.dataset import report_summary
 from accelyolo.ema import ModelEMA
 from accelyolo.evaluation import DetectionValidator
 from accelyolo.families import build_model, family_of
@@ -271,6 +273,7 @@ class Trainer:
         if accelerator.is_main_process:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "args.yaml")
+            self.write_data_report(self.run_dir / "data_report.json")
         self.callbacks = self.build_callbacks()
         optimizer = self.parts.get("optimizer", self, model) or self.build_optimizer(model)
         if cfg.channels_last:
@@ -348,7 +351,21 @@ class Trainer:
                 **common,
             )
         self.names = list(train.names)  # ['item'] with single_cls
+        for split, dataset in (("train", train), ("val", val)):
+            LOGGER.info("%s", report_summary(split, dataset.report))
         return train, val
+
+    def write_data_report(self, path: Path) -> None:
+        """Every split's check counts and each skipped file and dropped or repaired label row (file, line,
+        reason), as JSON; datasets without a `report` (ones a caller passed in) are left out."""
+        splits = {
+            split: dataset.report
+            for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset))
+            if isinstance(getattr(dataset, "report", None), dict)
+        }
+        if splits:
+            path.write_text(json.dumps({"data": self.cfg.data, "splits": splits}, indent=1))
+            LOGGER.info("data: every skipped file and dropped label row is listed in %s", path)
 
     def build_dataloaders(self) -> tuple[Any, Any]:
         cfg = self.cfg

@@ -82,3 +82,49 @@ def test_single_cls_trains_validates_checks_and_predicts_every_box(three_classes
 
     found = predict(str(done.last_checkpoint), sorted(truth)[0], imgsz=64, conf=0.0, device="cpu")
     assert found[0].names and set(found[0].names) == {"item"}
+
+
+def _spoil(data_yaml):
+    """Give the set one of every problem the checks know; returns {label file name: (line, word)} expected."""
+    root = data_yaml.parent
+    images, labels = root / "images" / "val", root / "labels" / "val"
+    stems = sorted(p.stem for p in images.iterdir())
+    (images / "900001.png").write_text("not an image")  # corrupt: skipped
+    (labels / f"{stems[0]}.txt").unlink()  # missing label: background
+    (labels / f"{stems[1]}.txt").write_text("")  # empty label: background
+    good = "0 0.5 0.5 0.2 0.2\n"
+    (labels / f"{stems[2]}.txt").write_text(good + "7 0.5 0.5 0.1 0.1\n")  # class >= nc, line 2
+    (labels / f"{stems[3]}.txt").write_text(good + "1 1.3 0.5 0.1 0.1\n")  # out of range, line 2
+    (labels / f"{stems[4]}.txt").write_text(good + good)  # a duplicate
+    (labels / f"{stems[5]}.txt").write_text("0 0.05 0.5 0.2 0.2\n")  # sticks out: clipped, line 1
+    return stems
+
+
+def test_training_reports_every_split_and_writes_data_report_json(tmp_path, caplog):
+    import logging
+
+    data_yaml, _ = write_shapes_set(tmp_path / "data", n=9, seed=12)
+    stems = _spoil(data_yaml)
+    caplog.set_level(logging.INFO, logger="accelyolo")
+    done = fit(**_options(data_yaml, tmp_path / "runs"))
+    text = caplog.text
+    for split in ("train", "val"):
+        line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(f"data {split}:"))
+        for words in ("10 images found", "1 corrupt skipped", "1 label missing", "1 empty label",
+                      "2 rows dropped", "1 class >= nc", "1 duplicate", "1 clipped"):
+            assert words in line, (words, line)
+    assert "data_report.json" in text
+    report = json.loads((done.run_dir / "data_report.json").read_text())
+    val = report["splits"]["val"]
+    assert val["corrupt"] == 1 and val["missing_labels"] == 1 and val["empty_labels"] == 1
+    assert val["rows_dropped"] == 2 and val["class_out_of_range"] == 1 and val["rows_clipped"] == 1
+    assert val["duplicates_removed"] == 1
+    by_file = {}
+    for p in val["problems"]:
+        by_file.setdefault(p["file"].rsplit("/", 1)[-1], []).append(p)
+    assert any("not readable" in p["problem"] for p in by_file["900001.png"])
+    assert by_file[f"{stems[2]}.txt"][0]["line"] == 2 and ">= nc" in by_file[f"{stems[2]}.txt"][0]["problem"]
+    assert by_file[f"{stems[3]}.txt"][0]["line"] == 2 and "above 1" in by_file[f"{stems[3]}.txt"][0]["problem"]
+    assert by_file[f"{stems[5]}.txt"][0]["line"] == 1 and "clipped" in by_file[f"{stems[5]}.txt"][0]["problem"]
+    assert any("duplicate" in p["problem"] for p in by_file[f"{stems[4]}.txt"])
+    assert any("missing label" in p["problem"] for p in by_file[f"{stems[0]}.png"])

@@ -40,7 +40,8 @@ def check_dataset(spec: DataSpec, single_cls: bool = False) -> dict[str, Any]:
     for split, images in spec.splits.items():
         if not images:
             report = build_report([], spec.names)
-            report["problems"].append({"file": str(spec.yaml_path), "problem": f"split '{split}' has no images"})
+            problem = f"split '{split}' has no images"
+            report["problems"].append({"file": str(spec.yaml_path), "line": None, "problem": problem})
         else:
             entries, cache_file, hit = load_or_build(
                 images, spec.nc, check_image_label, fallback_dir=spec.yaml_path.parent
@@ -76,7 +77,7 @@ def _print_tables(result: dict[str, Any], max_problems: int) -> None:
     console = Console()
     summary = Table(title=f"dataset check: {result['data']}")
     cols = ("images", "backgrounds", "boxes", "corrupt", "missing_labels", "empty_labels")
-    cols += ("duplicates_removed", "rows_dropped")
+    cols += ("duplicates_removed", "rows_dropped", "rows_clipped")
     summary.add_column("split")
     for c in cols:
         summary.add_column(c.replace("_", " "), justify="right")
@@ -99,7 +100,7 @@ def _print_tables(result: dict[str, Any], max_problems: int) -> None:
         table.add_column("file", overflow="fold")
         table.add_column("problem", overflow="fold")
         for p in r["problems"][:max_problems]:
-            table.add_row(p["file"], p["problem"])
+            table.add_row(p["file"] if p.get("line") is None else f"{p['file']}:{p['line']}", p["problem"])
         console.print(table)
         if len(r["problems"]) > max_problems:
             console.print(f"... {len(r['problems']) - max_problems} more (use --json for all)")

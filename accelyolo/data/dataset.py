@@ -274,8 +274,9 @@ def build_report(
     counts for the one class `item`.
 
     Keys: `images` (usable), `backgrounds`, `boxes`, `corrupt`, `missing_labels`,
-    `empty_labels`, `duplicates_removed`, `rows_dropped`, `boxes_per_class` (name -> count),
-    `problems` (list of `{file, problem}`), `cache_file`, `cache_hit`.
+    `empty_labels`, `duplicates_removed`, `rows_dropped` (of which `class_out_of_range`),
+    `rows_clipped`, `boxes_per_class` (name -> count), `problems` (list of `{file, line, problem}`,
+    line None for a whole file), `cache_file`, `cache_hit`.
     """
     usable = [e for e in entries if e["status"] != "corrupt"]
     counts: dict[int, int] = {}
@@ -295,8 +296,25 @@ def build_report(
         "empty_labels": sum(bool(e["empty"]) for e in entries),
         "duplicates_removed": sum(int(e["duplicates"]) for e in entries),
         "rows_dropped": sum(int(e["rows_dropped"]) for e in entries),
+        "class_out_of_range": sum(int(e["class_out_of_range"]) for e in entries),
+        "rows_clipped": sum(int(e["rows_clipped"]) for e in entries),
         "boxes_per_class": {label(c): counts[c] for c in sorted(counts)},
-        "problems": [{"file": e["file"], "problem": p} for e in entries for p in e["problems"]],
+        "problems": [dict(p) for e in entries for p in e["problems"]],
         "cache_file": str(cache_file) if cache_file else None,
         "cache_hit": cache_hit,
     }
+
+
+def report_summary(split: str, report: dict[str, Any]) -> str:
+    """One line of a split's counts for the training log, e.g.
+    `data train: 120 images found, 2 corrupt skipped, 3 labels missing, 1 empty label, 4 rows dropped
+    (1 class >= nc), 2 clipped, 1 duplicate removed; 830 boxes`."""
+    found = report["images"] + report["corrupt"]
+    return (
+        f"data {split}: {found} images found, {report['corrupt']} corrupt skipped, "
+        f"{report['missing_labels']} label{'s' * (report['missing_labels'] != 1)} missing, "
+        f"{report['empty_labels']} empty label{'s' * (report['empty_labels'] != 1)}, "
+        f"{report['rows_dropped']} rows dropped ({report['class_out_of_range']} class >= nc), "
+        f"{report['rows_clipped']} clipped, {report['duplicates_removed']} duplicate"
+        f"{'s' * (report['duplicates_removed'] != 1)} removed; {report['boxes']} boxes"
+    )
