@@ -543,7 +543,20 @@ class Trainer:
                 LOGGER.info("stop requested at epoch %d batch %d", epoch, i)
                 return None
             t_data = time.perf_counter()
+        self.report_unreadable(epoch)
         return self.epoch_row(epoch, names, loss_sum / max(counted, 1), last_lrs, time.perf_counter() - t_epoch)
+
+    def report_unreadable(self, epoch: int) -> None:
+        """Warn with the count of training images that stopped decoding (replaced by other samples)."""
+        unreadable = getattr(self.train_dataset, "unreadable_files", None)
+        files = unreadable() if callable(unreadable) else []
+        if files:
+            rank = f" (rank {self.accelerator.process_index})" if self.accelerator.num_processes > 1 else ""
+            shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+            LOGGER.warning(
+                "epoch %d: %d image%s unreadable%s, replaced by other samples: %s",
+                epoch, len(files), "s" * (len(files) != 1), rank, shown,
+            )
 
     def train_step(self, batch: dict[str, Any]) -> StepOutput:
         """Forward, loss, backward for one batch at `self.iteration`; the optimizer step when one is due."""

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,55 @@ def test_training_reports_every_split_and_writes_data_report_json(tmp_path, capl
     assert by_file[f"{stems[5]}.txt"][0]["line"] == 1 and "clipped" in by_file[f"{stems[5]}.txt"][0]["problem"]
     assert any("duplicate" in p["problem"] for p in by_file[f"{stems[4]}.txt"])
     assert any("missing label" in p["problem"] for p in by_file[f"{stems[0]}.png"])
+
+
+class BreakImagesAtStart(Callback):
+    """After the label cache was built: delete one image and truncate another (a network filesystem)."""
+
+    def __init__(self, deleted, truncated):
+        self.deleted, self.truncated = deleted, truncated
+
+    def on_fit_start(self, trainer):
+        self.deleted.unlink()
+        data = self.truncated.read_bytes()
+        self.truncated.write_bytes(data[: len(data) // 3])
+
+
+def test_images_unreadable_during_training_are_replaced_named_and_counted(tmp_path, caplog):
+    import logging
+
+    data_yaml, truth = write_shapes_set(tmp_path / "data", n=8, seed=13)
+    files = sorted(truth)
+    folder = tmp_path / "data" / "images" / "val"
+    deleted, truncated = folder / "000002.png", folder / "000005.png"
+    assert str(deleted) in files and str(truncated) in files
+    caplog.set_level(logging.INFO, logger="accelyolo")
+    done = fit(callbacks=[BreakImagesAtStart(deleted, truncated)],
+               **_options(data_yaml, tmp_path / "runs", max_steps_per_epoch=0, rect_val=False))
+    assert done.epochs_completed == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for path in (deleted, truncated):
+        assert any(str(path) in w and "unreadable" in w for w in warnings), warnings
+    summary = [w for w in warnings if w.startswith("epoch 1:")]
+    assert len(summary) == 1 and "2 images unreadable" in summary[0], warnings
+    assert str(deleted) in summary[0] and str(truncated) in summary[0]
+
+
+def test_unreadable_image_flags_reach_the_main_process_from_workers(tmp_path):
+    import torch
+
+    from accelyolo.data import YoloDataset, build_dataloader
+
+    data_yaml, truth = write_shapes_set(tmp_path / "data", n=6, seed=14)
+    ds = YoloDataset(sorted(truth), imgsz=64, augment=False, names=NAMES, buffer_mb=0)
+    gone = ds.im_files[3]
+    (tmp_path / "data" / "images" / "val" / gone.rsplit("/", 1)[-1]).unlink()
+    item = ds[3]
+    assert item["path"] == ds.im_files[4]  # the next image stands in
+    assert ds.unreadable_files() == [gone]
+    ds2 = YoloDataset(sorted(truth)[:3] + [sorted(truth)[4]], imgsz=64, augment=True, names=NAMES, buffer_mb=0)
+    loader = build_dataloader(ds2, batch_size=2, workers=1, shuffle=False)
+    Path(ds2.im_files[0]).unlink()
+    batches = list(loader)
+    assert sum(len(b["paths"]) for b in batches) == 4 and torch.is_tensor(batches[0]["images"])
+    assert ds2.unreadable_files() == [ds2.im_files[0]]

@@ -5,10 +5,16 @@ parameters, mixup) comes from `numpy.random.SeedSequence([seed, epoch, index])`,
 is the same in the main process and in any worker, before and after a resume. The epoch and the
 mosaic switch live in a small shared-memory tensor, so `set_epoch` / `set_mosaic` called in the
 main process reach (persistent) DataLoader workers at their next item.
+
+An image that cannot be decoded any more (deleted or truncated after the label cache was built, as on
+network filesystems) does not stop a run: the item is replaced by the next readable index, a warning
+names the file once per process, and its flag in shared memory lets the trainer count it per epoch
+(`unreadable_files()`), whichever worker met it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +29,15 @@ from accelyolo.data.checks import check_image_label, load_rgb
 from accelyolo.data.transforms import build_train_transform, letterbox, mixup, resolve_hyp
 
 SINGLE_CLASS_NAMES = ("item",)  # the one class of a `single_cls` run
+LOGGER = logging.getLogger("accelyolo")
+
+
+class UnreadableImageError(OSError):
+    """An image of the dataset that no longer decodes (its index, file and the decoder's error)."""
+
+    def __init__(self, index: int, path: str, cause: BaseException) -> None:
+        super().__init__(f"{path}: unreadable ({type(cause).__name__}: {cause})")
+        self.index, self.path = index, path
 
 
 class YoloDataset(torch.utils.data.Dataset):
@@ -98,6 +113,7 @@ class YoloDataset(torch.utils.data.Dataset):
             self._make_rect_shapes(batch_size)
         # [epoch, mosaic on]: shared memory so the main process' setters reach the workers
         self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
+        self._unreadable = torch.zeros(len(self.im_files), dtype=torch.bool).share_memory_()  # by index
         self.mosaic_backend = mosaic_backend
         self._pipelines: dict[bool, Any] = {}
         self._buffer: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -155,7 +171,14 @@ class YoloDataset(torch.utils.data.Dataset):
             self._ram = list(pool.map(self._decode, range(len(self))))
 
     def _decode(self, i: int) -> np.ndarray:
-        return load_rgb(self.im_files[i], self.imgsz, fast=self.augment)
+        try:
+            return load_rgb(self.im_files[i], self.imgsz, fast=self.augment)
+        except Exception as err:  # decoders raise OSError, SyntaxError, struct.error... for a damaged file
+            raise UnreadableImageError(i, self.im_files[i], err) from err
+
+    def unreadable_files(self) -> list[str]:
+        """Images that failed to decode so far in any process of this dataset (sorted by index)."""
+        return [self.im_files[i] for i in torch.nonzero(self._unreadable).flatten().tolist()]
 
     def load_image(self, i: int) -> np.ndarray:
         """Image `i` as RGB uint8, long side resized to `imgsz` (RAM cache / LRU buffer / disk)."""
@@ -239,6 +262,17 @@ class YoloDataset(torch.utils.data.Dataset):
         return {"image": res["image"], "bboxes": boxes}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        """Item `i`; when an image it needs no longer decodes, the item of the next index instead."""
+        for k in range(len(self)):
+            try:
+                return self._item((int(i) + k) % len(self))
+            except UnreadableImageError as err:
+                if not self._unreadable[err.index]:
+                    self._unreadable[err.index] = True
+                    LOGGER.warning("%s; replaced by another sample (training goes on)", err)
+        raise RuntimeError(f"no image of this dataset can be read any more (first: {self.im_files[0]})")
+
+    def _item(self, i: int) -> dict[str, Any]:
         epoch, mosaic_on = int(self._state[0]), bool(self._state[1])
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, int(i)]))
         h0, w0 = (int(v) for v in self.shapes[i])
