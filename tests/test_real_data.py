@@ -181,3 +181,17 @@ def test_unreadable_image_flags_reach_the_main_process_from_workers(tmp_path):
     batches = list(loader)
     assert sum(len(b["paths"]) for b in batches) == 4 and torch.is_tensor(batches[0]["images"])
     assert ds2.unreadable_files() == [ds2.im_files[0]]
+
+
+
+def test_an_unreadable_image_in_a_rect_batch_is_replaced_at_the_batch_shape(tmp_path):
+    from accelyolo.data import YoloDataset, build_dataloader
+
+    data_yaml, truth = write_shapes_set(tmp_path / "data", n=7, seed=15)  # 7 sizes, 7 aspect ratios
+    ds = YoloDataset(sorted(truth), imgsz=96, augment=False, names=NAMES, rect=True, batch_size=2, buffer_mb=0)
+    shapes = [tuple(int(v) for v in s) for s in ds.batch_shapes]
+    b = next(k for k in range(len(shapes) - 1) if shapes[k] != shapes[k + 1])
+    Path(ds.im_files[2 * b + 1]).unlink()  # the last of batch b: the next image has another batch shape
+    batches = list(build_dataloader(ds, batch_size=2, workers=0, shuffle=False))
+    assert tuple(batches[b]["images"].shape[2:]) == shapes[b]
+    assert batches[b]["paths"][1] == ds.im_files[2 * b + 2] and ds.unreadable_files() == [ds.im_files[2 * b + 1]]

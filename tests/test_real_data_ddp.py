@@ -80,3 +80,18 @@ def test_ddp_training_validates_rect_batches_of_mixed_shapes(tmp_path):
     run(launch_args(2) + [_write(tmp_path, "fit", FIT_SCRIPT, OPTIONS=options)])
     rows = (tmp_path / "runs" / "exp" / "results.csv").read_text().splitlines()
     assert len(rows) == 2 and "mAP50-95" in rows[0]
+
+
+def test_sharded_batches_partition_the_rect_batches(tmp_path):
+    from accelyolo.data import YoloDataset, build_dataloader
+
+    data_yaml, truth = write_shapes_set(tmp_path / "data", n=9, seed=5)
+    ds = YoloDataset(sorted(truth), imgsz=64, names=["a", "b", "c"], rect=True, batch_size=2)
+    whole = [b["paths"] for b in build_dataloader(ds, batch_size=2, workers=0, shuffle=False)]
+    shards = [[b["paths"] for b in build_dataloader(ds, batch_size=2, workers=0, shuffle=False, num_shards=2, shard=r)]
+              for r in (0, 1)]
+    assert [len(s) for s in shards] == [3, 2]
+    assert sorted(shards[0] + shards[1]) == sorted(whole)  # the same batches (one shape each), none padded
+    assert shards[0] == whole[0::2] and shards[1] == whole[1::2]
+    with pytest.raises(ValueError, match="shard 2"):
+        build_dataloader(ds, batch_size=2, workers=0, shuffle=False, num_shards=2, shard=2)

@@ -223,11 +223,12 @@ class YoloDataset(torch.utils.data.Dataset):
             return tuple(int(v) for v in self.batch_shapes[self.batch_index[i]])
         return (self.imgsz, self.imgsz)
 
-    def _letterboxed(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple]:
-        """Letterbox image `i` to its target shape; boxes re-normalized to the padded image."""
+    def _letterboxed(self, i: int, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """Letterbox image `i` to `shape` (default: its own target shape); boxes re-normalized to the padded
+        image."""
         img = self.load_image(i)
         h0, w0 = (int(v) for v in self.shapes[i])
-        out, (ry, rx), (left, top) = letterbox(img, self._target_shape(i), scaleup=self.augment)
+        out, (ry, rx), (left, top) = letterbox(img, shape or self._target_shape(i), scaleup=self.augment)
         nh, nw = round(ry * img.shape[0]), round(rx * img.shape[1])  # image inside the padding
         rows = self._yolo_rows(i).copy()
         H, W = out.shape[:2]
@@ -243,7 +244,9 @@ class YoloDataset(torch.utils.data.Dataset):
             )
         return self._pipelines[mosaic]
 
-    def _augmented(self, i: int, rng: np.random.Generator, use_mosaic: bool) -> dict[str, Any]:
+    def _augmented(
+        self, i: int, rng: np.random.Generator, use_mosaic: bool, shape: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         """One pass of the train pipeline for image `i`, randomness drawn from `rng`."""
         extra: dict[str, Any] = {}
         if use_mosaic:
@@ -254,7 +257,7 @@ class YoloDataset(torch.utils.data.Dataset):
                 {"image": self.load_image(int(j)), "bboxes": self._yolo_rows(int(j))} for j in donors
             ]
         else:
-            img, rows, _ = self._letterboxed(i)
+            img, rows, _ = self._letterboxed(i, shape)
         pipeline = self._pipeline(use_mosaic)
         pipeline.set_random_seed(int(rng.integers(2**31 - 1)))
         res = pipeline(image=img, bboxes=rows, **extra)
@@ -262,23 +265,25 @@ class YoloDataset(torch.utils.data.Dataset):
         return {"image": res["image"], "bboxes": boxes}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        """Item `i`; when an image it needs no longer decodes, the item of the next index instead."""
+        """Item `i`; when an image it needs no longer decodes, the item of the next index instead (at the
+        shape of item `i`, so that a rectangular batch still stacks)."""
+        shape = self._target_shape(int(i))
         for k in range(len(self)):
             try:
-                return self._item((int(i) + k) % len(self))
+                return self._item((int(i) + k) % len(self), shape)
             except UnreadableImageError as err:
                 if not self._unreadable[err.index]:
                     self._unreadable[err.index] = True
                     LOGGER.warning("%s; replaced by another sample (training goes on)", err)
         raise RuntimeError(f"no image of this dataset can be read any more (first: {self.im_files[0]})")
 
-    def _item(self, i: int) -> dict[str, Any]:
+    def _item(self, i: int, shape: tuple[int, int]) -> dict[str, Any]:
         epoch, mosaic_on = int(self._state[0]), bool(self._state[1])
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, int(i)]))
         h0, w0 = (int(v) for v in self.shapes[i])
         if self.augment:
             use_mosaic = mosaic_on and not self.rect and rng.random() < self.hyp["mosaic"]
-            sample = self._augmented(i, rng, use_mosaic)
+            sample = self._augmented(i, rng, use_mosaic, shape)
             if use_mosaic and self.hyp["mixup"] > 0 and rng.random() < self.hyp["mixup"]:
                 other = self._augmented(int(rng.integers(len(self))), rng, True)
                 sample = mixup(sample, other, rng)
@@ -286,7 +291,7 @@ class YoloDataset(torch.utils.data.Dataset):
             ratio_pad = ((r, r), (0, 0))  # nominal: the geometry is random after augmentation
             image, rows = sample["image"], sample["bboxes"]
         else:
-            image, rows, ratio_pad = self._letterboxed(i)
+            image, rows, ratio_pad = self._letterboxed(i, shape)
         return {
             "image": np.ascontiguousarray(image),
             "boxes": rows[:, :4].astype(np.float32),
