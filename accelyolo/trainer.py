@@ -555,7 +555,11 @@ class Trainer:
             shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
             LOGGER.warning(
                 "epoch %d: %d image%s unreadable%s, replaced by other samples: %s",
-                epoch, len(files), "s" * (len(files) != 1), rank, shown,
+                epoch,
+                len(files),
+                "s" * (len(files) != 1),
+                rank,
+                shown,
             )
 
     def train_step(self, batch: dict[str, Any]) -> StepOutput:
