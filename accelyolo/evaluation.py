@@ -1,9 +1,9 @@
 """The validation loop shared by the trainer and `accelyolo val`: every rank evaluates its shard.
 
-Each rank runs the model over its part of the validation loader, turns detections and labels into small
-per-image records, and the records of all ranks are gathered once at the end. Images that DDP's even
-batching repeated on the last batch carry the same image id and are dropped when the records merge, so
-no rank waits alone on a barrier and no image counts twice.
+Each rank runs the model over its own whole batches of the validation loader (`build_dataloader(...,
+num_shards, shard)`: no image repeated, no batch padded with an image of another shape), turns detections
+and labels into small per-image records, and the records of all ranks are gathered once at the end. A
+repeated image id (a loader that Accelerate padded) is still dropped when the records merge.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from accelyolo.boxes import non_max_suppression, xywh2xyxy
+from accelyolo.boxes import non_max_suppression, scale_boxes, xywh2xyxy
 from accelyolo.data.loader import to_model_input
 from accelyolo.metrics import DetectionEvaluator, DetectionResult
 
@@ -35,6 +35,16 @@ def targets_to_pixels(targets: torch.Tensor, batch_size: int, height: int, width
     return out
 
 
+def to_original_pixels(boxes: torch.Tensor, ratio_pad, orig_shape) -> torch.Tensor:
+    """xyxy boxes `(n, 4)` in letterboxed pixels -> original-image pixels, clipped to the image.
+
+    The metrics are computed in this space, the one predictions.json and COCOeval use: in letterboxed
+    pixels a prediction may stick out of the image into the padding (COCO sees it clipped) and x and y
+    carry slightly different resize ratios (the resized sides are rounded), which lowered mAP50-95.
+    """
+    return scale_boxes(boxes.float(), ratio_pad=ratio_pad, orig_shape=tuple(orig_shape))
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -50,15 +60,17 @@ def evaluate(
 ) -> DetectionResult:
     """Run `model` (eval mode, not DDP-wrapped) over this rank's shard of `loader`; gather; compute.
 
-    Every rank returns the same `DetectionResult`. `on_batch(batch, detections)` sees each local batch
-    with its detections (xyxy, conf, cls in letterboxed pixels), e.g. to write predictions.json.
+    Every rank returns the same `DetectionResult`, computed with predictions and labels both mapped back to
+    original-image pixels (as COCOeval sees predictions.json). `on_batch(batch, detections)` sees each local
+    batch with its detections (xyxy, conf, cls in letterboxed pixels), e.g. to plot them or write
+    predictions.json.
     `channels_last` feeds NHWC images (for a model converted with `memory_format=torch.channels_last`).
     """
     was_training = model.training
     model.eval()
     local = DetectionEvaluator(nc=nc, names=names)
     for batch in loader:
-        images = to_model_input(batch["images"], channels_last)  # (B, 3, H, W) in [0, 1]
+        images = to_model_input(batch["images"].to(accelerator.device), channels_last)  # (B, 3, H, W) in [0, 1]
         with accelerator.autocast():
             out = model(images)
         if isinstance(out, (tuple, list)):
@@ -66,13 +78,17 @@ def evaluate(
         detections = non_max_suppression(out.float(), conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
         height, width = images.shape[2:]
         truths = targets_to_pixels(batch["targets"].to(images.device), len(detections), height, width)
-        for path, det, (gt_boxes, gt_classes) in zip(batch["paths"], detections, truths):
-            local.add(str(path), det, gt_boxes, gt_classes)
+        for path, det, (gt_boxes, gt_classes), orig, ratio_pad in zip(
+            batch["paths"], detections, truths, batch["orig_shapes"], batch["ratio_pads"]
+        ):
+            det_orig = det.clone()
+            det_orig[:, :4] = to_original_pixels(det[:, :4], ratio_pad, orig)
+            local.add(str(path), det_orig, to_original_pixels(gt_boxes, ratio_pad, orig), gt_classes)
         if on_batch is not None:
             on_batch(batch, detections)
     records = local.records()
     if accelerator.num_processes > 1:
-        counts = gather_object([len(records)])  # images each rank evaluated (DDP repeats included)
+        counts = gather_object([len(records)])  # images each rank evaluated
         records = gather_object(records)
         if accelerator.is_main_process:
             LOGGER.info("validation: %s images on %d ranks", " + ".join(map(str, counts)), len(counts))

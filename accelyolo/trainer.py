@@ -25,6 +25,7 @@ metadata, `FitResult`); `RunState.epoch` is the number of epochs completed.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -49,6 +50,7 @@ from accelyolo.checkpoint import (
 )
 from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
+from accelyolo.data.dataset import report_summary
 from accelyolo.ema import ModelEMA
 from accelyolo.evaluation import DetectionValidator
 from accelyolo.families import build_model, family_of
@@ -271,13 +273,12 @@ class Trainer:
         if accelerator.is_main_process:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "args.yaml")
+            self.write_data_report(self.run_dir / "data_report.json")
         self.callbacks = self.build_callbacks()
         optimizer = self.parts.get("optimizer", self, model) or self.build_optimizer(model)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
-            model, optimizer, self.train_loader, self.val_loader
-        )
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, self.train_loader)
         self.batches_per_epoch = len(self.train_loader)
         if cfg.max_steps_per_epoch:
             self.batches_per_epoch = min(self.batches_per_epoch, cfg.max_steps_per_epoch)
@@ -326,10 +327,9 @@ class Trainer:
             for split in ("train", "val"):
                 if not self.data_spec.splits.get(split):
                     raise ConfigError(f"{self.data_spec.yaml_path}: the '{split}' split has no images.")
-            self.names = ["item"] if cfg.single_cls else list(self.data_spec.names)
             common = dict(
                 imgsz=cfg.imgsz,
-                names=self.names,
+                names=list(self.data_spec.names),  # the class check; single_cls keeps every box as 'item'
                 cache=cfg.cache or None,
                 stride=32,
                 single_cls=cfg.single_cls,
@@ -351,15 +351,36 @@ class Trainer:
                 batch_size=cfg.batch_size * 2,
                 **common,
             )
+        self.names = list(train.names)  # ['item'] with single_cls
+        for split, dataset in (("train", train), ("val", val)):
+            LOGGER.info("%s", report_summary(split, dataset.report))
         return train, val
+
+    def write_data_report(self, path: Path) -> None:
+        """Every split's check counts and each skipped file and dropped or repaired label row (file, line,
+        reason), as JSON; datasets without a `report` (ones a caller passed in) are left out."""
+        splits = {
+            split: dataset.report
+            for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset))
+            if isinstance(getattr(dataset, "report", None), dict)
+        }
+        if splits:
+            path.write_text(json.dumps({"data": self.cfg.data, "splits": splits}, indent=1))
+            LOGGER.info("data: every skipped file and dropped label row is listed in %s", path)
 
     def build_dataloaders(self) -> tuple[Any, Any]:
         cfg = self.cfg
         train = build_dataloader(
             self.train_dataset, batch_size=cfg.batch_size, workers=cfg.workers, shuffle=True, seed=cfg.seed
         )
-        val = build_dataloader(
-            self.val_dataset, batch_size=cfg.batch_size * 2, workers=cfg.workers, shuffle=False, seed=cfg.seed
+        val = build_dataloader(  # this rank's whole (rect) batches; not passed to prepare(), see data.loader
+            self.val_dataset,
+            batch_size=cfg.batch_size * 2,
+            workers=cfg.workers,
+            shuffle=False,
+            seed=cfg.seed,
+            num_shards=self.accelerator.num_processes,
+            shard=self.accelerator.process_index,
         )
         return train, val
 
@@ -524,7 +545,24 @@ class Trainer:
                 LOGGER.info("stop requested at epoch %d batch %d", epoch, i)
                 return None
             t_data = time.perf_counter()
+        self.report_unreadable(epoch)
         return self.epoch_row(epoch, names, loss_sum / max(counted, 1), last_lrs, time.perf_counter() - t_epoch)
+
+    def report_unreadable(self, epoch: int) -> None:
+        """Warn with the count of training images that stopped decoding (replaced by other samples)."""
+        unreadable = getattr(self.train_dataset, "unreadable_files", None)
+        files = unreadable() if callable(unreadable) else []
+        if files:
+            rank = f" (rank {self.accelerator.process_index})" if self.accelerator.num_processes > 1 else ""
+            shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+            LOGGER.warning(
+                "epoch %d: %d image%s unreadable%s, replaced by other samples: %s",
+                epoch,
+                len(files),
+                "s" * (len(files) != 1),
+                rank,
+                shown,
+            )
 
     def train_step(self, batch: dict[str, Any]) -> StepOutput:
         """Forward, loss, backward for one batch at `self.iteration`; the optimizer step when one is due."""

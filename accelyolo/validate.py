@@ -67,7 +67,8 @@ def validate(
     imgsz = imgsz or int(trained.get("imgsz", 640))
     with accelerator.main_process_first():
         spec = load_data_yaml(data or trained.get("data") or demo_data_yaml())
-        names = list(meta.get("names") or spec.names)
+        single_cls = bool(trained.get("single_cls", False))
+        names = ["item"] if single_cls else list(meta.get("names") or spec.names)
         if len(names) != model.nc:
             raise ValueError(
                 f"{weights}: the model has {model.nc} classes, the dataset {spec.yaml_path} "
@@ -80,15 +81,22 @@ def validate(
             imgsz=imgsz,
             augment=False,
             hyp=None,
-            names=names,
+            names=list(spec.names) if single_cls else names,  # single_cls: check, then every box is 'item'
             rect=rect,
             batch_size=batch_size,
             stride=32,
-            single_cls=bool(trained.get("single_cls", False)),
+            single_cls=single_cls,
         )
-    loader = build_dataloader(dataset, batch_size=batch_size, workers=workers, shuffle=False, seed=0)
+    loader = build_dataloader(  # this rank's whole batches (see accelyolo.data.loader), not prepared
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        shuffle=False,
+        seed=0,
+        num_shards=accelerator.num_processes,
+        shard=accelerator.process_index,
+    )
     model = model.fuse().to(accelerator.device, memory_format=torch.channels_last).eval()
-    loader = accelerator.prepare(loader)
 
     save_dir = make_run_dir(accelerator, Path(project) / name, exist_ok)
 
@@ -173,6 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-det", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--save-json", action="store_true", help="write predictions.json (COCO results)")
+    parser.add_argument("--no-rect", dest="rect", action="store_false", help="square batches instead of rectangular")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
     parser.add_argument("--project", default="runs/val")
     parser.add_argument("--name", default="exp")

@@ -15,6 +15,7 @@ from PIL import Image
 
 from accelyolo.data import DataConfigError, YoloDataset, checks, generate_demo, load_data_yaml
 from accelyolo.data import check as data_check
+from accelyolo.data.cache import CACHE_VERSION
 from accelyolo.data.checks import img2label_path, load_rgb, parse_label_rows, verify_image
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
@@ -194,7 +195,7 @@ def test_label_cache_hit_miss_rebuild(tmp_path: Path, monkeypatch):
     reads.clear()
     YoloDataset(images, imgsz=64, names=["a"])
     assert len(reads) == 5
-    assert json.loads(cache_file.read_text())["version"] == 1  # plain JSON
+    assert json.loads(cache_file.read_text())["version"] == CACHE_VERSION  # plain JSON
 
 
 def test_label_cache_falls_back_when_labels_folder_read_only(tmp_path: Path, monkeypatch):

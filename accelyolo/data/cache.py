@@ -20,7 +20,7 @@ from typing import Any
 from accelyolo.data.checks import img2label_path
 from accelyolo.fileio import write_text_atomically
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: problems as {file, line, problem}; clipped and class counts
 
 
 def home_dir() -> Path:

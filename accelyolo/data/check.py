@@ -15,7 +15,7 @@ from typing import Any
 
 from accelyolo.data.cache import load_or_build
 from accelyolo.data.checks import check_image_label
-from accelyolo.data.dataset import build_report
+from accelyolo.data.dataset import SINGLE_CLASS_NAMES, build_report
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
@@ -26,12 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA_YAML", help="the dataset's data.yaml")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument(
+        "--single-cls", action="store_true", help="count every box as the one class 'item' (as training does)"
+    )
+    parser.add_argument(
         "--max-problems", type=int, default=30, help="problems listed per split in the tables (JSON: all)"
     )
 
 
-def check_dataset(spec: DataSpec) -> dict[str, Any]:
-    """The health report of every split of `spec` (JSON-ready).
+def check_dataset(spec: DataSpec, single_cls: bool = False) -> dict[str, Any]:
+    """The health report of every split of `spec` (JSON-ready); `single_cls` counts every box as `item`.
 
     Returns:
         `{"data": yaml path, "names": [...], "splits": {split: build_report(...)}}`.
@@ -40,14 +43,16 @@ def check_dataset(spec: DataSpec) -> dict[str, Any]:
     for split, images in spec.splits.items():
         if not images:
             report = build_report([], spec.names)
-            report["problems"].append({"file": str(spec.yaml_path), "problem": f"split '{split}' has no images"})
+            problem = f"split '{split}' has no images"
+            report["problems"].append({"file": str(spec.yaml_path), "line": None, "problem": problem})
         else:
             entries, cache_file, hit = load_or_build(
                 images, spec.nc, check_image_label, fallback_dir=spec.yaml_path.parent
             )
-            report = build_report(entries, spec.names, cache_file, hit)
+            report = build_report(entries, spec.names, cache_file, hit, single_cls=single_cls)
         splits[split] = report
-    return {"data": str(spec.yaml_path), "names": spec.names, "splits": splits}
+    names = list(SINGLE_CLASS_NAMES) if single_cls else spec.names
+    return {"data": str(spec.yaml_path), "names": names, "splits": splits}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             LOGGER.error("data check: %s", err)
         return 2
-    result = check_dataset(spec)
+    result = check_dataset(spec, single_cls=args.single_cls)
     if args.json:
         print(json.dumps(result))
     else:
@@ -79,7 +84,7 @@ def _print_tables(result: dict[str, Any], max_problems: int) -> None:
     console = Console()
     summary = Table(title=f"dataset check: {result['data']}")
     cols = ("images", "backgrounds", "boxes", "corrupt", "missing_labels", "empty_labels")
-    cols += ("duplicates_removed", "rows_dropped")
+    cols += ("duplicates_removed", "rows_dropped", "rows_clipped")
     summary.add_column("split")
     for c in cols:
         summary.add_column(c.replace("_", " "), justify="right")
@@ -102,7 +107,7 @@ def _print_tables(result: dict[str, Any], max_problems: int) -> None:
         table.add_column("file", overflow="fold")
         table.add_column("problem", overflow="fold")
         for p in r["problems"][:max_problems]:
-            table.add_row(p["file"], p["problem"])
+            table.add_row(p["file"] if p.get("line") is None else f"{p['file']}:{p['line']}", p["problem"])
         console.print(table)
         if len(r["problems"]) > max_problems:
             console.print(f"... {len(r['problems']) - max_problems} more (use --json for all)")

@@ -90,30 +90,36 @@ def parse_label_rows(text: str, nc: int | None) -> tuple[np.ndarray, list[str]]:
     Returns:
         The kept rows and one problem string per dropped/changed row (with its line number).
     """
+    labels, problems = label_rows(text, nc)
+    return labels, [p if line is None else f"line {line}: {p}" for line, p in problems]
+
+
+def label_rows(text: str, nc: int | None) -> tuple[np.ndarray, list[tuple[int | None, str]]]:
+    """`parse_label_rows` with each problem as `(line number or None for the whole file, reason)`."""
     rows: list[list[float]] = []
-    problems: list[str] = []
+    problems: list[tuple[int | None, str]] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) != 5:
-            problems.append(f"line {lineno}: {len(fields)} columns, expected 5; row dropped")
+            problems.append((lineno, f"{len(fields)} columns, expected 5; row dropped"))
             continue
         try:
             values = [float(v) for v in fields]
         except ValueError:
-            problems.append(f"line {lineno}: not numeric ({line.strip()!r}); row dropped")
+            problems.append((lineno, f"not numeric ({line.strip()!r}); row dropped"))
             continue
         row, problem = _check_row(values, nc)
         if problem:
-            problems.append(f"line {lineno}: {problem}")
+            problems.append((lineno, problem))
         if row is not None:
             rows.append(row)
     labels = np.array(rows, dtype=np.float32).reshape(-1, 5)
     if len(labels):
         _, first = np.unique(labels, axis=0, return_index=True)
         if len(first) < len(labels):
-            problems.append(f"{len(labels) - len(first)} duplicate rows removed")
+            problems.append((None, f"{len(labels) - len(first)} duplicate rows removed"))
             labels = labels[np.sort(first)]
     return labels, problems
 
@@ -151,40 +157,49 @@ def check_image_label(image: Path, nc: int | None) -> dict[str, Any]:
 
     Returns:
         A JSON-ready dict: `file`, `status` (`ok`, `background` or `corrupt`), `shape` `[h, w]`,
-        `labels` (list of `[cls, cx, cy, w, h]`), `problems` (list of str), and the flags
-        `missing`, `empty`, `duplicates`, `rows_dropped` for the split's counts.
+        `labels` (list of `[cls, cx, cy, w, h]`), `problems` (list of `{file, line, problem}`: the
+        image or label file, the label line or None, the reason), and the counts `missing`, `empty`,
+        `duplicates`, `rows_dropped`, `rows_clipped`, `class_out_of_range` for the split's totals.
     """
     entry: dict[str, Any] = {"file": str(image), "status": "corrupt", "shape": None, "labels": []}
     entry.update(problems=[], missing=False, empty=False, duplicates=0, rows_dropped=0)
+    entry.update(rows_clipped=0, class_out_of_range=0)
+
+    def report(problem: str, file: Path = image, line: int | None = None) -> None:
+        entry["problems"].append({"file": str(file), "line": line, "problem": problem})
+
     shape, problem = verify_image(image)
     if problem:
-        entry["problems"].append(problem)
+        report(problem)
         return entry
     entry["shape"] = list(shape)
     label_path = img2label_path(image)
     if not label_path.is_file():
         entry.update(status="background", missing=True)
-        entry["problems"].append(f"missing label {label_path}; kept as a background image")
+        report(f"missing label {label_path}; kept as a background image")
         return entry
     try:
         text = read_label_text(label_path)
     except (OSError, UnicodeDecodeError) as err:
-        entry["problems"].append(f"label file {label_path} unreadable ({err}); image skipped")
+        report(f"label file {label_path} unreadable ({err}); image skipped", label_path)
         return entry
-    labels, row_problems = parse_label_rows(text, nc)
-    for p in row_problems:
-        entry["problems"].append(f"{label_path.name} {p}")
+    labels, row_problems = label_rows(text, nc)
+    for line, p in row_problems:
+        report(p if line is None else f"line {line}: {p}", label_path, line)
         if "duplicate" in p:
             entry["duplicates"] += int(p.split()[0])
         elif "dropped" in p:
             entry["rows_dropped"] += 1
+            entry["class_out_of_range"] += ">= nc" in p
+        elif "clipped" in p:
+            entry["rows_clipped"] += 1
     entry["labels"] = labels.tolist()
     if len(labels):
         entry["status"] = "ok"
     else:
         entry.update(status="background", empty=not row_problems)
         if not row_problems:
-            entry["problems"].append("empty label; background image")
+            report("empty label; background image", label_path)
     return entry
 
 

@@ -5,6 +5,11 @@ parameters, mixup) comes from `numpy.random.SeedSequence([seed, epoch, index])`,
 is the same in the main process and in any worker, before and after a resume. The epoch and the
 mosaic switch live in a small shared-memory tensor, so `set_epoch` / `set_mosaic` called in the
 main process reach (persistent) DataLoader workers at their next item.
+
+An image that cannot be decoded any more (deleted or truncated after the label cache was built, as on
+network filesystems) does not stop a run: the item is replaced by the next readable index, a warning
+names the file once per process, and its flag in shared memory lets the trainer count it per epoch
+(`unreadable_files()`), whichever worker met it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ from accelyolo.data.cache import load_or_build
 from accelyolo.data.checks import check_image_label, load_rgb
 from accelyolo.data.transforms import build_train_transform, letterbox, mixup, resolve_hyp
 
+SINGLE_CLASS_NAMES = ("item",)  # the one class of a `single_cls` run
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
+
+
+class UnreadableImageError(OSError):
+    """An image of the dataset that no longer decodes (its index, file and the decoder's error)."""
+
+    def __init__(self, index: int, path: str, cause: BaseException) -> None:
+        super().__init__(f"{path}: unreadable ({type(cause).__name__}: {cause})")
+        self.index, self.path = index, path
 
 
 class YoloDataset(torch.utils.data.Dataset):
@@ -34,12 +48,13 @@ class YoloDataset(torch.utils.data.Dataset):
         imgsz: output side; a multiple of `stride`.
         augment: train pipeline (mosaic, affine, HSV, flips, mixup) instead of letterbox only.
         hyp: YOLOv5 augmentation names (`transforms.DEFAULT_HYP` for missing keys).
-        names: class names; `len(names)` is the class count for the class-id check.
+        names: the dataset's class names; `len(names)` is the class count for the class-id check
+            (also with `single_cls`: a row of class >= nc is still a bad row).
         cache: None, or "ram" to decode and resize every image once up front.
         rect: rectangular per-batch shapes (YOLOv5 rect batches); images are sorted by aspect.
         batch_size: batch size the rect shapes are computed for.
         stride: the model's largest stride; shapes are multiples of it.
-        single_cls: every class becomes class 0.
+        single_cls: every box is kept and becomes class 0; `names` becomes `["item"]`.
         seed: base seed of the augmentation randomness.
         cache_dir: where the label cache goes when the labels folder is read-only.
         buffer_mb: per-process LRU of decoded images (MB; 0 disables). Mosaic reads 4 images per
@@ -81,22 +96,24 @@ class YoloDataset(torch.utils.data.Dataset):
         entries, cache_file, hit = load_or_build(
             [Path(p) for p in images], nc, check_image_label, Path(cache_dir) if cache_dir else None
         )
-        self.report = build_report(entries, self.names, cache_file, hit)
+        self.report = build_report(entries, self.names, cache_file, hit, single_cls=single_cls)
         usable = [e for e in entries if e["status"] != "corrupt"]
         if not usable:
             raise ValueError(f"no usable image among {len(entries)} (first: {entries[0]['file']})")
         self.im_files = [e["file"] for e in usable]
         self.shapes = np.array([e["shape"] for e in usable], dtype=np.int64).reshape(-1, 2)  # (h0, w0)
         self.labels = [np.array(e["labels"], dtype=np.float32).reshape(-1, 5) for e in usable]
-        if single_cls:
+        if single_cls:  # after the class check against the dataset's own classes
             for lb in self.labels:
                 lb[:, 0] = 0
+            self.names = list(SINGLE_CLASS_NAMES)
         self.batch_shapes: np.ndarray | None = None
         self.batch_index: np.ndarray | None = None
         if rect:
             self._make_rect_shapes(batch_size)
         # [epoch, mosaic on]: shared memory so the main process' setters reach the workers
         self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
+        self._unreadable = torch.zeros(len(self.im_files), dtype=torch.bool).share_memory_()  # by index
         self.mosaic_backend = mosaic_backend
         self._pipelines: dict[bool, Any] = {}
         self._buffer: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -154,7 +171,14 @@ class YoloDataset(torch.utils.data.Dataset):
             self._ram = list(pool.map(self._decode, range(len(self))))
 
     def _decode(self, i: int) -> np.ndarray:
-        return load_rgb(self.im_files[i], self.imgsz, fast=self.augment)
+        try:
+            return load_rgb(self.im_files[i], self.imgsz, fast=self.augment)
+        except Exception as err:  # decoders raise OSError, SyntaxError, struct.error... for a damaged file
+            raise UnreadableImageError(i, self.im_files[i], err) from err
+
+    def unreadable_files(self) -> list[str]:
+        """Images that failed to decode so far in any process of this dataset (sorted by index)."""
+        return [self.im_files[i] for i in torch.nonzero(self._unreadable).flatten().tolist()]
 
     def load_image(self, i: int) -> np.ndarray:
         """Image `i` as RGB uint8, long side resized to `imgsz` (RAM cache / LRU buffer / disk)."""
@@ -199,11 +223,12 @@ class YoloDataset(torch.utils.data.Dataset):
             return tuple(int(v) for v in self.batch_shapes[self.batch_index[i]])
         return (self.imgsz, self.imgsz)
 
-    def _letterboxed(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple]:
-        """Letterbox image `i` to its target shape; boxes re-normalized to the padded image."""
+    def _letterboxed(self, i: int, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """Letterbox image `i` to `shape` (default: its own target shape); boxes re-normalized to the padded
+        image."""
         img = self.load_image(i)
         h0, w0 = (int(v) for v in self.shapes[i])
-        out, (ry, rx), (left, top) = letterbox(img, self._target_shape(i), scaleup=self.augment)
+        out, (ry, rx), (left, top) = letterbox(img, shape or self._target_shape(i), scaleup=self.augment)
         nh, nw = round(ry * img.shape[0]), round(rx * img.shape[1])  # image inside the padding
         rows = self._yolo_rows(i).copy()
         H, W = out.shape[:2]
@@ -219,7 +244,9 @@ class YoloDataset(torch.utils.data.Dataset):
             )
         return self._pipelines[mosaic]
 
-    def _augmented(self, i: int, rng: np.random.Generator, use_mosaic: bool) -> dict[str, Any]:
+    def _augmented(
+        self, i: int, rng: np.random.Generator, use_mosaic: bool, shape: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         """One pass of the train pipeline for image `i`, randomness drawn from `rng`."""
         extra: dict[str, Any] = {}
         if use_mosaic:
@@ -230,7 +257,7 @@ class YoloDataset(torch.utils.data.Dataset):
                 {"image": self.load_image(int(j)), "bboxes": self._yolo_rows(int(j))} for j in donors
             ]
         else:
-            img, rows, _ = self._letterboxed(i)
+            img, rows, _ = self._letterboxed(i, shape)
         pipeline = self._pipeline(use_mosaic)
         pipeline.set_random_seed(int(rng.integers(2**31 - 1)))
         res = pipeline(image=img, bboxes=rows, **extra)
@@ -238,12 +265,25 @@ class YoloDataset(torch.utils.data.Dataset):
         return {"image": res["image"], "bboxes": boxes}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        """Item `i`; when an image it needs no longer decodes, the item of the next index instead (at the
+        shape of item `i`, so that a rectangular batch still stacks)."""
+        shape = self._target_shape(int(i))
+        for k in range(len(self)):
+            try:
+                return self._item((int(i) + k) % len(self), shape)
+            except UnreadableImageError as err:
+                if not self._unreadable[err.index]:
+                    self._unreadable[err.index] = True
+                    LOGGER.warning("%s; replaced by another sample (training goes on)", err)
+        raise RuntimeError(f"no image of this dataset can be read any more (first: {self.im_files[0]})")
+
+    def _item(self, i: int, shape: tuple[int, int]) -> dict[str, Any]:
         epoch, mosaic_on = int(self._state[0]), bool(self._state[1])
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, int(i)]))
         h0, w0 = (int(v) for v in self.shapes[i])
         if self.augment:
             use_mosaic = mosaic_on and not self.rect and rng.random() < self.hyp["mosaic"]
-            sample = self._augmented(i, rng, use_mosaic)
+            sample = self._augmented(i, rng, use_mosaic, shape)
             if use_mosaic and self.hyp["mixup"] > 0 and rng.random() < self.hyp["mixup"]:
                 other = self._augmented(int(rng.integers(len(self))), rng, True)
                 sample = mixup(sample, other, rng)
@@ -251,7 +291,7 @@ class YoloDataset(torch.utils.data.Dataset):
             ratio_pad = ((r, r), (0, 0))  # nominal: the geometry is random after augmentation
             image, rows = sample["image"], sample["bboxes"]
         else:
-            image, rows, ratio_pad = self._letterboxed(i)
+            image, rows, ratio_pad = self._letterboxed(i, shape)
         return {
             "image": np.ascontiguousarray(image),
             "boxes": rows[:, :4].astype(np.float32),
@@ -267,18 +307,24 @@ def build_report(
     names: Sequence[str] | None,
     cache_file: Path | None = None,
     cache_hit: bool = False,
+    single_cls: bool = False,
 ) -> dict[str, Any]:
-    """Counts and problems of a split from its checked entries (JSON-ready).
+    """Counts and problems of a split from its checked entries (JSON-ready); with `single_cls` every box
+    counts for the one class `item`.
 
     Keys: `images` (usable), `backgrounds`, `boxes`, `corrupt`, `missing_labels`,
-    `empty_labels`, `duplicates_removed`, `rows_dropped`, `boxes_per_class` (name -> count),
-    `problems` (list of `{file, problem}`), `cache_file`, `cache_hit`.
+    `empty_labels`, `duplicates_removed`, `rows_dropped` (of which `class_out_of_range`),
+    `rows_clipped`, `boxes_per_class` (name -> count), `problems` (list of `{file, line, problem}`,
+    line None for a whole file), `cache_file`, `cache_hit`.
     """
     usable = [e for e in entries if e["status"] != "corrupt"]
     counts: dict[int, int] = {}
     for e in usable:
         for row in e["labels"]:
-            counts[int(row[0])] = counts.get(int(row[0]), 0) + 1
+            cls = 0 if single_cls else int(row[0])
+            counts[cls] = counts.get(cls, 0) + 1
+    if single_cls:
+        names = SINGLE_CLASS_NAMES
     label = (lambda c: names[c] if c < len(names) else str(c)) if names else str
     return {
         "images": len(usable),
@@ -289,8 +335,25 @@ def build_report(
         "empty_labels": sum(bool(e["empty"]) for e in entries),
         "duplicates_removed": sum(int(e["duplicates"]) for e in entries),
         "rows_dropped": sum(int(e["rows_dropped"]) for e in entries),
+        "class_out_of_range": sum(int(e["class_out_of_range"]) for e in entries),
+        "rows_clipped": sum(int(e["rows_clipped"]) for e in entries),
         "boxes_per_class": {label(c): counts[c] for c in sorted(counts)},
-        "problems": [{"file": e["file"], "problem": p} for e in entries for p in e["problems"]],
+        "problems": [dict(p) for e in entries for p in e["problems"]],
         "cache_file": str(cache_file) if cache_file else None,
         "cache_hit": cache_hit,
     }
+
+
+def report_summary(split: str, report: dict[str, Any]) -> str:
+    """One line of a split's counts for the training log, e.g.
+    `data train: 120 images found, 2 corrupt skipped, 3 labels missing, 1 empty label, 4 rows dropped
+    (1 class >= nc), 2 clipped, 1 duplicate removed; 830 boxes`."""
+    found = report["images"] + report["corrupt"]
+    return (
+        f"data {split}: {found} images found, {report['corrupt']} corrupt skipped, "
+        f"{report['missing_labels']} label{'s' * (report['missing_labels'] != 1)} missing, "
+        f"{report['empty_labels']} empty label{'s' * (report['empty_labels'] != 1)}, "
+        f"{report['rows_dropped']} rows dropped ({report['class_out_of_range']} class >= nc), "
+        f"{report['rows_clipped']} clipped, {report['duplicates_removed']} duplicate"
+        f"{'s' * (report['duplicates_removed'] != 1)} removed; {report['boxes']} boxes"
+    )

@@ -1,5 +1,10 @@
 """Collate and DataLoader construction for `YoloDataset`.
 
+Evaluation under DDP: `build_dataloader(..., num_shards=N, shard=rank)` gives each rank whole batches of
+the sequential order (batch k goes to rank k mod N), no index repeated and no batch padded. Accelerate's
+sharding would complete a short last batch with images of the first batches, which in rectangular
+batches have another shape and cannot be stacked; such a loader is therefore not passed to `prepare()`.
+
 Seeding: shuffling uses a plain `RandomSampler` with a `torch.Generator` seeded from `seed`
 (Accelerate's `prepare()` re-wraps it for DDP and calls `set_epoch`); the item randomness itself
 comes from `(seed, epoch, index)` inside the dataset, so worker count and order do not matter.
@@ -12,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from accelyolo.data.dataset import YoloDataset
 
@@ -57,6 +62,28 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Batches `[0, b), [b, 2b), ...` of a sequential order; this shard keeps every `num_shards`-th one.
+
+    The batches are those a rectangular dataset computed its shapes for (same `batch_size`), so every
+    batch has one shape; shards may differ by one batch, which evaluation (no collective per batch) allows.
+    """
+
+    def __init__(self, length: int, batch_size: int, shard: int = 0, num_shards: int = 1) -> None:
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"ShardedBatchSampler: shard {shard} is not in [0, {num_shards})")
+        self.length, self.batch_size, self.shard, self.num_shards = length, batch_size, shard, num_shards
+
+    def __iter__(self):
+        starts = range(0, self.length, self.batch_size)
+        for k in range(self.shard, len(starts), self.num_shards):
+            yield list(range(starts[k], min(starts[k] + self.batch_size, self.length)))
+
+    def __len__(self) -> int:
+        batches = -(-self.length // self.batch_size)
+        return len(range(self.shard, batches, self.num_shards))
+
+
 def build_dataloader(
     dataset: YoloDataset,
     batch_size: int = 16,
@@ -65,23 +92,32 @@ def build_dataloader(
     seed: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    num_shards: int = 1,
+    shard: int = 0,
 ) -> DataLoader:
     """A DataLoader over `dataset` with `collate_fn`, seeded shuffling and persistent workers.
 
-    Rect datasets are never shuffled (their batch shapes follow the sorted order).
+    Rect datasets are never shuffled (their batch shapes follow the sorted order). With `num_shards > 1`
+    (evaluation under DDP: the process count and this rank) the loader is sequential and yields this
+    shard's whole batches only (`ShardedBatchSampler`); use it as is, not through `accelerator.prepare`.
     """
-    generator = torch.Generator().manual_seed(int(seed))
-    shuffle = shuffle and not dataset.rect
-    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    if num_shards > 1:
+        if shuffle and not dataset.rect:
+            raise ValueError("build_dataloader: a sharded loader is sequential; pass shuffle=False")
+        sharded = ShardedBatchSampler(len(dataset), batch_size, shard, num_shards)
+        batching: dict[str, Any] = {"batch_sampler": sharded}
+    else:
+        generator = torch.Generator().manual_seed(int(seed))
+        shuffle = shuffle and not dataset.rect
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        batching = {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        **batching,
         num_workers=workers,
         collate_fn=collate_fn,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(int(seed) + 1),
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
-        drop_last=drop_last,
     )
