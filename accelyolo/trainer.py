@@ -51,7 +51,7 @@ from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_co
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
 from accelyolo.ema import ModelEMA
 from accelyolo.evaluation import DetectionValidator
-from accelyolo.families import build_model, family_of
+from accelyolo.families import build_model, family_of, get_family, model_spec
 from accelyolo.logs import setup_logging
 from accelyolo.models import freeze_layers, transfer_weights
 from accelyolo.optim import (
@@ -254,6 +254,8 @@ class Trainer:
         """Accelerator, data, model, loss, run folder, optimizer, scheduler, EMA, evaluator; restores a
         resumed run. The run folder is made only once data and model are known to be good."""
         cfg = self.cfg
+        if self.parts.model is None:  # an unknown model name or another family's option fails before any work
+            get_family(model_spec(cfg.model).family).check_options(cfg.hyp())
         self.accelerator = accelerator = self.build_accelerator()
         setup_logging(main_process=accelerator.is_main_process)
         set_seed(cfg.seed, device_specific=True)  # seed + rank: ranks draw different augmentations
@@ -479,6 +481,13 @@ class Trainer:
             accumulate_steps(cfg.nbs, self.schedule.total_batch),
             self.run_dir,
         )
+        if cfg.mosaic > 0 and cfg.close_mosaic >= cfg.epochs and accelerator.is_main_process:
+            LOGGER.warning(
+                "close_mosaic %d >= epochs %d: mosaic (and mixup) stay off for the whole run; set close_mosaic "
+                "below epochs to train with mosaic first, or mosaic 0 to silence this.",
+                cfg.close_mosaic,
+                cfg.epochs,
+            )
         if self.state.epoch >= cfg.epochs:
             LOGGER.warning(
                 "resume: the run in %s already finished %d epochs of %d; pass a larger --epochs to train it further.",
