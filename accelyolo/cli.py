@@ -41,7 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("func", "command", "data_command"):
         if hasattr(args, key):
             delattr(args, key)
-    return int(func(args) or 0)
+    from accelyolo.errors import AccelyoloError, exit_status
+
+    try:
+        return int(func(args) or 0)
+    except AccelyoloError as error:  # every subcommand's user errors end the same way: message, status 2
+        return exit_status(f"accelyolo {command_name(argv)}", error)
+
+
+def command_name(argv: list[str] | None) -> str:
+    words = [w for w in (sys.argv[1:] if argv is None else argv)[:2] if not w.startswith("-")]
+    return " ".join(words[:2] if words[:1] == ["data"] else words[:1])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ This module imports nothing from the package: every layer may raise these.
 
 from __future__ import annotations
 
+import sys
+
 __all__ = [
     "AccelyoloError",
     "DataError",
@@ -17,6 +19,8 @@ __all__ = [
     "ModelNameError",
     "ResumeError",
     "RunFolderError",
+    "SourceError",
+    "exit_status",
 ]
 
 # ConfigError (accelyolo.config), CheckpointError (accelyolo.checkpoint) and DataConfigError
@@ -24,7 +28,13 @@ __all__ = [
 
 
 class AccelyoloError(Exception):
-    """Base of every error a user can cause; its message is meant to be shown as it is."""
+    """Base of every error a user can cause; its message is meant to be shown as it is.
+
+    `reported_elsewhere` is set on the processes of a distributed run whose failure another process
+    has already printed (see `accelyolo.failure`), so the message appears once.
+    """
+
+    reported_elsewhere: bool = False
 
 
 class DataError(AccelyoloError, ValueError):
@@ -40,9 +50,20 @@ class ResumeError(AccelyoloError, FileNotFoundError):
     """`--resume` with nothing to resume."""
 
 
+class SourceError(AccelyoloError, FileNotFoundError):
+    """An input named on the command line (`--source`) that is missing or holds no usable file."""
+
+
 class RunFolderError(AccelyoloError, OSError):
     """A run folder (project/name) that cannot be created or written."""
 
 
 class DistributedError(AccelyoloError, RuntimeError):
     """Another process of a distributed run failed; the message is that process's."""
+
+
+def exit_status(prog: str, error: AccelyoloError) -> int:
+    """For entry points: print `prog: message` on stderr (once per distributed run) and return 2."""
+    if not error.reported_elsewhere:
+        print(f"{prog}: {error}", file=sys.stderr)
+    return 2

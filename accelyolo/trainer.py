@@ -50,7 +50,9 @@ from accelyolo.checkpoint import (
 from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
 from accelyolo.ema import ModelEMA
+from accelyolo.errors import ResumeError
 from accelyolo.evaluation import DetectionValidator
+from accelyolo.failure import share_failure
 from accelyolo.families import build_model, family_of, get_family, model_spec
 from accelyolo.logs import setup_logging
 from accelyolo.models import freeze_layers, transfer_weights
@@ -147,7 +149,13 @@ def config_for_resume(resume: str, overrides: dict[str, Any]) -> tuple[TrainConf
             "use --weights instead."
         )
     path = find_resume_checkpoint(resume, overrides.get("project", "runs/train"))
-    saved = dict(read_checkpoint_metadata(path)["config"])
+    saved = read_checkpoint_metadata(path).get("config")
+    if not isinstance(saved, dict):
+        raise ResumeError(
+            f"--resume: '{path}' holds no training run's options (not a weights/last.safetensors of a run); "
+            "to train anew from its weights, pass --weights instead."
+        )
+    saved = dict(saved)
     saved.update({k.replace("-", "_"): v for k, v in overrides.items()})
     saved["resume"] = str(path)
     return config_from_dict(saved, {k: f"checkpoint {path}" for k in saved}), path
@@ -200,6 +208,11 @@ class Trainer:
             self.fire("on_fit_start")
             stopped_early = self.train_epochs()
             return self.finish(stopped_early)
+        except Exception as error:  # under DDP: one message for the run, every process ends (accelyolo.failure)
+            failure = share_failure(error)
+            if failure is error:
+                raise
+            raise failure from error
         finally:
             self.close()
 
