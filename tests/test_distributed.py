@@ -135,7 +135,10 @@ def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_dem
         # float32 resolution at the weight's size (BatchNorm weights near 1.0 round to ~1.2e-7) bounds how
         # closely two sums in another order can agree
         resolution = 16 * float(np.spacing(np.abs(before).max().astype(np.float32)))
-        assert float(np.abs(da - db).max()) <= 1e-3 * scale + resolution + 1e-7, key
+        # the anchor-free loss (assigner top-k, softmax DFL) sums more terms in another order: 1e-2 of the
+        # update still tells an exact normaliser from a per-rank one, which is off by a factor of 2
+        rel = 1e-3 if model_name == TINY_ANCHOR_BASED else 1e-2
+        assert float(np.abs(da - db).max()) <= rel * scale + resolution + 1e-7, key
         compared += 1
     assert compared > 50
 
