@@ -2,15 +2,14 @@
 
 Every error a user can cause (a bad option, data.yaml, checkpoint, model name, run folder) is an
 `AccelyoloError` whose message names the file or key and says what to do; the command-line entry
-points print that message and exit with status 2, never a traceback. Most kinds also subclass
-`ValueError` (or `FileNotFoundError`), so code written against the older types keeps working.
+points print that message and exit with status 2 (`accelyolo.cli.exit_status`), never a traceback.
+Most kinds also subclass `ValueError` (or `FileNotFoundError`, `OSError`, `RuntimeError`), so code
+written against the older types keeps working.
 
 This module imports nothing from the package: every layer may raise these.
 """
 
 from __future__ import annotations
-
-import sys
 
 __all__ = [
     "AccelyoloError",
@@ -20,7 +19,6 @@ __all__ = [
     "ResumeError",
     "RunFolderError",
     "SourceError",
-    "exit_status",
 ]
 
 # ConfigError (accelyolo.config), CheckpointError (accelyolo.checkpoint) and DataConfigError
@@ -60,10 +58,3 @@ class RunFolderError(AccelyoloError, OSError):
 
 class DistributedError(AccelyoloError, RuntimeError):
     """Another process of a distributed run failed; the message is that process's."""
-
-
-def exit_status(prog: str, error: AccelyoloError) -> int:
-    """For entry points: print `prog: message` on stderr (once per distributed run) and return 2."""
-    if not error.reported_elsewhere:
-        print(f"{prog}: {error}", file=sys.stderr)
-    return 2

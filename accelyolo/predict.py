@@ -129,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelyolo.errors import AccelyoloError, exit_status
+    from accelyolo.cli import exit_status
+    from accelyolo.errors import AccelyoloError
 
     try:
         results = predict(**vars(args))

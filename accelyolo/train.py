@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from accelyolo.cli import exit_status
 from accelyolo.config import add_config_arguments, config_from_args
-from accelyolo.errors import AccelyoloError, exit_status
+from accelyolo.errors import AccelyoloError
 from accelyolo.logs import setup_logging
 
 DEFAULT_RECIPE = "demo"

@@ -187,7 +187,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelyolo.errors import AccelyoloError, exit_status
+    from accelyolo.cli import exit_status
+    from accelyolo.errors import AccelyoloError
 
     try:
         out = validate(**vars(args))
