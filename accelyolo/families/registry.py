@@ -99,7 +99,7 @@ class ModelFamily:
                     raise ConfigError(
                         f"'{key}' = {hyp[key]} applies only to {other.name} models "
                         f"({', '.join(list_models(other.name))}), and this model is {self.name}: "
-                        f"remove '{key}' from the recipe, hyp file or flags (or choose a {other.name} model)."
+                        f"remove '{key}' from the recipe, hyp file or flags, or choose a model of that family."
                     )
 
     def gain(self, hyp: Mapping[str, Any], key: str) -> float:
