@@ -32,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from accelyolo.errors import AccelyoloError
 from accelyolo.fileio import copy_atomically, replace_atomically
 
 __all__ = [
@@ -55,7 +56,7 @@ _TRAINING_ONLY_METADATA = ("scheduler", "schedule", "ema_updates")
 _MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers too
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AccelyoloError, ValueError):
     """A checkpoint file is missing, damaged, foreign or from a newer accelyolo."""
 
     def __init__(self, path: str | os.PathLike[str], problem: str, advice: str) -> None:

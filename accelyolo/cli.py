@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from accelyolo.errors import AccelyoloError
 
 # subcommand -> (module with add_arguments(parser) and run(args), help)
 COMMANDS = {
@@ -41,7 +45,26 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("func", "command", "data_command"):
         if hasattr(args, key):
             delattr(args, key)
-    return int(func(args) or 0)
+    from accelyolo.errors import AccelyoloError
+
+    try:
+        return int(func(args) or 0)
+    except AccelyoloError as error:  # every subcommand's user errors end the same way: message, status 2
+        return exit_status(f"accelyolo {command_name(argv)}", error)
+
+
+def exit_status(prog: str, error: AccelyoloError) -> int:
+    """What every entry point does with a user's mistake: print `prog: message` on stderr (once per
+    distributed run: not where another process already printed it) and return the exit status 2."""
+    if not error.reported_elsewhere:
+        print(f"{prog}: {error}", file=sys.stderr)
+    return 2
+
+
+def command_name(argv: list[str] | None) -> str:
+    """`train`, `val`, `predict` or `data check`: the subcommand named in `argv`."""
+    words = [w for w in (sys.argv[1:] if argv is None else argv)[:2] if not w.startswith("-")]
+    return " ".join(words[:2] if words[:1] == ["data"] else words[:1])
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from accelyolo.errors import AccelyoloError
 from accelyolo.hyp import HYPERPARAMETERS
 
 
@@ -38,7 +39,7 @@ def _recipes_dir() -> Path:
 RECIPES_DIR = _recipes_dir()
 
 
-class ConfigError(ValueError):
+class ConfigError(AccelyoloError, ValueError):
     """A recipe, flag or keyword that does not fit `TrainConfig`."""
 
 
@@ -65,7 +66,7 @@ class TrainConfig:
     imgsz: int = _opt(640, "train/val image size in pixels (a multiple of 32)", "data")
     batch_size: int = _opt(16, "images per step on each process", "data")
     workers: int = _opt(2, "dataloader worker processes per training process", "data")
-    cache: str | None = _opt(None, "cache decoded images: 'ram' or empty", "data")
+    cache: str | None = _opt(None, "cache decoded images: 'ram', or empty / 'none' for no cache", "data")
     single_cls: bool = _opt(False, "train every class as one class 'item'", "data")
     rect_val: bool = _opt(True, "validate with rectangular (aspect-preserving) batches", "data")
     # training
@@ -147,6 +148,9 @@ class TrainConfig:
         """The hyperparameter section, keyed by YOLOv5's names."""
         return {f.name: getattr(self, f.name) for f in fields_in_section("hyp")}
 
+
+# Accelerate's precision choices (accelerate.utils.PrecisionType), spelled out so config stays import-light.
+MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
 
 _ALIASES = {"batch": "batch_size", "img_size": "imgsz", "img": "imgsz", "lr": "lr0"}
 
@@ -262,6 +266,11 @@ def load_config(recipe: str | Path | None = None, **overrides: Any) -> TrainConf
     if recipe is not None:
         path = resolve_recipe(recipe)
         flat = _flatten_recipe(_read_yaml(path, "recipe"), path)
+        if "resume" in flat:  # a recipe describes a run to start; resuming is a choice made per launch
+            raise ConfigError(
+                f"recipe {path}: 'resume' cannot be set in a recipe (it would resume every run started from it); "
+                "remove it and pass --resume [CHECKPOINT] on the command line, or fit(resume=...)."
+            )
         values.update(flat)
         sources.update({k: f"recipe {path}" for k in flat})
     if "hyp" in overrides:
@@ -288,6 +297,8 @@ def config_from_dict(values: dict[str, Any], sources: dict[str, str] | None = No
         if key not in types_:
             raise ConfigError(f"{source}: unknown option '{key}'.{_suggest(key, names)}")
         checked[key] = _coerce(key, value, types_[key], source)
+    if isinstance(checked.get("cache"), str) and checked["cache"].lower() in ("", "none"):
+        checked["cache"] = None  # `cache: none` in yaml is the string 'none': it means no cache
     cfg = TrainConfig(**checked)
     check_values(cfg)
     return cfg
@@ -303,10 +314,13 @@ def check_values(cfg: TrainConfig) -> None:
             problems.append(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
     if cfg.workers < 0:
         problems.append(f"'workers' must be >= 0, got {cfg.workers}")
-    if cfg.cache not in (None, "", "ram", "none"):
-        problems.append(f"'cache' must be 'ram' or empty, got {cfg.cache!r}")
-    if cfg.mixed_precision not in (None, "no", "fp16", "bf16", "fp8"):
-        problems.append(f"'mixed_precision' must be no, fp16, bf16 or fp8, got {cfg.mixed_precision!r}")
+    if cfg.cache not in (None, "ram"):
+        problems.append(f"'cache' must be 'ram', 'none' or empty, got {cfg.cache!r}")
+    if cfg.mixed_precision not in (None, *MIXED_PRECISION):
+        problems.append(
+            f"'mixed_precision' must be {', '.join(MIXED_PRECISION)} or empty (the accelerate config's), "
+            f"got {cfg.mixed_precision!r}"
+        )
     if not 0.0 <= cfg.label_smoothing < 1.0:
         problems.append(f"'label_smoothing' must lie in [0, 1), got {cfg.label_smoothing}")
     if cfg.scheduler != "yolo":

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelyolo.errors import SourceError
+
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo", whose handler the CLI sets up
 
 
@@ -45,11 +47,11 @@ def list_images(source: str | Path) -> list[Path]:
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMG_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"--source: no images ({', '.join(IMG_SUFFIXES)}) in '{source}'.")
+            raise SourceError(f"--source: no images ({', '.join(IMG_SUFFIXES)}) in '{source}'.")
         return files
     if source.is_file():
         return [source]
-    raise FileNotFoundError(f"--source: '{source}' is neither an image nor a folder.")
+    raise SourceError(f"--source: '{source}' is neither an image nor a folder.")
 
 
 def predict(
@@ -71,10 +73,15 @@ def predict(
 
     from accelyolo.boxes import non_max_suppression, scale_boxes
     from accelyolo.checkpoint import load_checkpoint
+    from accelyolo.config import ConfigError
     from accelyolo.data.checks import load_rgb
     from accelyolo.data.loader import to_model_input
     from accelyolo.data.transforms import letterbox
-    from accelyolo.runs import increment_path
+    from accelyolo.runs import create_folder, increment_path
+
+    if imgsz is not None and (imgsz < 32 or imgsz % 32):
+        raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
+    images = list_images(source)  # a wrong --source fails before the model is loaded
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
@@ -83,10 +90,9 @@ def predict(
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
     save_dir = None
     if save:
-        save_dir = increment_path(Path(project) / name, exist_ok)
-        save_dir.mkdir(parents=True, exist_ok=True)
+        save_dir = create_folder(increment_path(Path(project) / name, exist_ok))
     results = []
-    for path in list_images(source):
+    for path in images:
         try:
             image = load_rgb(path)
         except Exception as exc:  # a corrupt file is reported and skipped, the others still run
@@ -136,13 +142,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelyolo.checkpoint import CheckpointError
+    from accelyolo.cli import exit_status
+    from accelyolo.errors import AccelyoloError
 
     try:
         results = predict(**vars(args))
-    except (CheckpointError, FileNotFoundError) as exc:
-        LOGGER.error("accelyolo predict: %s", exc)
-        return 2
+    except AccelyoloError as error:  # a user's mistake: one message naming the file or key, exit status 2
+        return exit_status("accelyolo predict", error)
     for r in results:
         found = ", ".join(f"{n} {s:.2f}" for n, s in zip(r.names, r.scores)) or "nothing"
         print(f"{r.path}: {found}")

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from accelyolo.errors import ResumeError, RunFolderError
+
 if TYPE_CHECKING:  # pragma: no cover
     from accelerate import Accelerator
 
@@ -16,7 +18,7 @@ def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
     if exist_ok or not path.exists():
         return path
     stem = re.sub(r"\d+$", "", path.name) or path.name
-    taken = {p.name for p in path.parent.iterdir()} if path.parent.exists() else set()
+    taken = {p.name for p in path.parent.iterdir()} if path.parent.is_dir() else set()
     n = 2
     while f"{stem}{n}" in taken:
         n += 1
@@ -31,7 +33,7 @@ def find_resume_checkpoint(resume: str, project: str | Path) -> Path:
     if resume == "auto":
         candidates = sorted(Path(project).glob("**/weights/last.safetensors"), key=lambda p: p.stat().st_mtime)
         if not candidates:
-            raise FileNotFoundError(
+            raise ResumeError(
                 f"--resume auto found no weights/last.safetensors under '{project}'; "
                 "pass the checkpoint path: --resume runs/train/exp/weights/last.safetensors"
             )
@@ -40,7 +42,7 @@ def find_resume_checkpoint(resume: str, project: str | Path) -> Path:
     if path.is_dir():
         path = path / "weights" / "last.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint '{path}' does not exist.")
+        raise ResumeError(f"--resume: checkpoint '{path}' does not exist; pass a run's weights/last.safetensors.")
     return path
 
 
@@ -66,5 +68,20 @@ def make_run_dir(
             broadcast_object_list(chosen, from_process=0)
         run_dir = Path(chosen[0])
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        create_folder(run_dir)
     return run_dir
+
+
+def create_folder(path: Path) -> Path:
+    """`mkdir -p path`, or a `RunFolderError` naming the folder when it cannot be made or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".accelyolo_write_test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise RunFolderError(
+            f"cannot create or write the run folder '{path}' ({error.strerror or error}); "
+            "pass a writable --project (and --name)."
+        ) from None
+    return path

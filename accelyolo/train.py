@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from accelyolo.config import ConfigError, add_config_arguments, config_from_args
+from accelyolo.cli import exit_status
+from accelyolo.config import add_config_arguments, config_from_args
+from accelyolo.errors import AccelyoloError
 from accelyolo.logs import setup_logging
 
 DEFAULT_RECIPE = "demo"
@@ -27,9 +29,8 @@ def run(args: argparse.Namespace) -> int:
         recipe = DEFAULT_RECIPE
     try:
         result = fit(recipe, **overrides)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"accelyolo train: {exc}", file=sys.stderr)
-        return 2
+    except AccelyoloError as error:  # a user's mistake: one message naming the file or key, exit status 2
+        return exit_status("accelyolo train", error)
     print(
         f"results in {result.run_dir}: best epoch {result.best_epoch}, "
         + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())

@@ -52,8 +52,10 @@ from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_co
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
 from accelyolo.data.dataset import report_summary
 from accelyolo.ema import ModelEMA
+from accelyolo.errors import ResumeError
 from accelyolo.evaluation import DetectionValidator
-from accelyolo.families import build_model, family_of
+from accelyolo.failure import share_failure
+from accelyolo.families import build_model, family_of, get_family, model_spec
 from accelyolo.logs import setup_logging
 from accelyolo.models import freeze_layers, transfer_weights
 from accelyolo.optim import (
@@ -149,7 +151,13 @@ def config_for_resume(resume: str, overrides: dict[str, Any]) -> tuple[TrainConf
             "use --weights instead."
         )
     path = find_resume_checkpoint(resume, overrides.get("project", "runs/train"))
-    saved = dict(read_checkpoint_metadata(path)["config"])
+    saved = read_checkpoint_metadata(path).get("config")
+    if not isinstance(saved, dict):
+        raise ResumeError(
+            f"--resume: '{path}' holds no training run's options (not a weights/last.safetensors of a run); "
+            "to train anew from its weights, pass --weights instead."
+        )
+    saved = dict(saved)
     saved.update({k.replace("-", "_"): v for k, v in overrides.items()})
     saved["resume"] = str(path)
     return config_from_dict(saved, {k: f"checkpoint {path}" for k in saved}), path
@@ -202,6 +210,11 @@ class Trainer:
             self.fire("on_fit_start")
             stopped_early = self.train_epochs()
             return self.finish(stopped_early)
+        except Exception as error:  # under DDP: one message for the run, every process ends (accelyolo.failure)
+            failure = share_failure(error)
+            if failure is error:
+                raise
+            raise failure from error
         finally:
             self.close()
 
@@ -256,6 +269,8 @@ class Trainer:
         """Accelerator, data, model, loss, run folder, optimizer, scheduler, EMA, evaluator; restores a
         resumed run. The run folder is made only once data and model are known to be good."""
         cfg = self.cfg
+        if self.parts.model is None:  # an unknown model name or another family's option fails before any work
+            get_family(model_spec(cfg.model).family).check_options(cfg.hyp())
         self.accelerator = accelerator = self.build_accelerator()
         setup_logging(main_process=accelerator.is_main_process)
         set_seed(cfg.seed, device_specific=True)  # seed + rank: ranks draw different augmentations
@@ -502,6 +517,13 @@ class Trainer:
             accumulate_steps(cfg.nbs, self.schedule.total_batch),
             self.run_dir,
         )
+        if cfg.mosaic > 0 and cfg.close_mosaic >= cfg.epochs and accelerator.is_main_process:
+            LOGGER.warning(
+                "close_mosaic %d >= epochs %d: mosaic (and mixup) stay off for the whole run; set close_mosaic "
+                "below epochs to train with mosaic first, or mosaic 0 to silence this.",
+                cfg.close_mosaic,
+                cfg.epochs,
+            )
         if self.state.epoch >= cfg.epochs:
             LOGGER.warning(
                 "resume: the run in %s already finished %d epochs of %d; pass a larger --epochs to train it further.",

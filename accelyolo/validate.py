@@ -54,12 +54,16 @@ def validate(
 
     from accelyolo.boxes import scale_boxes
     from accelyolo.checkpoint import load_checkpoint
+    from accelyolo.config import ConfigError
     from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
+    from accelyolo.errors import DataError
     from accelyolo.evaluation import evaluate
     from accelyolo.logs import render_text, setup_logging
     from accelyolo.metrics import coco_json_records
     from accelyolo.runs import make_run_dir
 
+    if imgsz is not None and (imgsz < 32 or imgsz % 32):
+        raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
     accelerator = Accelerator()
     setup_logging(main_process=accelerator.is_main_process)
     model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
@@ -69,13 +73,16 @@ def validate(
         spec = load_data_yaml(data or trained.get("data") or demo_data_yaml())
         single_cls = bool(trained.get("single_cls", False))
         names = ["item"] if single_cls else list(meta.get("names") or spec.names)
-        if len(names) != model.nc:
-            raise ValueError(
+        data_classes = 1 if single_cls else len(spec.names)  # single_cls trains one class
+        if not model.nc == len(names) == data_classes:
+            raise DataError(
                 f"{weights}: the model has {model.nc} classes, the dataset {spec.yaml_path} "
-                f"{len(names)}; pass the data.yaml the model was trained on."
+                f"{data_classes}; pass the data.yaml the model was trained on."
             )
         if not spec.splits.get("val"):
-            raise ValueError(f"{spec.yaml_path}: the 'val' split has no images.")
+            raise DataError(
+                f"{spec.yaml_path}: the 'val' split has no images; point 'val:' at a folder or list of images."
+            )
         dataset = YoloDataset(
             spec.splits["val"],
             imgsz=imgsz,
@@ -189,13 +196,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelyolo.checkpoint import CheckpointError
+    from accelyolo.cli import exit_status
+    from accelyolo.errors import AccelyoloError
 
     try:
         out = validate(**vars(args))
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"accelyolo val: {exc}", file=sys.stderr)
-        return 2
+    except AccelyoloError as error:  # a user's mistake: one message naming the file or key, exit status 2
+        return exit_status("accelyolo val", error)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -98,19 +98,21 @@ def _same_image_dataset(root: Path, source_yaml: Path, copies: int = 8) -> Path:
 
 
 @pytest.mark.slow
-def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_demo, tmp_path):
+@pytest.mark.parametrize("model_name", [TINY_ANCHOR_BASED, TINY_ANCHOR_FREE])
+def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_demo, tmp_path, model_name):
     import torch
 
     from accelyolo.checkpoint import save_checkpoint
     from accelyolo.families import build_model
 
-    # The anchor-based loss is a mean per element / matched target, so equal shards give each rank the
-    # normalizer of the whole batch. (YOLOv8's loss divides by max(target score sum, 1): while that clamp
-    # is active a half batch is normalized like a whole one, in any DDP trainer.)
+    # Equal shards (one image repeated) keep BatchNorm's batch statistics equal on every rank. The
+    # anchor-based loss is a mean per element / matched target; the anchor-free one divides by
+    # max(target score sum, 1), which each rank takes over the global batch (all-reduced): on an untrained
+    # tiny model that sum is below 1 per half batch, where a per-rank normaliser would halve the step.
     data = _same_image_dataset(tmp_path / "same", tiny_demo)
     nc = len(yaml.safe_load(data.read_text())["names"])
     torch.manual_seed(0)
-    model = build_model(TINY_ANCHOR_BASED, nc=nc)
+    model = build_model(model_name, nc=nc)
     init = tmp_path / "init.safetensors"
     save_checkpoint(init, model_state=model.state_dict(), metadata={"model": model.config})
     start = {f"model.{k}": v.numpy() for k, v in model.state_dict().items()}
@@ -119,7 +121,7 @@ def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_dem
               "--max-grad-norm", "0", "--mosaic", "0", "--hsv-h", "0", "--hsv-s", "0", "--hsv-v", "0",
               "--translate", "0", "--scale", "0", "--fliplr", "0"]
     one, two = tmp_path / "one", tmp_path / "two"
-    model_flag = ["--model", TINY_ANCHOR_BASED]
+    model_flag = ["--model", model_name]
     run(launch_args(1) + [TRAIN] + train_flags(data, one, *no_aug, *model_flag, "--batch-size", "4"))
     run(launch_args(2) + [TRAIN] + train_flags(data, two, *no_aug, *model_flag, "--batch-size", "2"))
     a = load_file(str(one / "exp" / "weights" / "last.safetensors"))
@@ -130,7 +132,13 @@ def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_dem
             continue
         da, db = a[key] - before, b[key] - before  # the update each run made to this tensor
         scale = max(float(np.abs(da).max()), 1e-8)
-        assert float(np.abs(da - db).max()) <= 1e-3 * scale + 1e-7, key
+        # float32 resolution at the weight's size (BatchNorm weights near 1.0 round to ~1.2e-7) bounds how
+        # closely two sums in another order can agree
+        resolution = 16 * float(np.spacing(np.abs(before).max().astype(np.float32)))
+        # the anchor-free loss (assigner top-k, softmax DFL) sums more terms in another order: 1e-2 of the
+        # update still tells an exact normaliser from a per-rank one, which is off by a factor of 2
+        rel = 1e-3 if model_name == TINY_ANCHOR_BASED else 1e-2
+        assert float(np.abs(da - db).max()) <= rel * scale + resolution + 1e-7, key
         compared += 1
     assert compared > 50
 

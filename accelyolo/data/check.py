@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         spec = load_data_yaml(args.data)
-    except DataConfigError as err:
+    except DataConfigError as err:  # exit status 2, one message naming the file and key
         if args.json:
             print(json.dumps({"data": str(args.data), "error": str(err), "splits": {}}))
         else:

@@ -27,6 +27,7 @@ import torch
 from accelyolo.data.cache import load_or_build
 from accelyolo.data.checks import check_image_label, load_rgb
 from accelyolo.data.transforms import build_train_transform, letterbox, mixup, resolve_hyp
+from accelyolo.errors import DataError
 
 SINGLE_CLASS_NAMES = ("item",)  # the one class of a `single_cls` run
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
@@ -87,7 +88,7 @@ class YoloDataset(torch.utils.data.Dataset):
         if cache not in (None, "ram"):
             raise ValueError(f"cache={cache!r}: expected None or 'ram'")
         if not images:
-            raise ValueError("YoloDataset got no images; check the split's folder or .txt list")
+            raise DataError("YoloDataset got no images; check the split's folder or .txt list")
         self.imgsz, self.augment, self.rect, self.stride = imgsz, augment, rect, stride
         self.hyp = resolve_hyp(hyp)
         self.names = list(names) if names is not None else None
@@ -99,7 +100,10 @@ class YoloDataset(torch.utils.data.Dataset):
         self.report = build_report(entries, self.names, cache_file, hit, single_cls=single_cls)
         usable = [e for e in entries if e["status"] != "corrupt"]
         if not usable:
-            raise ValueError(f"no usable image among {len(entries)} (first: {entries[0]['file']})")
+            raise DataError(
+                f"no usable image among {len(entries)} (first: {entries[0]['file']}); "
+                "run `accelyolo data check DATA_YAML` for the reason of each"
+            )
         self.im_files = [e["file"] for e in usable]
         self.shapes = np.array([e["shape"] for e in usable], dtype=np.int64).reshape(-1, 2)  # (h0, w0)
         self.labels = [np.array(e["labels"], dtype=np.float32).reshape(-1, 5) for e in usable]

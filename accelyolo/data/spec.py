@@ -22,11 +22,12 @@ from typing import Any
 import yaml
 
 from accelyolo.data.checks import IMG_SUFFIXES
+from accelyolo.errors import AccelyoloError
 
 SPLIT_KEYS = ("train", "val", "test")
 
 
-class DataConfigError(ValueError):
+class DataConfigError(AccelyoloError, ValueError):
     """A data.yaml that cannot be used; the message names the file, the key and the expected form."""
 
 

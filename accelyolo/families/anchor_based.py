@@ -41,8 +41,7 @@ class AnchorBasedFamily(ModelFamily):
     def build_loss(self, model: nn.Module, hyp: Mapping[str, Any], imgsz: int) -> AnchorBasedLoss:
         """YOLOv5's loss, its gains scaled as its train.py does: box x 3/nl, cls x nc/80 x 3/nl,
         obj x (imgsz/640)^2 x 3/nl."""
-        if hyp.get("dfl") is not None:
-            LOGGER.warning("dfl applies to anchor-free (yolov8*) models and is ignored here")
+        self.check_options(hyp)
         head = model.head
         nl = head.nl
         return AnchorBasedLoss(

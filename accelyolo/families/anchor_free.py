@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,18 +13,6 @@ from accelyolo.models.backbone import YOLOv8Backbone
 from accelyolo.models.heads import AnchorFreeHead
 from accelyolo.models.neck import YOLOv8PAN
 from accelyolo.models.yolo import STRIDES, YOLO
-
-LOGGER = logging.getLogger("accelyolo")
-
-# Hyperparameters only the anchor-based loss reads, with their neutral values.
-_ANCHOR_BASED_ONLY = {
-    "obj": None,
-    "cls_pw": 1.0,
-    "obj_pw": 1.0,
-    "anchor_t": 4.0,
-    "fl_gamma": 0.0,
-    "label_smoothing": 0.0,
-}
 
 
 class AnchorFreeFamily(ModelFamily):
@@ -40,14 +27,16 @@ class AnchorFreeFamily(ModelFamily):
         return YOLO(backbone, neck, head, family=self.name)
 
     def build_loss(self, model: nn.Module, hyp: Mapping[str, Any], imgsz: int) -> AnchorFreeLoss:
-        ignored = [k for k, neutral in _ANCHOR_BASED_ONLY.items() if hyp.get(k, neutral) != neutral]
-        if ignored:
-            LOGGER.warning(
-                "%s apply to anchor-based (yolov5*) models and are ignored for this anchor-free model",
-                ", ".join(ignored),
-            )
-        head = model.head
-        return AnchorFreeLoss(head, box=self.gain(hyp, "box"), cls=self.gain(hyp, "cls"), dfl=self.gain(hyp, "dfl"))
+        self.check_options(hyp)
+        return AnchorFreeLoss(
+            model.head,
+            box=self.gain(hyp, "box"),
+            cls=self.gain(hyp, "cls"),
+            dfl=self.gain(hyp, "dfl"),
+            cls_pw=float(hyp.get("cls_pw", 1.0)),
+            fl_gamma=float(hyp.get("fl_gamma", 0.0)),
+            label_smoothing=float(hyp.get("label_smoothing", 0.0)),
+        )
 
 
 register_family(AnchorFreeFamily())

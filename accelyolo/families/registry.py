@@ -19,6 +19,9 @@ import numpy as np
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from accelyolo.config import ConfigError
+from accelyolo.errors import ModelNameError
+from accelyolo.hyp import HYPERPARAMETERS
 from accelyolo.models.yolo import YOLO
 
 __all__ = [
@@ -79,6 +82,25 @@ class ModelFamily:
         seed: int,
     ) -> None:
         """Checks or fits run on a fresh (not resumed) model against the training labels; none by default."""
+
+    def check_options(self, hyp: Mapping[str, Any]) -> None:
+        """Refuse a hyperparameter that only another family reads, set to other than its default.
+
+        A default value stays silent (every config carries all keys); a set one would do nothing here.
+        """
+        for other in _FAMILIES.values():
+            if other.name == self.name:
+                continue
+            for key in other.own_options:
+                if key in self.own_options or key not in hyp:
+                    continue
+                default = HYPERPARAMETERS[key].default if key in HYPERPARAMETERS else None
+                if hyp[key] is not None and hyp[key] != default:
+                    raise ConfigError(
+                        f"'{key}' = {hyp[key]} applies only to {other.name} models "
+                        f"({', '.join(list_models(other.name))}), and this model is {self.name}: "
+                        f"remove '{key}' from the recipe, hyp file or flags, or choose a model of that family."
+                    )
 
     def gain(self, hyp: Mapping[str, Any], key: str) -> float:
         """The configured gain of loss term `key`, or this family's default when it is unset (None)."""
@@ -141,7 +163,7 @@ def list_models(family: str | None = None) -> list[str]:
 def model_spec(name: str) -> ModelSpec:
     """The family and multipliers of a registered name."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+        raise ModelNameError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     return _MODELS[name]
 
 

@@ -2,11 +2,20 @@
 
 Each component is normalised by the batch's sum of soft class targets (the assigner's scores), then
 weighted by their gains (box 7.5, cls 0.5, dfl 1.5) and, as in YOLOv5, multiplied by the batch size.
+
+Under DDP the normaliser is the sum over the *global* batch (an all-reduce, as DETR does with its box
+count), divided by the world size: the trainer sums the ranks' gradients, so a 2-process step over two
+half batches equals a 1-process step over the whole batch, also while the `max(sum, 1)` clamp is active.
+
+The class BCE takes YOLOv5's class options too: `label_smoothing` eps (targets at object anchors become
+`s * (1 - eps) + eps / 2`), `fl_gamma` (focal modulation `alpha_t * (1 - p_t) ** gamma`, alpha 0.25) and
+`cls_pw` (the BCE's positive weight).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
@@ -57,6 +66,13 @@ class AnchorFreeLoss(nn.Module):
         head: the model's head (supplies nc, reg_max and strides).
         box, cls, dfl: component gains.
         topk, alpha, beta: task-aligned assigner settings.
+        cls_pw: positive weight of the class BCE (1 = plain BCE).
+        fl_gamma: focal-loss gamma of the class BCE (0 = plain BCE).
+        label_smoothing: eps in [0, 1); applied at the anchors assigned to an object, where YOLOv5 (whose
+            class loss runs only there) applies it; background anchors keep the target 0.
+        sync_normaliser: under torch.distributed, all-reduce the target-score sum over the ranks so the
+            loss is normalised by the global batch; every rank must then call the loss the same number of
+            times (the trainer does). Off, each rank normalises by its own shard.
     """
 
     names = ("box", "cls", "dfl")
@@ -70,11 +86,22 @@ class AnchorFreeLoss(nn.Module):
         topk: int = 10,
         alpha: float = 0.5,
         beta: float = 6.0,
+        cls_pw: float = 1.0,
+        fl_gamma: float = 0.0,
+        label_smoothing: float = 0.0,
+        sync_normaliser: bool = True,
     ) -> None:
         super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"AnchorFreeLoss: label_smoothing must lie in [0, 1), got {label_smoothing}")
+        if cls_pw <= 0 or fl_gamma < 0:
+            raise ValueError(f"AnchorFreeLoss: cls_pw must be > 0 and fl_gamma >= 0, got {cls_pw}, {fl_gamma}")
         self.nc, self.reg_max, self.strides = head.nc, head.reg_max, head.strides
         self.no = head.no
         self.gains = (box, cls, dfl)
+        self.cls_pw, self.fl_gamma, self.label_smoothing = float(cls_pw), float(fl_gamma), float(label_smoothing)
+        self.focal_alpha = 0.25
+        self.sync_normaliser = sync_normaliser
         self.assigner = TaskAlignedAssigner(self.nc, topk=topk, alpha=alpha, beta=beta)
 
     def forward(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,10 +132,10 @@ class AnchorFreeLoss(nn.Module):
             mask_gt,
         )
 
-        score_sum = assigned.scores.sum().clamp(min=1.0)
-        loss_cls = F.binary_cross_entropy_with_logits(pred_logits, assigned.scores, reduction="sum") / score_sum
-        loss_box = loss_dfl = torch.zeros((), device=device)
         fg = assigned.fg_mask
+        score_sum = self.normaliser(assigned.scores.sum())
+        loss_cls = self.class_loss(pred_logits, assigned.scores, fg) / score_sum
+        loss_box = loss_dfl = torch.zeros((), device=device)
         if fg.any():
             target_boxes = assigned.bboxes / strides  # (B, N, 4) cells
             weight = assigned.scores.sum(-1)[fg]  # (P,)
@@ -118,6 +145,36 @@ class AnchorFreeLoss(nn.Module):
             loss_dfl = (dist * weight).sum() / score_sum
         items = torch.stack((loss_box * self.gains[0], loss_cls * self.gains[1], loss_dfl * self.gains[2]))
         return items.sum() * b, items.detach()
+
+    def normaliser(self, score_sum: torch.Tensor) -> torch.Tensor:
+        """`max(global score sum, 1) / world size`; on one process `max(score sum, 1)`."""
+        world = dist.get_world_size() if self.sync_normaliser and dist.is_available() and dist.is_initialized() else 1
+        if world > 1:
+            score_sum = score_sum.detach().clone()
+            dist.all_reduce(score_sum, op=dist.ReduceOp.SUM)
+        return score_sum.clamp(min=1.0) / world
+
+    def class_loss(self, logits: torch.Tensor, scores: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+        """Summed class BCE with label smoothing, positive weight and focal modulation as configured.
+
+        Args:
+            logits: (B, N, nc) class logits; scores: (B, N, nc) the assigner's soft targets;
+            fg: (B, N) anchors assigned to an object.
+        """
+        target = scores
+        if self.label_smoothing:
+            eps = self.label_smoothing
+            target = torch.where(fg.unsqueeze(-1), scores * (1.0 - eps) + eps / 2, scores)
+        pos_weight = None
+        if self.cls_pw != 1.0:
+            pos_weight = torch.tensor(self.cls_pw, device=logits.device, dtype=logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+        if self.fl_gamma:
+            p = logits.sigmoid()
+            p_t = target * p + (1 - target) * (1 - p)
+            alpha_t = target * self.focal_alpha + (1 - target) * (1 - self.focal_alpha)
+            loss = loss * alpha_t * (1.0 - p_t) ** self.fl_gamma
+        return loss.sum()
 
     def _dfl(self, logits: torch.Tensor, target_boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Distribution focal loss: cross-entropy to the two bins around each target distance, (P,).
