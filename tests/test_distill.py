@@ -133,8 +133,14 @@ def test_the_teacher_stays_frozen_and_never_reaches_the_student_checkpoint(tiny_
     extra = [k for k in keys if k.startswith("extra.")]
     assert extra and all(k.startswith("extra.distill_adapters.") for k in extra)
     teacher_state = load_checkpoint_bundle(teacher_path).model_state
-    adapter_shapes = {tuple(v.shape) for v in load_checkpoint_bundle(result.last_checkpoint).extra_state["distill_adapters"].values()}
-    teacher_only = {tuple(v.shape) for v in teacher_state.values()} - {tuple(v.shape) for v in student.state_dict().values()} - adapter_shapes
+    adapter_shapes = {
+        tuple(v.shape) for v in load_checkpoint_bundle(result.last_checkpoint).extra_state["distill_adapters"].values()
+    }
+    teacher_only = (
+        {tuple(v.shape) for v in teacher_state.values()}
+        - {tuple(v.shape) for v in student.state_dict().values()}
+        - adapter_shapes
+    )
     assert teacher_only and not (shapes & teacher_only)
     assert not any(k.startswith("teacher") or ".teacher." in k for k in keys)
     # The teacher's path is in the recorded config (resume reads it from there).
@@ -210,9 +216,10 @@ import accelyolo
 from accelerate import PartialState
 from accelyolo.callbacks import Callback
 
-def digest(module):
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
+def digest(module, params_only=False):
+    h = hashlib.sha256()  # BatchNorm running stats differ per rank (each its own batches); parameters may not
+    items = module.named_parameters() if params_only else module.state_dict().items()
+    for k, v in sorted(items):
         h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -227,8 +234,8 @@ class Watch(Callback):
     def on_epoch_end(self, trainer, row):
         unwrap = trainer.accelerator.unwrap_model
         self.after = digest(trainer.teacher)
-        self.student = digest(unwrap(trainer.model))
-        self.adapters = digest(unwrap(trainer.adapters))
+        self.student = digest(unwrap(trainer.model), params_only=True)
+        self.adapters = digest(unwrap(trainer.adapters), params_only=True)
 
 watch = Watch()
 result = accelyolo.fit(callbacks=[watch], **OPTIONS)
