@@ -62,6 +62,7 @@ from accelyolo.optim import (
     scaled_weight_decay,
     warmup_iterations,
 )
+from accelyolo.pictures import ResultsPlotCallback, TrackerImagesCallback
 from accelyolo.records import FitResult, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
 from accelyolo.runs import find_resume_checkpoint, make_run_dir
@@ -323,6 +324,7 @@ class Trainer:
         return fresh_accelerator(
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=self.cfg.seed),
             log_with=self._available_trackers(),
+            project_dir=self.cfg.project,  # trackers write to <project>/<run name>: the run folder
             **kwargs,
         )
 
@@ -456,6 +458,8 @@ class Trainer:
             CSVLogger(self.run_dir / "results.csv"),
             TrackerCallback(),
             PlotsCallback(),
+            TrackerImagesCallback(),
+            ResultsPlotCallback(),
             *self.user_callbacks,
         ]
 
