@@ -1,7 +1,7 @@
 """What a teacher adds: the nano student trained with and without distillation at the same budget.
 
     python benchmarks/distill.py DATA_YAML --teacher W [--student yolov8n] [--epochs 10] [--imgsz 320]
-        [--batch 16] [--workers 2] [--distill-feat] [--temperature 20] [--distill-weight 1]
+        [--batch 16] [--workers 2] [--nbs 64] [--distill-feat] [--temperature 20] [--distill-weight 1]
 
 Both runs share every option (seed, data, schedule, epochs) except the teacher; the student starts from
 scratch in both. Prints the best mAP50-95 of each and, as its last line, `distill_gain=<number>` (with
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--nbs", type=int, default=64, help="nominal batch (16 suits small data sets)")
     parser.add_argument("--close-mosaic", type=int, default=2)
     parser.add_argument("--distill-feat", action="store_true")
     parser.add_argument("--distill-weight", type=float, default=1.0)
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         epochs=args.epochs,
         close_mosaic=args.close_mosaic,
+        nbs=args.nbs,
         plots=False,
         patience=0,
     )

@@ -263,3 +263,14 @@ def test_ddp_epoch_with_a_teacher(tiny_demo, tmp_path, teacher_path):
         assert r["steps"] == 6 and r["names"][-3:] == ["distill_cls", "distill_box", "distill_feat"]
     assert ranks[0]["student"] == ranks[1]["student"]
     assert ranks[0]["adapters"] == ranks[1]["adapters"]
+
+
+def test_an_anchor_based_student_distils_classes_only(tiny_demo, tmp_path):
+    teacher = write_teacher(tmp_path / "v5.safetensors", name=TINY_ANCHOR_BASED)
+    watch = TeacherWatch()
+    opts = tiny_train_options(
+        tiny_demo, tmp_path, epochs=1, model=TINY_ANCHOR_BASED, teacher=str(teacher), max_steps_per_epoch=2
+    )
+    fit(callbacks=[watch], **opts)
+    assert list(watch.steps[0]) == ["box", "obj", "cls", "distill_cls"] and watch.steps[0]["distill_cls"] > 0
+    assert all(torch.equal(watch.after[0][k], watch.before[k]) for k in watch.before)
