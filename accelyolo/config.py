@@ -87,7 +87,7 @@ class TrainConfig:
         1.0, "weight of the distillation terms at epoch 1, decaying (cosine) to 0 by the end", "train"
     )
     distill_feat: bool = _opt(False, "also distil the neck feature maps (channel-wise distillation)", "train")
-    temperature: float = _opt(20.0, "distillation softmax temperature (YOLOv6's default 20)", "train")
+    temperature: float = _opt(20.0, "softmax temperature of the distillation terms (20 as YOLOv6)", "train")
     # validation
     val_interval: int = _opt(1, "validate every N epochs (and always at the last)", "val")
     # evaluation schedule (YOLOv6): every epoch near the end, or only once at the end
@@ -215,7 +215,7 @@ def resolve_recipe(recipe: str | Path) -> Path:
 
 
 def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Inline `hyp:` (mapping or hyp yaml path) and make relative `data`/`weights` paths absolute."""
+    """Inline `hyp:` (mapping or hyp yaml path) and make relative `data`/`weights`/`teacher` paths absolute."""
     data = dict(data)
     hyp = data.pop("hyp", None)
     flat: dict[str, Any] = {}
@@ -236,7 +236,7 @@ def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
                 raise ConfigError(f"{hyp_source}: unknown hyperparameter '{key}'.{_suggest(key, hyp_names)}")
         flat.update(hyp)
     flat.update(data)
-    for key in ("data", "weights"):
+    for key in ("data", "weights", "teacher"):
         value = flat.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             candidate = (path.parent / value).resolve()
