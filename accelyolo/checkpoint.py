@@ -48,7 +48,7 @@ __all__ = [
 
 FORMAT_NAME = "accelyolo-checkpoint"
 FORMAT_VERSION = 2  # 2: epochs in metadata are 1-based (epochs completed), scheduler state saved
-_SECTIONS = ("model", "ema", "optimizer", "scaler", "rng")
+_SECTIONS = ("model", "ema", "optimizer", "scaler", "rng", "extra")
 # Metadata keys only a resumed training run needs; a stripped inference file drops them. "schedule" is
 # written by the current trainer, "scheduler" (LR scheduler state) by the refactored one. Optimizer,
 # scaler and RNG state are tensor sections, not metadata keys: stripping drops those sections.
@@ -79,6 +79,7 @@ class CheckpointBundle:
     optimizer_state: dict[str, Any] | None = None
     scaler_state: dict[str, Any] | None = None
     rng_states: list[dict[str, Any]] | None = None
+    extra_state: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -173,6 +174,7 @@ def save_checkpoint(
     scaler_state: dict[str, Any] | None = None,
     rng_states: list[dict[str, Any]] | None = None,
     metadata: dict[str, Any] | None = None,
+    extra_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint bundle atomically and return its path.
 
@@ -185,6 +187,8 @@ def save_checkpoint(
         rng_states: one `accelyolo.rng.capture_rng_state()` per rank, in rank order.
         metadata: JSON-able dict: epoch, global_step, best_fitness, schedule or scheduler state, config,
             names, `"model"` (the `build_model` keyword arguments that `load_checkpoint` uses).
+        extra_state: training-only state of a trainer subclass (e.g. distillation adapters);
+            dropped by `strip_checkpoint`.
     """
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
@@ -194,6 +198,7 @@ def save_checkpoint(
         "optimizer": optimizer_state,
         "scaler": scaler_state,
         "rng": rng_states,
+        "extra": extra_state,
     }
     manifest = {name: None if value is None else _encode(value, name, tensors) for name, value in sections.items()}
     header = {
@@ -379,6 +384,7 @@ def load_checkpoint_bundle(path: str | os.PathLike[str], device: str | torch.dev
         optimizer_state=sections["optimizer"],
         scaler_state=sections["scaler"],
         rng_states=sections["rng"],
+        extra_state=sections["extra"],
         metadata=user_metadata,
         versions=versions,
         format_version=version,

@@ -96,8 +96,18 @@ class TrainConfig:
     seed: int = _opt(0, "global seed", "train")
     deterministic: bool = _opt(False, "use deterministic algorithms", "train")
     mixed_precision: str | None = _opt(None, "no, fp16 or bf16; empty = from the accelerate config", "train")
+    # knowledge distillation (YOLOv6): a frozen teacher of the same family and classes guides the student
+    teacher: str | None = _opt(None, "teacher weights (an accelyolo .safetensors bundle) to distil from", "train")
+    distill_weight: float = _opt(
+        1.0, "weight of the distillation terms at epoch 1, decaying (cosine) to 0 by the end", "train"
+    )
+    distill_feat: bool = _opt(False, "also distil the neck feature maps (channel-wise distillation)", "train")
+    temperature: float = _opt(20.0, "softmax temperature of the distillation terms (20 as YOLOv6)", "train")
     # validation
     val_interval: int = _opt(1, "validate every N epochs (and always at the last)", "val")
+    # evaluation schedule (YOLOv6): every epoch near the end, or only once at the end
+    heavy_eval_range: int = _opt(0, "validate every epoch inside the last N epochs, whatever val_interval", "val")
+    val_final_only: bool = _opt(False, "validate only after the last epoch", "val")
     conf_thres: float = _opt(0.001, "validation confidence threshold", "val")
     iou_thres: float = _opt(0.7, "validation NMS IoU threshold", "val")
     max_det: int = _opt(300, "validation detections per image", "val")
@@ -108,6 +118,7 @@ class TrainConfig:
     exist_ok: bool = _opt(False, "reuse an existing run folder", "run")
     resume: str | None = _opt(None, "'auto' (latest last.safetensors) or a checkpoint path", "run")
     save_period: int = _opt(-1, "also save weights/epochN.safetensors every N epochs", "run")
+    save_last_n: int = _opt(0, "keep weights/epochK.safetensors (full, resumable) of the last N epochs", "run")
     log_with: str | None = _opt(None, "tracker: tensorboard, wandb, mlflow or all", "run")
     plots: bool = _opt(True, "write label, batch and metric pictures", "run")
     max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for quick runs", "run")
@@ -226,7 +237,7 @@ def resolve_recipe(recipe: str | Path) -> Path:
 
 
 def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Inline `hyp:` (mapping or hyp yaml path) and make relative `data`/`weights` paths absolute."""
+    """Inline `hyp:` (mapping or hyp yaml path) and make relative `data`/`weights`/`teacher` paths absolute."""
     data = dict(data)
     hyp = data.pop("hyp", None)
     flat: dict[str, Any] = {}
@@ -247,7 +258,7 @@ def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
                 raise ConfigError(f"{hyp_source}: unknown hyperparameter '{key}'.{_suggest(key, hyp_names)}")
         flat.update(hyp)
     flat.update(data)
-    for key in ("data", "weights"):
+    for key in ("data", "weights", "teacher"):
         value = flat.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             candidate = (path.parent / value).resolve()
@@ -312,6 +323,13 @@ def check_values(cfg: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "nbs", "val_interval"):
         if getattr(cfg, key) < 1:
             problems.append(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
+    for key in ("heavy_eval_range", "save_last_n"):
+        if getattr(cfg, key) < 0:
+            problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
+    if cfg.distill_weight < 0:
+        problems.append(f"'distill_weight' must be >= 0, got {cfg.distill_weight}")
+    if cfg.temperature <= 0:
+        problems.append(f"'temperature' must be > 0, got {cfg.temperature}")
     if cfg.workers < 0:
         problems.append(f"'workers' must be >= 0, got {cfg.workers}")
     if cfg.cache not in (None, "ram"):

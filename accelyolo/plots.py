@@ -73,14 +73,28 @@ def plot_batch(
     preds: Sequence[Any] | None = None,
     max_images: int = 16,
 ) -> Path:
-    """Save a grid of a batch with its boxes as PNG.
+    """Save `batch_grid(...)` of a batch with its boxes as PNG (the arguments of `batch_grid`, and `fname`)."""
+    fname = Path(fname)
+    fname.parent.mkdir(parents=True, exist_ok=True)
+    batch_grid(images, targets, paths, names, preds, max_images).save(fname)
+    return fname
+
+
+def batch_grid(
+    images: Any,
+    targets: Any,
+    paths: Sequence[str],
+    names: Sequence[str],
+    preds: Sequence[Any] | None = None,
+    max_images: int = 16,
+) -> Image.Image:
+    """A grid of a batch's images with their label boxes and/or predicted boxes, as one RGB picture.
 
     Args:
         images: uint8 `(B, 3, H, W)` tensor or array (a collated batch).
         targets: `(N, 6)` = image index, class, cx, cy, w, h normalized, or None.
         paths: image paths (file names are written under each tile).
         names: class names.
-        fname: output PNG.
         preds: optional per-image `(n, 6)` = x1, y1, x2, y2 (pixels), confidence, class.
         max_images: at most this many tiles.
     """
@@ -104,10 +118,7 @@ def plot_batch(
         grid.paste(tile, (x, y))
         if i < len(paths):
             ImageDraw.Draw(grid).text((x + 2, y + h), Path(paths[i]).name[:40], fill=(0, 0, 0))
-    fname = Path(fname)
-    fname.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(fname)
-    return fname
+    return grid
 
 
 def plot_labels(labels: Sequence[np.ndarray] | np.ndarray, names: Sequence[str], fname: str | Path) -> Path:
@@ -148,3 +159,59 @@ def plot_labels(labels: Sequence[np.ndarray] | np.ndarray, names: Sequence[str],
     fname.parent.mkdir(parents=True, exist_ok=True)
     im.save(fname)
     return fname
+
+
+def plot_results(rows: Sequence[dict[str, Any]], fname: str | Path, columns_per_row: int = 5) -> Path:
+    """`results.png`: one small line chart per loss and metric column of results.csv rows, against epoch.
+
+    Args:
+        rows: results.csv rows (dicts with an `epoch` key); empty or non-numeric cells are skipped, so the
+            metric charts show only the validated epochs. Learning rates and times are left out.
+        fname: output PNG.
+        columns_per_row: charts per row of the picture.
+    """
+    keys = [k for k in (rows[0] if rows else {}) if k != "epoch" and not k.startswith("lr/") and k != "time_s"]
+    panel_w, panel_h, pad = 220, 150, 28
+    cols = max(1, min(columns_per_row, len(keys)))
+    grid_rows = max(1, math.ceil(len(keys) / cols))
+    im = Image.new("RGB", (cols * panel_w, grid_rows * panel_h), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    for n, key in enumerate(keys):
+        x0, y0 = (n % cols) * panel_w, (n // cols) * panel_h
+        points = [(float(r["epoch"]), v) for r in rows if (v := _number(r.get(key))) is not None]
+        draw.text((x0 + 6, y0 + 4), key, fill=(0, 0, 0))
+        left, top, right, bottom = x0 + pad, y0 + 20, x0 + panel_w - 10, y0 + panel_h - 18
+        draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
+        if not points:
+            continue
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        x_lo, x_hi = min(xs), max(xs)
+        y_lo, y_hi = min(ys), max(ys)
+        x_span, y_span = (x_hi - x_lo) or 1.0, (y_hi - y_lo) or 1.0
+        xy = [
+            (left + (x - x_lo) / x_span * (right - left), bottom - (y - y_lo) / y_span * (bottom - top))
+            for x, y in points
+        ]
+        if len(xy) > 1:
+            draw.line(xy, fill=class_colour(0), width=2)
+        for px, py in xy:
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=class_colour(11))
+        draw.text((x0 + 2, top), f"{y_hi:.3g}", fill=(90, 90, 90))
+        draw.text((x0 + 2, bottom - 10), f"{y_lo:.3g}", fill=(90, 90, 90))
+        draw.text((left, bottom + 3), f"epoch {x_lo:g}", fill=(90, 90, 90))
+        draw.text((right - 40, bottom + 3), f"{x_hi:g}", fill=(90, 90, 90))
+    fname = Path(fname)
+    fname.parent.mkdir(parents=True, exist_ok=True)
+    im.save(fname)
+    return fname
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a results cell (float, int or text), or None for an empty or bad one."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -57,6 +57,8 @@ class RunState:
     best_metrics: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
     ema_updates: int = 0
+    best_stop_aug_fitness: float = -1.0  # best fitness after strong augmentation (mosaic, mixup) stopped
+    best_stop_aug_epoch: int = 0
 
     def to_metadata(self) -> dict[str, Any]:
         out = asdict(self)
@@ -75,4 +77,6 @@ class RunState:
             best_metrics=dict(meta.get("best_metrics", {})),
             last_metrics=dict(meta.get("metrics", {})),
             ema_updates=int(meta.get("ema_updates", 0)),
+            best_stop_aug_fitness=float(meta.get("best_stop_aug_fitness", -1.0)),
+            best_stop_aug_epoch=int(meta.get("best_stop_aug_epoch", 0)),
         )

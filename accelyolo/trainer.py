@@ -66,6 +66,7 @@ from accelyolo.optim import (
     scaled_weight_decay,
     warmup_iterations,
 )
+from accelyolo.pictures import ResultsPlotCallback, TrackerImagesCallback
 from accelyolo.records import FitResult, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
 from accelyolo.runs import find_resume_checkpoint, make_run_dir
@@ -83,6 +84,9 @@ RESUME_CHANGEABLE = (
     "resume",
     "max_steps_per_epoch",
     "val_interval",
+    "heavy_eval_range",
+    "val_final_only",
+    "save_last_n",
     "project",
 )
 MAX_NONFINITE_IN_A_ROW = 10
@@ -137,6 +141,10 @@ def fit(
         cfg, checkpoint = config_for_resume(resume, overrides)
     else:
         cfg, checkpoint = load_config(recipe, **overrides), None
+    if trainer_class is None and cfg.teacher:
+        from accelyolo.distill import DistillTrainer
+
+        trainer_class = DistillTrainer
     trainer_class = trainer_class or Trainer
     return trainer_class(cfg, callbacks=callbacks, parts=parts, resume_from=checkpoint).fit()
 
@@ -200,6 +208,7 @@ class Trainer:
         self._window_has_grads = False
         self.history: list[dict[str, Any]] = []
         self.last_result: Any = None  # the last validation's DetectionResult
+        self._stop_aug_improved = False  # this epoch's validation set a new best_stop_aug
 
     # ------------------------------------------------------------------------------------ fit
 
@@ -245,14 +254,32 @@ class Trainer:
         return False
 
     def should_validate(self, epoch: int) -> bool:
-        return epoch % self.cfg.val_interval == 0 or epoch == self.cfg.epochs
+        """The last epoch always; with `val_final_only` nothing else; else every `val_interval` epochs,
+        and every epoch inside the last `heavy_eval_range` (YOLOv6 validates every 3rd there; we take each,
+        since the end of training is where best.safetensors is decided)."""
+        cfg = self.cfg
+        if epoch == cfg.epochs:
+            return True
+        if cfg.val_final_only:
+            return False
+        return epoch % cfg.val_interval == 0 or epoch > cfg.epochs - cfg.heavy_eval_range
+
+    def strong_augmentation(self, epoch: int) -> bool:
+        """Whether mosaic (and with it mixup) is on in `epoch`: off for the last `close_mosaic` epochs."""
+        return epoch <= self.cfg.epochs - self.cfg.close_mosaic
 
     def update_best(self, epoch: int, metrics: dict[str, float]) -> bool:
-        """Record the epoch's metrics; True when its fitness is the best so far."""
-        self.state.last_metrics = metrics
-        if metrics["fitness"] <= self.state.best_fitness:
+        """Record the epoch's metrics; True when its fitness is the best so far. Also tracks the best after
+        strong augmentation stopped (`best_stop_aug`, YOLOv6), which `save` writes when it improves."""
+        state = self.state
+        state.last_metrics = metrics
+        self._stop_aug_improved = False
+        if not self.strong_augmentation(epoch) and metrics["fitness"] > state.best_stop_aug_fitness:
+            state.best_stop_aug_fitness, state.best_stop_aug_epoch = metrics["fitness"], epoch
+            self._stop_aug_improved = True
+        if metrics["fitness"] <= state.best_fitness:
             return False
-        self.state.best_fitness, self.state.best_epoch, self.state.best_metrics = metrics["fitness"], epoch, metrics
+        state.best_fitness, state.best_epoch, state.best_metrics = metrics["fitness"], epoch, metrics
         return True
 
     def request_stop(self) -> None:
@@ -313,7 +340,7 @@ class Trainer:
         return fresh_accelerator(
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=self.cfg.seed),
             log_with=self._available_trackers(),
-            project_dir=self.cfg.project,  # trackers that need a folder; narrowed to the run folder in start_trackers
+            project_dir=self.cfg.project,  # trackers write to <project>/<run name>: the run folder
             **kwargs,
         )
 
@@ -467,6 +494,8 @@ class Trainer:
             CSVLogger(self.run_dir / "results.csv"),
             TrackerCallback(),
             PlotsCallback(),
+            TrackerImagesCallback(),
+            ResultsPlotCallback(),
             *self.user_callbacks,
         ]
 
@@ -493,7 +522,6 @@ class Trainer:
 
     def start_trackers(self) -> None:
         if self.accelerator.log_with:
-            self.accelerator.project_configuration.set_directories(str(self.run_dir))  # event files in the run
             self.accelerator.init_trackers(self.run_dir.name, config=self.cfg.to_dict())
             self.trackers_started = True
 
@@ -536,9 +564,11 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any] | None:
         """Train one epoch (1-based); its results.csv row, or None when a stop was asked during it."""
-        cfg = self.cfg
         self.model.train()
-        self.train_dataset.set_mosaic(epoch <= cfg.epochs - cfg.close_mosaic)
+        strong = self.strong_augmentation(epoch)
+        if not strong and (epoch == 1 or self.strong_augmentation(epoch - 1)):
+            LOGGER.info("epoch %d: strong augmentation (mosaic, mixup) off from here on (close_mosaic)", epoch)
+        self.train_dataset.set_mosaic(strong)
         self.train_dataset.set_epoch(epoch - 1)
         self.train_loader.set_epoch(epoch - 1)
         self.fire("on_epoch_start", epoch)
@@ -724,13 +754,34 @@ class Trainer:
                 scaler_state=scaler,
                 rng_states=rng_states,
                 metadata=self.checkpoint_metadata(),
+                extra_state=self.extra_checkpoint_state(),
             )
             LOGGER.info("epoch %d: saved weights/last.safetensors%s", epoch, " and best" if improved else "")
             if improved:
                 copy_checkpoint(last, self.weights_dir / "best.safetensors")
-            if self.cfg.save_period > 0 and epoch % self.cfg.save_period == 0:
+            if self._stop_aug_improved and self.state.best_stop_aug_epoch == epoch:
+                copy_checkpoint(last, self.weights_dir / "best_stop_aug.safetensors")
+            periodic = self.cfg.save_period > 0 and epoch % self.cfg.save_period == 0
+            if periodic or self.cfg.save_last_n > 0:
                 copy_checkpoint(last, self.weights_dir / f"epoch{epoch}.safetensors")
+            if self.cfg.save_last_n > 0:
+                self._drop_old_epoch_files(epoch)
         accelerator.wait_for_everyone()
+
+    def _drop_old_epoch_files(self, epoch: int) -> None:
+        """Keep `epoch{K}` bundles of the last `save_last_n` epochs (and those `save_period` asks for)."""
+        cfg = self.cfg
+        for path in self.weights_dir.glob("epoch*.safetensors"):
+            k = path.stem[len("epoch") :]
+            if not k.isdigit() or int(k) > epoch - cfg.save_last_n:
+                continue
+            if cfg.save_period > 0 and int(k) % cfg.save_period == 0:
+                continue
+            path.unlink()
+
+    def extra_checkpoint_state(self) -> dict[str, Any] | None:
+        """Training-only tensors of a subclass saved in the bundle's `extra` section (None: nothing)."""
+        return None
 
     # ------------------------------------------------------------------------------------ end
 

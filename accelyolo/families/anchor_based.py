@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from accelyolo.autoanchor import check_anchors
@@ -72,6 +73,11 @@ class AnchorBasedFamily(ModelFamily):
             report["bpr_before"],
             f" -> {report['bpr_after']:.4f} (anchors replaced)" if report["replaced"] else "",
         )
+
+    def distill_logits(self, model: nn.Module, maps: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
+        """Class logits (B, N, nc) over every anchor of every cell; boxes are not distributions here."""
+        b, nc = maps[0].shape[0], model.head.nc
+        return torch.cat([m[..., 5:].reshape(b, -1, nc) for m in maps], 1), None
 
 
 register_family(AnchorBasedFamily())

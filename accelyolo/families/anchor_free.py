@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from accelyolo.families.registry import ModelFamily, ModelSpec, register_family, register_model
@@ -37,6 +38,14 @@ class AnchorFreeFamily(ModelFamily):
             fl_gamma=float(hyp.get("fl_gamma", 0.0)),
             label_smoothing=float(hyp.get("label_smoothing", 0.0)),
         )
+
+    def distill_logits(self, model: nn.Module, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (B, N, nc) and the DFL bin logits of each box side (B, N, 4, reg_max)."""
+        head = model.head
+        b = maps[0].shape[0]
+        x = torch.cat([m.reshape(b, head.no, -1) for m in maps], 2).transpose(1, 2)  # (B, N, no)
+        box, cls = x.split((4 * head.reg_max, head.nc), -1)
+        return cls, box.reshape(b, -1, 4, head.reg_max)
 
 
 register_family(AnchorFreeFamily())

@@ -102,6 +102,12 @@ class ModelFamily:
                         f"remove '{key}' from the recipe, hyp file or flags, or choose a model of that family."
                     )
 
+    def distill_logits(self, model: nn.Module, maps: list[Any]) -> tuple[Any, Any]:
+        """What knowledge distillation compares, from the head's raw level maps (`head.raw_maps`):
+        `(class_logits (B, N, nc), box_logits (B, N, 4, reg_max) or None)`; None when the family's boxes
+        are not distributions."""
+        raise NotImplementedError(f"{type(self).__name__} does not support distillation (distill_logits)")
+
     def gain(self, hyp: Mapping[str, Any], key: str) -> float:
         """The configured gain of loss term `key`, or this family's default when it is unset (None)."""
         value = hyp.get(key)

@@ -85,9 +85,13 @@ class AnchorFreeHead(nn.Module):
             cls[-1].bias.fill_(math.log(5 / self.nc / (640 / s) ** 2))
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor] | torch.Tensor:
-        # each level: (B, 4 * reg_max + nc, H, W)
-        out = [torch.cat((box(x), cls(x)), 1) for x, box, cls in zip(feats, self.box_branches, self.cls_branches)]
+        out = self.raw_maps(feats)
         return out if self.training else self.decode(out)
+
+    def raw_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The undecoded level maps, each (B, 4 * reg_max + nc, H, W), in train and eval mode alike
+        (a distillation teacher runs in eval mode and still hands these to the loss)."""
+        return [torch.cat((box(x), cls(x)), 1) for x, box, cls in zip(feats, self.box_branches, self.cls_branches)]
 
     def decode(self, out: list[torch.Tensor]) -> torch.Tensor:
         """Raw level maps -> (B, N, 4 + nc): boxes xywh in input pixels, sigmoid class scores."""
@@ -137,12 +141,16 @@ class AnchorBasedHead(nn.Module):
             b[:, 5:] += math.log(0.6 / (self.nc - 0.99))
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor] | torch.Tensor:
+        out = self.raw_maps(feats)
+        return out if self.training else self.decode(out)
+
+    def raw_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The undecoded level maps, each (B, na, H, W, 5 + nc), in train and eval mode alike."""
         out = []
         for x, conv in zip(feats, self.m):
             b, _, h, w = x.shape
             out.append(conv(x).view(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2).contiguous())
-        # each level: (B, na, H, W, 5 + nc)
-        return out if self.training else self.decode(out)
+        return out
 
     def decode(self, out: list[torch.Tensor]) -> torch.Tensor:
         """Raw level maps -> (B, N, 4 + nc): boxes xywh in input pixels, scores = objectness x class prob."""

@@ -1,0 +1,287 @@
+"""Knowledge distillation (YOLOv6's engine): a frozen teacher guides the student through extra loss terms.
+
+The teacher is one more part of the trainer, not an edit inside the loop. `DistillTrainer` loads it
+(`load_teacher`), checks it against the student (same family, same class list), keeps it frozen (eval
+mode, so its BatchNorm statistics stay fixed; no gradients; never passed to `accelerator.prepare`, so
+under DDP each rank holds its own copy and nothing of it is synchronised) on the student's device, and
+adds to the detection loss, per batch, on the same augmented images:
+
+- `distill_cls`: KL divergence between the temperature-softened class distributions of teacher and
+  student, per prediction, times T² (Hinton's scaling, so the gradient size does not shrink with T);
+- `distill_box` (families whose boxes are distributions, the anchor-free DFL head): the same KL between
+  the bin distributions of each box side;
+- `distill_feat` (`--distill-feat`): channel-wise distillation (CWD, Shu et al. 2021) on the neck outputs:
+  each channel's spatial map softened by a softmax with temperature, KL teacher || student, times T²,
+  averaged over channels. Where the student's channel count differs from the teacher's, a learned 1x1
+  adapter maps the student's features to the teacher's channels; it is trained with the student, saved
+  in the bundle's `extra` section (exact resume) and is no part of the student model.
+
+Each term is weighted by `distill_weight`, decayed over training by a cosine (YOLOv6), and appears as
+its own loss column (`train/distill_cls_loss`, ...) and in the progress bar. The teacher is never
+saved: the bundle records its path in the config, and a resumed run reads it again from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from accelyolo.checkpoint import load_checkpoint
+from accelyolo.config import ConfigError
+from accelyolo.families import family_of
+from accelyolo.trainer import Trainer
+
+__all__ = [
+    "DistillTrainer",
+    "DistillationLoss",
+    "FeatureAdapters",
+    "channel_wise_kl",
+    "check_teacher",
+    "distill_weight_at",
+    "distillation_terms",
+    "load_teacher",
+    "softened_kl",
+    "teacher_outputs",
+]
+
+LOGGER = logging.getLogger("accelyolo")
+
+
+def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str] | None]:
+    """The teacher model of `path`, frozen (eval mode, `requires_grad=False`), and its class names.
+
+    The one place that reads teacher weights: an accelyolo bundle today (its EMA weights when it has
+    them); other weight formats are added here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"'teacher': {path} does not exist; pass a .safetensors bundle of an earlier run.")
+    model, meta = load_checkpoint(path, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = meta.get("names")
+    return model.eval(), list(names) if isinstance(names, list) else None
+
+
+def check_teacher(
+    teacher: nn.Module, teacher_names: list[str] | None, student: nn.Module, student_names: list[str], path: str
+) -> None:
+    """Refuse a teacher of another family or another class list (before training starts)."""
+    t_family, s_family = family_of(teacher).name, family_of(student).name
+    if t_family != s_family:
+        raise ConfigError(
+            f"'teacher': {path} is a {t_family} model ({teacher.config.get('name')}) but the student "
+            f"{student.config.get('name')} is {s_family}; distil within one family (e.g. yolov8s -> yolov8n)."
+        )
+    if teacher_names is not None and list(teacher_names) != list(student_names):
+        raise ConfigError(
+            f"'teacher': {path} was trained on the classes {teacher_names}, the student's data has "
+            f"{student_names}; the teacher must share the student's class list."
+        )
+    if teacher.nc != student.nc:
+        raise ConfigError(f"'teacher': {path} predicts {teacher.nc} classes, the student {student.nc}.")
+
+
+def distill_weight_at(epoch: int, epochs: int, weight: float) -> float:
+    """The distillation weight of (1-based) `epoch`: `weight` at epoch 1, cosine down to 0 at the end of
+    the last epoch (YOLOv6 decays it the same way over its epochs)."""
+    return weight * (1 + math.cos(math.pi * (epoch - 1) / epochs)) / 2
+
+
+def softened_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the softmax over the last dim at `temperature`, averaged over every other
+    position, times T². Zero when the logits are equal."""
+    log_s = F.log_softmax(student.float() / temperature, -1)
+    log_t = F.log_softmax(teacher.float() / temperature, -1)
+    kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)
+    return kl.mean() * temperature**2
+
+
+def channel_wise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Channel-wise distillation of two (B, C, H, W) maps: per channel a spatial softmax at `temperature`,
+    KL(teacher || student), averaged over batch and channels, times T²."""
+    return softened_kl(student.flatten(2), teacher.flatten(2), temperature)
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The teacher's raw head maps and neck features for `images` (no gradients, eval mode)."""
+    feats = teacher.neck(teacher.backbone(images))
+    return teacher.head.raw_maps(feats), feats
+
+
+def distillation_terms(
+    student: nn.Module,
+    student_maps: list[torch.Tensor],
+    teacher: nn.Module,
+    teacher_maps: list[torch.Tensor],
+    temperature: float,
+    student_feats: list[torch.Tensor] | None = None,
+    teacher_feats: list[torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The unweighted distillation terms, keyed `cls`, `box` (when the family's boxes are distributions)
+    and `feat` (CWD summed over levels, when features are given; the student's already in the teacher's
+    channel counts, see `FeatureAdapters`)."""
+    family = family_of(student)
+    s_cls, s_box = family.distill_logits(student, student_maps)
+    t_cls, t_box = family.distill_logits(teacher, teacher_maps)
+    terms = {"cls": softened_kl(s_cls, t_cls, temperature)}
+    if s_box is not None and t_box is not None:
+        terms["box"] = softened_kl(s_box, t_box, temperature)
+    if student_feats is not None and teacher_feats is not None:
+        total = student_maps[0].new_zeros((), dtype=torch.float32)
+        for s, t in zip(student_feats, teacher_feats):
+            total = total + channel_wise_kl(s, t, temperature)
+        terms["feat"] = total
+    return terms
+
+
+class DistillationLoss(nn.Module):
+    """The detection loss, with the longer list of names that the distillation terms add.
+
+    Called as the detection loss (`total, items = loss(preds, targets)`); `DistillTrainer.compute_loss`
+    appends the distillation items in the order of `names`.
+    """
+
+    def __init__(self, detection: nn.Module, terms: tuple[str, ...]) -> None:
+        super().__init__()
+        self.detection = detection
+        self.terms = terms
+        self.names = tuple(detection.names) + tuple(f"distill_{t}" for t in terms)
+
+    def forward(self, preds: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.detection(preds, targets)
+
+
+class FeatureAdapters(nn.Module):
+    """Per neck level a 1x1 convolution from the student's channels to the teacher's (none where they
+    match), trained with the student; `forward` maps the list of student features."""
+
+    def __init__(self, student_channels: tuple[int, ...], teacher_channels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.levels = nn.ModuleDict(
+            {
+                str(i): nn.Conv2d(cs, ct, 1)
+                for i, (cs, ct) in enumerate(zip(student_channels, teacher_channels))
+                if cs != ct
+            }
+        )
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.levels[str(i)](x) if str(i) in self.levels else x for i, x in enumerate(feats)]
+
+
+class DistillTrainer(Trainer):
+    """`Trainer` with a frozen teacher (`cfg.teacher`); `fit()` picks it when a teacher is set."""
+
+    teacher: nn.Module
+    adapters: nn.Module | None = None
+
+    def build_model(self) -> nn.Module:
+        """The student (as the base trainer builds it), then the teacher, checked against it."""
+        model = super().build_model()
+        cfg = self.cfg
+        cfg.teacher = str(Path(cfg.teacher).resolve())  # resume reads it again from the bundle's config
+        self.teacher, teacher_names = load_teacher(cfg.teacher, device=self.accelerator.device)
+        check_teacher(self.teacher, teacher_names, model, self.names, cfg.teacher)
+        if cfg.channels_last:
+            self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        LOGGER.info(
+            "distillation: teacher %s (%s), weight %g (cosine to 0), temperature %g%s",
+            self.teacher.config.get("name"),
+            cfg.teacher,
+            cfg.distill_weight,
+            cfg.temperature,
+            ", with neck features (CWD)" if cfg.distill_feat else "",
+        )
+        if cfg.distill_feat:
+            self.adapters = FeatureAdapters(tuple(model.neck.out_channels), tuple(self.teacher.neck.out_channels))
+        return model
+
+    def build_loss(self, model: nn.Module) -> nn.Module:
+        detection = super().build_loss(model)
+        probe = torch.zeros(1, 3, 64, 64, device=self.accelerator.device)
+        _, box = family_of(model).distill_logits(self.teacher, teacher_outputs(self.teacher, probe)[0])
+        terms = ("cls",) + (("box",) if box is not None else ()) + (("feat",) if self.cfg.distill_feat else ())
+        return DistillationLoss(detection, terms)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The base optimizer's groups over the student and the feature adapters (when any)."""
+        if not self._adapter_parameters():
+            return super().build_optimizer(model)
+        return super().build_optimizer(nn.ModuleDict({"model": model, "adapters": self.adapters}))
+
+    def _adapter_parameters(self) -> list[nn.Parameter]:
+        return [] if self.adapters is None else list(self.adapters.parameters())
+
+    def setup(self) -> None:
+        super().setup()
+        if self.adapters is not None:
+            if self._adapter_parameters():  # DDP-wrapped under several processes: its gradients are averaged
+                self.adapters = self.accelerator.prepare(self.adapters)
+            else:
+                self.adapters = self.adapters.to(self.accelerator.device)
+            self._student_feats: list[torch.Tensor] | None = None
+            neck = self.accelerator.unwrap_model(self.model).neck
+            self._hook = neck.register_forward_hook(self._keep_student_feats)
+
+    def _keep_student_feats(self, module: nn.Module, inputs: Any, output: list[torch.Tensor]) -> None:
+        if module.training:
+            self._student_feats = output
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any] | None:
+        self.distill_scale = distill_weight_at(epoch, self.cfg.epochs, self.cfg.distill_weight)
+        if self.adapters is not None:
+            self.adapters.train()
+        return super().train_one_epoch(epoch)
+
+    def compute_loss(self, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detection loss plus the weighted distillation terms; items in the order of `loss_fn.names`."""
+        if self.teacher.training:  # nothing may switch the teacher's BatchNorm to batch statistics
+            self.teacher.eval()
+        preds = self.model(images)
+        total, items = self.loss_fn(preds, batch["targets"])
+        t_maps, t_feats = teacher_outputs(self.teacher, images)
+        feat = self.cfg.distill_feat
+        terms = distillation_terms(
+            self.accelerator.unwrap_model(self.model),
+            preds,
+            self.teacher,
+            t_maps,
+            self.cfg.temperature,
+            student_feats=self.adapters(self._student_feats) if feat else None,
+            teacher_feats=t_feats if feat else None,
+        )
+        if feat:
+            self._student_feats = None
+        weighted = torch.stack([terms[name] for name in self.loss_fn.terms]) * self.distill_scale
+        batch_size = images.shape[0]  # the detection loss is a sum over the batch (YOLOv5); so are these
+        return total + weighted.sum() * batch_size, torch.cat((items, weighted.detach().to(items.dtype)))
+
+    def extra_checkpoint_state(self) -> dict[str, Any] | None:
+        if not self._adapter_parameters():
+            return None
+        return {"distill_adapters": self.accelerator.unwrap_model(self.adapters).state_dict()}
+
+    def restore(self, bundle: Any) -> None:
+        super().restore(bundle)
+        saved = (bundle.extra_state or {}).get("distill_adapters")
+        if self._adapter_parameters():
+            if saved is None:
+                raise ConfigError(
+                    f"{bundle.path}: this distillation run has feature adapters but the bundle holds none; "
+                    "resume with the options it was trained with."
+                )
+            self.accelerator.unwrap_model(self.adapters).load_state_dict(saved)
+
+    def close(self) -> None:
+        hook = getattr(self, "_hook", None)
+        if hook is not None:
+            hook.remove()
+        super().close()

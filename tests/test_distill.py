@@ -1,0 +1,276 @@
+"""Knowledge distillation: the terms, the frozen teacher, the student's checkpoint, exact resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import textwrap
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from accelyolo.callbacks import Callback
+from accelyolo.checkpoint import load_checkpoint_bundle, save_checkpoint
+from accelyolo.config import ConfigError
+from accelyolo.data.demo import DEMO_NAMES
+from accelyolo.distill import (
+    DistillTrainer,
+    distill_weight_at,
+    distillation_terms,
+    load_teacher,
+    teacher_outputs,
+)
+from accelyolo.families import build_model
+from accelyolo.trainer import fit
+from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
+from tests.test_distributed import launch_args, run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_teacher(path, name="yolov8n", names=DEMO_NAMES, seed=1):
+    """A teacher bundle of `name` whose BatchNorm statistics are not the defaults (so that a change shows)."""
+    torch.manual_seed(seed)
+    model = build_model(name, nc=len(names))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    save_checkpoint(path, model_state=model.state_dict(), metadata={"model": model.config, "names": list(names)})
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    return write_teacher(tmp_path_factory.mktemp("teacher") / "teacher.safetensors")
+
+
+def raw_outputs(model, images):
+    """Raw head maps and neck features of a model in eval mode (how the trainer's teacher runs)."""
+    return teacher_outputs(model, images)
+
+
+@pytest.mark.parametrize("name", [TINY_ANCHOR_FREE, TINY_ANCHOR_BASED])
+def test_terms_vanish_for_a_teacher_equal_to_the_student_and_grow_apart(tmp_path, name):
+    bundle = write_teacher(tmp_path / "t.safetensors", name=name)
+    teacher, names = load_teacher(bundle)
+    assert names == list(DEMO_NAMES) and not teacher.training
+    student = build_model(name, nc=len(DEMO_NAMES))
+    student.load_state_dict(teacher.state_dict())
+    student.eval()
+    images = torch.rand(2, 3, 64, 64)
+    s_maps, s_feats = raw_outputs(student, images)
+    t_maps, t_feats = raw_outputs(teacher, images)
+    terms = distillation_terms(student, s_maps, teacher, t_maps, 1.0, s_feats, t_feats)
+    expected = {"cls", "box", "feat"} if name == TINY_ANCHOR_FREE else {"cls", "feat"}
+    assert set(terms) == expected
+    assert all(abs(float(v)) < 1e-6 for v in terms.values()), terms
+    with torch.no_grad():  # another student: every term is positive
+        for p in student.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    s_maps, s_feats = raw_outputs(student, images)
+    terms = distillation_terms(student, s_maps, teacher, t_maps, 1.0, s_feats, t_feats)
+    assert all(float(v) > 1e-4 for v in terms.values()), terms
+
+
+def test_distill_weight_decays_by_a_cosine_to_zero():
+    assert distill_weight_at(1, 10, 2.0) == 2.0
+    assert distill_weight_at(6, 10, 2.0) == pytest.approx(1.0)
+    assert distill_weight_at(11, 10, 2.0) == pytest.approx(0.0, abs=1e-12)
+    values = [distill_weight_at(e, 10, 1.0) for e in range(1, 11)]
+    assert values == sorted(values, reverse=True)
+
+
+class TeacherWatch(Callback):
+    """Snapshots the teacher's tensors at the start and after every epoch; records each step's losses."""
+
+    def __init__(self):
+        self.before = None
+        self.after = []
+        self.steps = []
+
+    @staticmethod
+    def snapshot(trainer):
+        return {k: v.detach().clone() for k, v in trainer.teacher.state_dict().items()}
+
+    def on_fit_start(self, trainer):
+        self.before = self.snapshot(trainer)
+        assert all(not p.requires_grad for p in trainer.teacher.parameters())
+
+    def on_step_end(self, trainer, step):
+        self.steps.append(dict(step.losses))
+        assert all(p.grad is None for p in trainer.teacher.parameters())
+
+    def on_epoch_end(self, trainer, row):
+        self.after.append(self.snapshot(trainer))
+
+
+def test_the_teacher_stays_frozen_and_never_reaches_the_student_checkpoint(tiny_demo, tmp_path, teacher_path):
+    watch = TeacherWatch()
+    opts = tiny_train_options(tiny_demo, tmp_path, epochs=2, teacher=str(teacher_path), distill_feat=True)
+    result = fit(callbacks=[watch], **opts)
+    # Bit-identical teacher parameters and BatchNorm buffers (running stats, batch counters) after each epoch.
+    for snap in watch.after:
+        assert snap.keys() == watch.before.keys()
+        assert all(torch.equal(snap[k], watch.before[k]) for k in snap)
+    # Each term is its own loss, in the steps and in results.csv; the weight decays between the epochs.
+    names = ["box", "cls", "dfl", "distill_cls", "distill_box", "distill_feat"]
+    assert list(watch.steps[0]) == names
+    assert all(watch.steps[0][k] > 0 for k in names[3:])
+    with (result.run_dir / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(f"train/{n}_loss" in rows[0] for n in names)
+    assert 0 < float(rows[1]["train/distill_cls_loss"]) < float(rows[0]["train/distill_cls_loss"])
+    # The student's bundle: the student's tensors, its EMA, its optimizer, the adapters; no teacher tensor.
+    student = build_model(TINY_ANCHOR_FREE, nc=len(DEMO_NAMES))
+    student_keys = set(student.state_dict())
+    with safe_open(str(result.last_checkpoint), "pt") as handle:
+        keys = list(handle.keys())
+        shapes = {tuple(handle.get_slice(k).get_shape()) for k in keys}
+    assert {k[len("model.") :] for k in keys if k.startswith("model.")} == student_keys
+    assert {k.split(".")[0] for k in keys} <= {"model", "ema", "optimizer", "rng", "scaler", "extra"}
+    extra = [k for k in keys if k.startswith("extra.")]
+    assert extra and all(k.startswith("extra.distill_adapters.") for k in extra)
+    teacher_state = load_checkpoint_bundle(teacher_path).model_state
+    adapter_shapes = {
+        tuple(v.shape) for v in load_checkpoint_bundle(result.last_checkpoint).extra_state["distill_adapters"].values()
+    }
+    teacher_only = (
+        {tuple(v.shape) for v in teacher_state.values()}
+        - {tuple(v.shape) for v in student.state_dict().values()}
+        - adapter_shapes
+    )
+    assert teacher_only and not (shapes & teacher_only)
+    assert not any(k.startswith("teacher") or ".teacher." in k for k in keys)
+    # The teacher's path is in the recorded config (resume reads it from there).
+    meta = load_checkpoint_bundle(result.last_checkpoint).metadata
+    assert meta["config"]["teacher"] == str(teacher_path.resolve())
+
+
+def test_resume_of_a_distillation_run_is_exact(tiny_demo, tmp_path, teacher_path):
+    opts = tiny_train_options(tiny_demo, tmp_path, epochs=2, teacher=str(teacher_path), distill_feat=True)
+
+    class StopAfterFirst(TeacherWatch):
+        def on_epoch_end(self, trainer, row):
+            trainer.request_stop()
+
+    straight = TeacherWatch()
+    whole = fit(callbacks=[straight], **{**opts, "name": "straight"})
+    first = StopAfterFirst()
+    stopped = fit(callbacks=[first], **{**opts, "name": "stopped"})
+    second = TeacherWatch()
+    resumed = fit(callbacks=[second], resume=str(stopped.last_checkpoint))
+    assert isinstance(resumed, type(whole)) and resumed.epochs_completed == 2
+    assert first.steps + second.steps == straight.steps
+    a, b = load_checkpoint_bundle(whole.last_checkpoint), load_checkpoint_bundle(resumed.last_checkpoint)
+    assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
+    assert all(
+        torch.equal(a.extra_state["distill_adapters"][k], b.extra_state["distill_adapters"][k])
+        for k in a.extra_state["distill_adapters"]
+    )
+
+
+def test_fit_picks_the_distillation_trainer_only_with_a_teacher(tiny_demo, tmp_path, teacher_path):
+    seen = []
+
+    class Which(Callback):
+        def on_fit_start(self, trainer):
+            seen.append(type(trainer))
+            trainer.request_stop()
+
+    fit(callbacks=[Which()], **tiny_train_options(tiny_demo, tmp_path, epochs=1, name="plain"))
+    fit(callbacks=[Which()], **tiny_train_options(tiny_demo, tmp_path, epochs=1, teacher=str(teacher_path)))
+    assert seen[0] is not DistillTrainer and seen[1] is DistillTrainer
+
+
+@pytest.mark.parametrize(
+    "teacher, match",
+    [
+        ({"name": TINY_ANCHOR_BASED}, "is a anchor_based model"),
+        ({"names": ("a", "b", "c")}, "must share the student's class list"),
+        (None, "does not exist"),
+    ],
+)
+def test_a_mismatched_teacher_is_refused_before_training(tiny_demo, tmp_path, teacher, match):
+    path = tmp_path / "teacher.safetensors"
+    if teacher is not None:
+        write_teacher(path, **teacher)
+    with pytest.raises(ConfigError, match=match):
+        fit(**tiny_train_options(tiny_demo, tmp_path / "runs", epochs=1, teacher=str(path)))
+    assert not (tmp_path / "runs" / "exp").exists()
+
+
+def test_distillation_options_are_checked():
+    from accelyolo.config import load_config
+
+    with pytest.raises(ConfigError, match="'temperature' must be > 0"):
+        load_config(temperature=0.0)
+    with pytest.raises(ConfigError, match="'distill_weight' must be >= 0"):
+        load_config(distill_weight=-1.0)
+
+
+SCRIPT = """
+import hashlib, json
+import accelyolo
+from accelerate import PartialState
+from accelyolo.callbacks import Callback
+
+def digest(module, params_only=False):
+    h = hashlib.sha256()  # BatchNorm running stats differ per rank (each its own batches); parameters may not
+    items = module.named_parameters() if params_only else module.state_dict().items()
+    for k, v in sorted(items):
+        h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+class Watch(Callback):
+    def on_fit_start(self, trainer):
+        self.before = digest(trainer.teacher)
+        self.wrapped = type(trainer.teacher).__name__
+        self.steps = 0
+    def on_step_end(self, trainer, step):
+        self.steps += 1
+        self.names = list(step.losses)
+    def on_epoch_end(self, trainer, row):
+        unwrap = trainer.accelerator.unwrap_model
+        self.after = digest(trainer.teacher)
+        self.student = digest(unwrap(trainer.model), params_only=True)
+        self.adapters = digest(unwrap(trainer.adapters), params_only=True)
+
+watch = Watch()
+result = accelyolo.fit(callbacks=[watch], **OPTIONS)
+rank = PartialState().process_index
+out = dict(rank=rank, before=watch.before, after=watch.after, student=watch.student, adapters=watch.adapters,
+           wrapped=watch.wrapped, steps=watch.steps, names=watch.names, epochs=result.epochs_completed)
+open(OUT.format(rank=rank), "w").write(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_epoch_with_a_teacher(tiny_demo, tmp_path, teacher_path):
+    """Two processes train one epoch with a teacher: each rank's teacher unchanged and not DDP-wrapped; the
+    student and the feature adapters identical on both ranks (their gradients were synchronised)."""
+    opts = tiny_train_options(
+        tiny_demo, tmp_path, epochs=1, batch_size=4, nbs=8, teacher=str(teacher_path), distill_feat=True
+    )
+    script = tmp_path / "ddp_distill.py"
+    out = str(tmp_path / "rank-{rank}.json")
+    script.write_text(textwrap.dedent(SCRIPT).replace("OPTIONS", repr(opts)).replace("OUT", repr(out)))
+    run(launch_args(2) + [str(script)])
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["before"] == r["after"] and r["wrapped"] == "YOLO" and r["epochs"] == 1
+        assert r["steps"] == 6 and r["names"][-3:] == ["distill_cls", "distill_box", "distill_feat"]
+    assert ranks[0]["student"] == ranks[1]["student"]
+    assert ranks[0]["adapters"] == ranks[1]["adapters"]
+
+
+def test_an_anchor_based_student_distils_classes_only(tiny_demo, tmp_path):
+    teacher = write_teacher(tmp_path / "v5.safetensors", name=TINY_ANCHOR_BASED)
+    watch = TeacherWatch()
+    opts = tiny_train_options(
+        tiny_demo, tmp_path, epochs=1, model=TINY_ANCHOR_BASED, teacher=str(teacher), max_steps_per_epoch=2
+    )
+    fit(callbacks=[watch], **opts)
+    assert list(watch.steps[0]) == ["box", "obj", "cls", "distill_cls"] and watch.steps[0]["distill_cls"] > 0
+    assert all(torch.equal(watch.after[0][k], watch.before[k]) for k in watch.before)
