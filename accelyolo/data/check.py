@@ -58,16 +58,16 @@ def check_dataset(spec: DataSpec, single_cls: bool = False) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run the check for parsed arguments; returns the exit status.
 
-    The report (JSON or tables) is the command's output and goes to stdout; an unusable yaml is
-    logged as an error (and, with `--json`, also reported in the JSON object).
+    The report (JSON or tables) is the command's output and goes to stdout; an unusable yaml is one
+    error line on stderr (with `--json`, it is reported in the JSON object instead), exit status 2.
     """
     try:
         spec = load_data_yaml(args.data)
     except DataConfigError as err:  # exit status 2, one message naming the file and key
         if args.json:
             print(json.dumps({"data": str(args.data), "error": str(err), "splits": {}}))
-        else:
-            LOGGER.error("data check: %s", err)
+        else:  # the command's own error line (as cli.exit_status words it; data/ does not import cli)
+            print(f"accelyolo data check: {err}", file=sys.stderr)
         return 2
     result = check_dataset(spec, single_cls=args.single_cls)
     if args.json:
