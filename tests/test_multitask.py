@@ -320,6 +320,27 @@ def test_multitask_fit_writes_seg_columns_and_a_rebuildable_bundle(tiny_multitas
     model, meta = accelyolo.load_checkpoint(str(result.inference_checkpoint))
     assert model.segment(torch.rand(1, 3, 64, 64)).shape == (1, 5, 64, 64)
 
+    # predict: a class-id mask per image at its original size, the colour mask and the id PNG written
+    from accelyolo.predict import predict
+    from accelyolo.validate import validate
+
+    images = tiny_multitask.parent / "images" / "val"
+    found = predict(str(result.inference_checkpoint), str(images), save=True, save_masks=True,
+                    project=str(tmp_path / "predict"), conf=0.01)
+    assert len(found) == 16 and all(f.mask is not None and f.mask.shape == (64, 64) for f in found)
+    out = tmp_path / "predict" / "exp"
+    first = sorted(images.glob("*.png"))[0].stem
+    colour = cv2.imread(str(out / f"{first}_mask.png"))
+    ids = cv2.imread(str(out / f"{first}_classes.png"), cv2.IMREAD_UNCHANGED)
+    assert colour.shape == (64, 64, 3) and ids.shape == (64, 64) and ids.max() < 5
+    assert np.array_equal(ids, found[0].mask)
+
+    # val: mAP and the segmentation metrics of the seg_val split, equal to the trainer's last measurement
+    val = validate(str(result.last_checkpoint), data=str(tiny_multitask), workers=0, rect=False, plots=False,
+                   project=str(tmp_path / "val"))
+    assert val.metrics["mIoU"] == pytest.approx(float(rows[-1]["metrics/mIoU"]), abs=1e-4)
+    assert val.metrics["pixel_accuracy"] == pytest.approx(float(rows[-1]["metrics/pixel_accuracy"]), abs=1e-4)
+
 
 @pytest.mark.slow
 def test_multitask_resume_is_exact(tiny_multitask, tmp_path):
