@@ -111,7 +111,9 @@ class TrainConfig:
         None, "cross-entropy weight per segmentation class, {name or id: weight} (others 1)", "train"
     )
     seg_val_interval: int = _opt(1, "measure mIoU every N epochs (and every epoch of the last N)", "val")
-    det_weight: float = _opt(0.5, "multi-task fitness = det_weight * detection fitness + (1 - det_weight) * mIoU", "val")
+    det_weight: float = _opt(
+        0.5, "multi-task fitness = det_weight * detection fitness + (1 - det_weight) * mIoU", "val"
+    )
     # hyperparameters: names, defaults and help from accelyolo.hyp.HYPERPARAMETERS (YOLOv5 hyp.scratch-low)
     lr0: float = _hyp("lr0")
     lrf: float = _hyp("lrf")

@@ -216,7 +216,12 @@ class MultiTaskTrainer(Trainer):
             self.seg_names = list(spec.names)
             common = dict(names=spec.names, imgsz=cfg.imgsz, ignore=spec.ignore, seed=cfg.seed)
             self.seg_train_dataset = SegmentationDataset(
-                spec.splits["seg_train"], augment=True, hyp=cfg.hyp(), aspect=cfg.seg_aspect, scale=cfg.seg_scale, **common
+                spec.splits["seg_train"],
+                augment=True,
+                hyp=cfg.hyp(),
+                aspect=cfg.seg_aspect,
+                scale=cfg.seg_scale,
+                **common,
             )
             self.seg_val_dataset = SegmentationDataset(spec.splits["seg_val"], augment=False, **common)
         return train, val
@@ -262,7 +267,12 @@ class MultiTaskTrainer(Trainer):
         seg = None
         if self.seg_due(epoch):
             seg = evaluate_segmentation(
-                model, self.seg_val_loader, self.accelerator, self.seg_names, self.seg_spec.ignore, self.cfg.channels_last
+                model,
+                self.seg_val_loader,
+                self.accelerator,
+                self.seg_names,
+                self.seg_spec.ignore,
+                self.cfg.channels_last,
             )
             self.last_seg = seg
         miou = self.last_seg.miou if self.last_seg is not None else float(self.state.last_metrics.get("mIoU", 0.0))

@@ -154,8 +154,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-det", type=int, default=300)
     parser.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     parser.add_argument("--save", action="store_true", help="write annotated images and predictions.json")
-    parser.add_argument("--save-masks", action="store_true",
-                        help="multi-task models: also write the class-id mask PNG of each image")
+    parser.add_argument(
+        "--save-masks", action="store_true", help="multi-task models: also write the class-id mask PNG of each image"
+    )
     parser.add_argument("--project", default="runs/predict")
     parser.add_argument("--name", default="exp")
     parser.add_argument("--exist-ok", action="store_true")

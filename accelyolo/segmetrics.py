@@ -16,7 +16,9 @@ import torch
 __all__ = ["SegmentationResult", "confusion_matrix", "segmentation_result"]
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """(K, K) int64 counts of (true, predicted) class pairs over the pixels of `pred` / `target` (same shape)."""
     if pred.shape != target.shape:
         raise ValueError(f"confusion_matrix: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")

@@ -169,8 +169,9 @@ def validate(
     return ValResult(metrics=metrics, result=result, save_dir=save_dir, predictions_json=json_path)
 
 
-def _segmentation_metrics(model: Any, yaml_path: Path, meta: dict[str, Any], imgsz: int, batch_size: int,
-                          workers: int, accelerator: Any) -> dict[str, float]:
+def _segmentation_metrics(
+    model: Any, yaml_path: Path, meta: dict[str, Any], imgsz: int, batch_size: int, workers: int, accelerator: Any
+) -> dict[str, float]:
     """Pixel accuracy and mIoU of a multi-task model on the data.yaml's `seg_val` split (table logged)."""
     from accelyolo.data.segmentation import SegmentationDataset, build_seg_dataloader, load_seg_spec
     from accelyolo.multitask import evaluate_segmentation

@@ -113,7 +113,9 @@ def test_miou_equals_a_direct_confusion_matrix_computation():
     k, ignore = 4, 255
     target = rng.integers(0, k, (3, 20, 30))
     target[rng.random(target.shape) < 0.1] = ignore
-    pred = np.where(rng.random(target.shape) < 0.6, np.where(target == ignore, 0, target), rng.integers(0, k, target.shape))
+    pred = np.where(
+        rng.random(target.shape) < 0.6, np.where(target == ignore, 0, target), rng.integers(0, k, target.shape)
+    )
     direct = np.zeros((k, k), np.int64)
     for t, p in zip(target.ravel(), pred.ravel()):
         if t != ignore:
@@ -241,8 +243,10 @@ def test_seg_keys_of_the_data_yaml(tmp_path, tiny_multitask):
     assert len(spec.splits["seg_train"]) == 48 and len(spec.splits["seg_val"]) == 16
     assert load_seg_spec(tiny_multitask.with_name("data.yaml")) is None
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"path: {tiny_multitask.parent}\ntrain: images/train\nval: images/val\nnames: [a]\n"
-                   "seg_train: images/train\nseg_val: images/val\n")
+    bad.write_text(
+        f"path: {tiny_multitask.parent}\ntrain: images/train\nval: images/val\nnames: [a]\n"
+        "seg_train: images/train\nseg_val: images/val\n"
+    )
     with pytest.raises(DataConfigError, match=r"bad.yaml: 'seg_train' is set but 'seg_names' is missing"):
         load_seg_spec(bad)
     bad.write_text(bad.read_text() + "seg_names: [a, b]\nseg_ignore: 1\n")
@@ -325,8 +329,14 @@ def test_multitask_fit_writes_seg_columns_and_a_rebuildable_bundle(tiny_multitas
     from accelyolo.validate import validate
 
     images = tiny_multitask.parent / "images" / "val"
-    found = predict(str(result.inference_checkpoint), str(images), save=True, save_masks=True,
-                    project=str(tmp_path / "predict"), conf=0.01)
+    found = predict(
+        str(result.inference_checkpoint),
+        str(images),
+        save=True,
+        save_masks=True,
+        project=str(tmp_path / "predict"),
+        conf=0.01,
+    )
     assert len(found) == 16 and all(f.mask is not None and f.mask.shape == (64, 64) for f in found)
     out = tmp_path / "predict" / "exp"
     first = sorted(images.glob("*.png"))[0].stem
@@ -336,8 +346,14 @@ def test_multitask_fit_writes_seg_columns_and_a_rebuildable_bundle(tiny_multitas
     assert np.array_equal(ids, found[0].mask)
 
     # val: mAP and the segmentation metrics of the seg_val split, equal to the trainer's last measurement
-    val = validate(str(result.last_checkpoint), data=str(tiny_multitask), workers=0, rect=False, plots=False,
-                   project=str(tmp_path / "val"))
+    val = validate(
+        str(result.last_checkpoint),
+        data=str(tiny_multitask),
+        workers=0,
+        rect=False,
+        plots=False,
+        project=str(tmp_path / "val"),
+    )
     assert val.metrics["mIoU"] == pytest.approx(float(rows[-1]["metrics/mIoU"]), abs=1e-4)
     assert val.metrics["pixel_accuracy"] == pytest.approx(float(rows[-1]["metrics/pixel_accuracy"]), abs=1e-4)
 
@@ -345,8 +361,16 @@ def test_multitask_fit_writes_seg_columns_and_a_rebuildable_bundle(tiny_multitas
 @pytest.mark.slow
 def test_multitask_resume_is_exact(tiny_multitask, tmp_path):
     """Stopped after epoch 1 and resumed, a multi-task run takes the losses and LRs of one never stopped."""
-    opts = tiny_train_options(tiny_multitask, tmp_path, segment=True, epochs=2, batch_size=4,
-                              max_steps_per_epoch=5, warmup_epochs=1.0, warmup_min_iters=3)
+    opts = tiny_train_options(
+        tiny_multitask,
+        tmp_path,
+        segment=True,
+        epochs=2,
+        batch_size=4,
+        max_steps_per_epoch=5,
+        warmup_epochs=1.0,
+        warmup_min_iters=3,
+    )
     straight = RecordSteps()
     fit(callbacks=[straight], **{**opts, "name": "straight"})
     first = RecordSteps(stop_after_epoch=1)

@@ -6,8 +6,9 @@ non-overlapping objects of 10-45 % of the image side (16-72 px at 160). Boxes ar
 shape's mask. Beside each image, `masks/<split>/<stem>.png` holds its exact per-pixel classes
 (background 0, shape class c as c + 1), and `data-multitask.yaml` declares the same images as the
 segmentation splits (`seg_names`: background + the four shapes), so the demo also trains a
-detection + segmentation model; `data.yaml` stays detection-only. Everything derives from `seed`, so the files are identical on every machine; a
-version marker (`VERSION.json`) triggers regeneration when the recipe or the sizes change.
+detection + segmentation model; `data.yaml` stays detection-only. Everything derives from `seed`,
+so the files are identical on every machine; a version marker (`VERSION.json`) triggers
+regeneration when the recipe or the sizes change.
 """
 
 from __future__ import annotations

@@ -81,9 +81,13 @@ def load_seg_spec(path: str | Path) -> SegSpec | None:
     if not isinstance(cfg, dict) or cfg.get("seg_train") is None:
         return None
     if cfg.get("seg_val") is None:
-        raise DataConfigError(f"{yaml_path}: 'seg_train' is set but 'seg_val' is missing; add `seg_val:` (folder or .txt)")
+        raise DataConfigError(
+            f"{yaml_path}: 'seg_train' is set but 'seg_val' is missing; add `seg_val:` (folder or .txt)"
+        )
     if cfg.get("seg_names") is None:
-        raise DataConfigError(f"{yaml_path}: 'seg_train' is set but 'seg_names' is missing; list the segmentation classes")
+        raise DataConfigError(
+            f"{yaml_path}: 'seg_train' is set but 'seg_names' is missing; list the segmentation classes"
+        )
     ignore = cfg.get("seg_ignore", DEFAULT_IGNORE)
     if not isinstance(ignore, int) or isinstance(ignore, bool) or not 0 <= ignore <= 65535:
         raise DataConfigError(f"{yaml_path}: key 'seg_ignore' must be an integer mask value 0..65535, got {ignore!r}")
@@ -230,7 +234,11 @@ class SegmentationDataset(Dataset):
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(self._epoch[0]), int(i), 7]))
             self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
         out = self.transform(image=image, mask=mask)
-        return {"image": np.ascontiguousarray(out["image"]), "mask": out["mask"].astype(np.int64), "path": self.files[i]}
+        return {
+            "image": np.ascontiguousarray(out["image"]),
+            "mask": out["mask"].astype(np.int64),
+            "path": self.files[i],
+        }
 
 
 def seg_collate_fn(items: list[dict[str, Any]]) -> dict[str, Any]:
