@@ -401,3 +401,14 @@ def test_ddp_multitask_epoch(tiny_multitask, tmp_path):
     assert "65536 pixels" in proc.stderr.replace("\n", " ")  # 16 images x 64 x 64, no repeats
     meta = read_checkpoint_metadata(tmp_path / "exp" / "weights" / "last.safetensors")
     assert meta["model"]["seg_classes"] == 5 and json.dumps(meta["seg_names"])
+
+
+def test_miou_is_measured_every_interval_and_every_epoch_near_the_end():
+    from accelyolo.config import load_config
+    from accelyolo.multitask import MultiTaskTrainer
+
+    trainer = MultiTaskTrainer(load_config(segment=True, epochs=30, seg_val_interval=10))
+    assert [e for e in range(1, 31) if trainer.seg_due(e)] == [10, 20, *range(21, 31)]
+    skipped = MultiTaskResult(_DetStub(0.4), None, 0.7, 0.25).as_dict()  # not measured: the last mIoU counts
+    assert np.isnan(skipped["pixel_accuracy"]) and skipped["fitness"] == pytest.approx(0.25 * 0.4 + 0.75 * 0.7)
+    assert trainer.metric_columns(skipped)["metrics/mIoU"] is None
