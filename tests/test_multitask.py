@@ -232,6 +232,20 @@ def test_mask_checks_name_bad_files_and_skip_them(tmp_path):
     assert "badid.png: class ids [7] >= 3" in text
     assert "colour.png: mask must be single-channel" in text
     assert "missing.png: mask missing" in text
+    # the dataset report names the same files
+    from accelyolo.data.check import check_dataset
+    from accelyolo.data.spec import load_data_yaml
+
+    (tmp_path / "labels" / "x").mkdir(parents=True)
+    data = tmp_path / "data.yaml"
+    data.write_text(
+        f"path: {tmp_path}\ntrain: images/x\nval: images/x\nnames: [o]\n"
+        "seg_train: images/x\nseg_val: images/x\nseg_names: [a, b, c]\n"
+    )
+    report = check_dataset(load_data_yaml(data))["segmentation"]["seg_val"]
+    assert report["images"] == 1 and sorted(p["file"] for p in report["problems"]) == sorted(
+        str(tmp_path / "masks" / "x" / f"{stem}.png") for stem in ("small", "badid", "colour", "missing")
+    )
     item = ds[0]
     assert item["image"].shape == (64, 64, 3) and item["mask"].shape == (64, 64)
     assert (item["mask"] == 2).sum() > 0 and (item["mask"] == 255).any()  # resized nearest; padded with ignore

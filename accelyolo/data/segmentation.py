@@ -47,6 +47,7 @@ __all__ = [
     "build_seg_dataloader",
     "build_seg_transform",
     "check_mask",
+    "check_masks",
     "load_seg_spec",
     "mask_path",
     "seg_collate_fn",
@@ -114,30 +115,42 @@ def mask_path(image: str | Path) -> Path:
     raise DataConfigError(f"{image}: a segmentation image must lie under an 'images' folder (masks under 'masks')")
 
 
-def check_mask(image: Path, num_classes: int, ignore: int) -> str | None:
-    """Why the mask of `image` cannot be used, or None when it is good."""
+def check_mask(image: Path, num_classes: int, ignore: int) -> tuple[str, str] | None:
+    """`(file, problem)` when the mask of `image` cannot be used, None when it is good."""
     mask_file = mask_path(image)
     if not mask_file.is_file():
-        return f"{mask_file}: mask missing (for image {image})"
+        return str(mask_file), f"mask missing (for image {image})"
     try:
         with Image.open(image) as im:
             width, height = im.size
     except OSError as err:
-        return f"{image}: unreadable image ({err})"
+        return str(image), f"unreadable image ({err})"
     mask = cv2.imread(str(mask_file), cv2.IMREAD_UNCHANGED)
     if mask is None:
-        return f"{mask_file}: unreadable mask"
+        return str(mask_file), "unreadable mask"
     if mask.ndim != 2:
-        return f"{mask_file}: mask must be single-channel class ids, got shape {mask.shape}"
+        return str(mask_file), f"mask must be single-channel class ids, got shape {mask.shape}"
     if mask.shape != (height, width):
-        return f"{mask_file}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image {width}x{height}"
+        return str(mask_file), f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image {width}x{height}"
     ids = np.unique(mask)
     bad = ids[(ids >= num_classes) & (ids != ignore)]
     if len(bad):
-        return (
-            f"{mask_file}: class ids {bad.tolist()[:5]} >= {num_classes} (seg_names) and not the ignore value {ignore}"
+        return str(mask_file), (
+            f"class ids {bad.tolist()[:5]} >= {num_classes} (seg_names) and not the ignore value {ignore}"
         )
     return None
+
+
+def check_masks(images: list[Path], num_classes: int, ignore: int) -> tuple[list[Path], list[dict[str, str]]]:
+    """The images whose masks are usable, and `{"file", "problem"}` for every other one."""
+    good, problems = [], []
+    for image in images:
+        problem = check_mask(Path(image), num_classes, ignore)
+        if problem is None:
+            good.append(Path(image))
+        else:
+            problems.append({"file": problem[0], "problem": problem[1]})
+    return good, problems
 
 
 def seg_shape(imgsz: int, aspect: float) -> tuple[int, int]:
@@ -205,15 +218,10 @@ class SegmentationDataset(Dataset):
             raise ValueError("SegmentationDataset got no images; check seg_train / seg_val in the data.yaml")
         self.names, self.ignore, self.imgsz, self.augment = list(names), int(ignore), int(imgsz), augment
         self.seed = int(seed) % 2**63
-        self.problems: list[str] = []
-        good = []
-        for image in images:
-            problem = check_mask(Path(image), len(self.names), self.ignore)
-            if problem is None:
-                good.append(Path(image))
-            else:
-                self.problems.append(problem)
-                LOGGER.warning("segmentation: skipped %s", problem)
+        good, problems = check_masks(images, len(self.names), self.ignore)
+        self.problems = [f"{p['file']}: {p['problem']}" for p in problems]  # each names its file
+        for problem in self.problems:
+            LOGGER.warning("segmentation: skipped %s", problem)
         if not good:
             raise ValueError(f"no usable segmentation image among {len(images)}: {self.problems[0]}")
         self.files = good
