@@ -122,6 +122,24 @@ class TrainConfig:
     log_with: str | None = _opt(None, "tracker: tensorboard, wandb, mlflow or all", "run")
     plots: bool = _opt(True, "write label, batch and metric pictures", "run")
     max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for quick runs", "run")
+    # multi-task: detection + semantic segmentation in one network (accelyolo.multitask)
+    segment: bool = _opt(
+        False,
+        "also train a semantic segmentation head (data.yaml seg_train/seg_val/seg_names; the demo data has them)",
+        "model",
+    )
+    seg_batch_size: int = _opt(0, "segmentation images per step on each process (0 = batch_size)", "data")
+    seg_aspect: float = _opt(0.5, "segmentation crop height / width (width = imgsz)", "data")
+    seg_scale: float = _opt(0.5, "segmentation random scale range 1 +- seg_scale", "data")
+    det_gain: float = _opt(0.6, "multi-task loss = det_gain * detection loss + ...", "train")
+    seg_gain: float = _opt(0.35, "... + seg_gain * segmentation cross-entropy * batch size", "train")
+    seg_class_weights: dict | None = _opt(
+        None, "cross-entropy weight per segmentation class, {name or id: weight} (others 1)", "train"
+    )
+    seg_val_interval: int = _opt(1, "measure mIoU every N epochs (and every epoch of the last N)", "val")
+    det_weight: float = _opt(
+        0.5, "multi-task fitness = det_weight * detection fitness + (1 - det_weight) * mIoU", "val"
+    )
     # hyperparameters: names, defaults and help from accelyolo.hyp.HYPERPARAMETERS (YOLOv5 hyp.scratch-low)
     lr0: float = _hyp("lr0")
     lrf: float = _hyp("lrf")
@@ -361,11 +379,33 @@ def check_values(cfg: TrainConfig) -> None:
             "'scheduler_args' apply to a torch scheduler; the 'yolo' schedule reads lr0, lrf, cos_lr "
             "and the warmup_* hyperparameters"
         )
+    problems += _multitask_problems(cfg)
     for key in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
             problems.append(f"'{key}' must lie in [0, 1], got {getattr(cfg, key)}")
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
+
+
+def _multitask_problems(cfg: TrainConfig) -> list[str]:
+    problems = []
+    if cfg.seg_batch_size < 0:
+        problems.append(f"'seg_batch_size' must be >= 0 (0 = batch_size), got {cfg.seg_batch_size}")
+    if not 0.0 < cfg.seg_aspect <= 1.0:
+        problems.append(f"'seg_aspect' must lie in (0, 1], got {cfg.seg_aspect}")
+    if not 0.0 <= cfg.seg_scale < 1.0:
+        problems.append(f"'seg_scale' must lie in [0, 1), got {cfg.seg_scale}")
+    for key in ("det_gain", "seg_gain"):
+        if getattr(cfg, key) < 0:
+            problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
+    if cfg.seg_val_interval < 1:
+        problems.append(f"'seg_val_interval' must be at least 1, got {cfg.seg_val_interval}")
+    if not 0.0 <= cfg.det_weight <= 1.0:
+        problems.append(f"'det_weight' must lie in [0, 1], got {cfg.det_weight}")
+    for name, weight in (cfg.seg_class_weights or {}).items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            problems.append(f"'seg_class_weights': the weight of {name!r} must be a number >= 0, got {weight!r}")
+    return problems
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

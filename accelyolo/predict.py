@@ -1,7 +1,11 @@
 """`accelyolo predict --weights FILE --source IMAGE|FOLDER` and `accelyolo.predict(...)`.
 
 Each image is letterboxed to `imgsz`, run through the model (EMA weights when the checkpoint has them),
-filtered by NMS and mapped back to original-image pixels.
+filtered by NMS and mapped back to original-image pixels. A multi-task model (detection +
+segmentation) also gives each image's class-id mask at the original size (its logits cropped to the
+letterboxed image and resized, bilinear, before the argmax); with `--save` the colour mask is written
+beside the annotated image (`<stem>_mask.png`), and with `--save-masks` the class-id PNG too
+(`<stem>_classes.png`, single channel, the ids of the checkpoint's `seg_names`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class Detections:
     scores: Any  # np.ndarray (n,)
     classes: Any  # np.ndarray (n,) int
     names: list[str] = field(default_factory=list)  # class name of each detection
+    mask: Any = None  # np.ndarray (H, W) uint8 class ids of a multi-task model, else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,8 +72,10 @@ def predict(
     name: str = "exp",
     exist_ok: bool = False,
     device: str | None = None,
+    save_masks: bool = False,
 ) -> list[Detections]:
-    """Detect objects in `source` (an image or a folder). With `save`, annotated copies go to the run folder."""
+    """Detect objects in `source` (an image or a folder). With `save`, annotated copies go to the run folder
+    (and the colour mask of a multi-task model); `save_masks` also writes the class-id mask PNGs."""
     import torch
 
     from accelyolo.boxes import non_max_suppression, scale_boxes
@@ -88,8 +95,9 @@ def predict(
     model = model.to(device).eval()
     names = list(meta.get("names") or [str(i) for i in range(model.nc)])
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
+    segments = hasattr(model, "seg_head")
     save_dir = None
-    if save:
+    if save or save_masks:
         save_dir = create_folder(increment_path(Path(project) / name, exist_ok))
     results = []
     for path in images:
@@ -101,7 +109,7 @@ def predict(
         boxed, ratio, pad = letterbox(image, (imgsz, imgsz))
         x = to_model_input(torch.from_numpy(boxed).permute(2, 0, 1)[None].to(device))  # (1, 3, S, S)
         with torch.no_grad():
-            out = model(x)
+            out, logits = model(x, x) if segments else (model(x), None)
         out = out[0] if isinstance(out, (tuple, list)) else out
         (det,) = non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, agnostic=agnostic, max_det=max_det)
         det = det.cpu()
@@ -114,7 +122,15 @@ def predict(
             classes,
             [names[c] if c < len(names) else str(c) for c in classes],
         )
+        if logits is not None:
+            result.mask = class_mask(logits, ratio, pad, image.shape[:2])
         results.append(result)
+        if save_dir is not None and result.mask is not None:
+            from PIL import Image
+
+            Image.fromarray(colour_mask(result.mask)).save(save_dir / f"{path.stem}_mask.png")
+            if save_masks:
+                Image.fromarray(result.mask).save(save_dir / f"{path.stem}_classes.png")
         if save_dir is not None:
             from PIL import Image
 
@@ -127,6 +143,27 @@ def predict(
     return results
 
 
+def class_mask(logits: Any, ratio: tuple[float, float], pad: tuple[int, int], shape: tuple[int, int]) -> Any:
+    """(1, K, S, S) logits of a letterboxed image -> (H, W) uint8 class ids of the original image."""
+    import torch.nn.functional as F
+
+    (ry, rx), (left, top) = ratio, pad
+    h, w = shape
+    nh, nw = round(h * ry), round(w * rx)
+    inner = logits[:, :, top : top + nh, left : left + nw].float()
+    return F.interpolate(inner, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0).byte().cpu().numpy()
+
+
+def colour_mask(mask: Any) -> Any:
+    """(H, W) class ids -> (H, W, 3) uint8 RGB, one stable colour per class and black for class 0."""
+    import numpy as np
+
+    from accelyolo.plots import class_colour
+
+    lut = np.array([(0, 0, 0)] + [class_colour(c) for c in range(1, 256)], np.uint8)
+    return lut[mask]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="a .safetensors checkpoint written by accelyolo")
     parser.add_argument("--source", required=True, help="an image file or a folder of images")
@@ -136,6 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-det", type=int, default=300)
     parser.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     parser.add_argument("--save", action="store_true", help="write annotated images and predictions.json")
+    parser.add_argument(
+        "--save-masks", action="store_true", help="multi-task models: also write the class-id mask PNG of each image"
+    )
     parser.add_argument("--project", default="runs/predict")
     parser.add_argument("--name", default="exp")
     parser.add_argument("--exist-ok", action="store_true")

@@ -141,10 +141,19 @@ def fit(
         cfg, checkpoint = config_for_resume(resume, overrides)
     else:
         cfg, checkpoint = load_config(recipe, **overrides), None
+    if trainer_class is None and cfg.teacher and cfg.segment:
+        raise ConfigError(
+            "'teacher' (distillation) and 'segment' (multi-task) cannot be combined in one run yet; "
+            "drop one of them, or pass your own trainer_class."
+        )
     if trainer_class is None and cfg.teacher:
         from accelyolo.distill import DistillTrainer
 
         trainer_class = DistillTrainer
+    if trainer_class is None and cfg.segment:
+        from accelyolo.multitask import MultiTaskTrainer
+
+        trainer_class = MultiTaskTrainer
     trainer_class = trainer_class or Trainer
     return trainer_class(cfg, callbacks=callbacks, parts=parts, resume_from=checkpoint).fit()
 
@@ -238,8 +247,7 @@ class Trainer:
             if self.should_validate(epoch):
                 metrics = self.validate().as_dict()
                 improved = self.update_best(epoch, metrics)
-                row.update({f"metrics/{k}": metrics[k] for k in ("precision", "recall", "mAP50", "mAP50-95")})
-                row["fitness"] = metrics["fitness"]
+                row.update(self.metric_columns(metrics))
             self.state.epoch = epoch
             self.save(epoch, improved)
             self.history.append(row)
@@ -252,6 +260,14 @@ class Trainer:
             if self.accelerator.check_trigger():
                 return False
         return False
+
+    def metric_columns(self, metrics: dict[str, float] | None) -> dict[str, Any]:
+        """The results.csv metric columns and fitness of a validation (`None`: an epoch not validated);
+        a subclass that measures more (a second task) adds its columns here."""
+        keys = ("precision", "recall", "mAP50", "mAP50-95")
+        row: dict[str, Any] = {f"metrics/{k}": metrics[k] if metrics else None for k in keys}
+        row["fitness"] = metrics["fitness"] if metrics else None
+        return row
 
     def should_validate(self, epoch: int) -> bool:
         """The last epoch always; with `val_final_only` nothing else; else every `val_interval` epochs,
@@ -365,7 +381,7 @@ class Trainer:
         """The train (augmented) and val (letterboxed, rectangular batches) datasets of `cfg.data`."""
         cfg = self.cfg
         with self.accelerator.main_process_first():
-            self.data_spec = load_data_yaml(cfg.data or demo_data_yaml())
+            self.data_spec = load_data_yaml(self.data_yaml())
             for split in ("train", "val"):
                 if not self.data_spec.splits.get(split):
                     raise ConfigError(f"{self.data_spec.yaml_path}: the '{split}' split has no images.")
@@ -410,6 +426,10 @@ class Trainer:
             path.write_text(json.dumps({"data": self.cfg.data, "splits": splits}, indent=1))
             LOGGER.info("data: every skipped file and dropped label row is listed in %s", path)
 
+    def data_yaml(self) -> Path:
+        """The run's data.yaml: `cfg.data`, or the built-in demo data's."""
+        return Path(self.cfg.data) if self.cfg.data else demo_data_yaml()
+
     def build_dataloaders(self) -> tuple[Any, Any]:
         cfg = self.cfg
         train = build_dataloader(
@@ -430,7 +450,7 @@ class Trainer:
         """The registered model for the dataset's classes; `--weights` transferred, layers frozen, and the
         family's own preparation (autoanchor for anchor-based models) on a fresh run."""
         cfg = self.cfg
-        model = build_model(cfg.model, nc=len(self.names))
+        model = build_model(cfg.model, nc=len(self.names), **self.model_keywords())
         if cfg.weights and self.resume_from is None:
             bundle = load_checkpoint_bundle(cfg.weights)
             moved, total = transfer_weights(model, bundle.ema_state or bundle.model_state)
@@ -442,6 +462,10 @@ class Trainer:
                 model, self.train_dataset.labels, self.train_dataset.shapes, cfg.imgsz, cfg.hyp(), cfg.seed
             )
         return model
+
+    def model_keywords(self) -> dict[str, Any]:
+        """Extra `build_model` keywords (a multi-task trainer adds `seg_classes`)."""
+        return {}
 
     def build_loss(self, model: torch.nn.Module) -> torch.nn.Module:
         """The loss of the model's family: `total, items = loss(preds, targets)`, with `.names` for `items`."""
@@ -713,8 +737,7 @@ class Trainer:
             mean = self.accelerator.reduce(mean.to(self.accelerator.device), "mean").cpu()
         row: dict[str, Any] = {"epoch": epoch}
         row.update({f"train/{name}_loss": value for name, value in zip(names, mean.tolist())})
-        row.update({f"metrics/{k}": None for k in ("precision", "recall", "mAP50", "mAP50-95")})
-        row["fitness"] = None
+        row.update(self.metric_columns(None))
         row.update({f"lr/pg{j}": lr for j, lr in enumerate(lrs)})  # of the epoch's last optimizer step
         row["time_s"] = seconds
         return row

@@ -1,7 +1,9 @@
 """`accelyolo val --weights FILE --data DATA_YAML` and `accelyolo.validate(...)`.
 
 Runs under `accelerate launch` too: each rank evaluates its shard and the records are gathered (see
-`accelyolo.evaluation`). The last line printed is `mAP50=<number> mAP50-95=<number>`.
+`accelyolo.evaluation`). The last line printed is `mAP50=<number> mAP50-95=<number>`, followed by
+` pixel_accuracy=<number> mIoU=<number>` for a multi-task model (its per-class IoU table is logged),
+measured on the data.yaml's `seg_val` split.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def validate(
     from accelyolo.checkpoint import load_checkpoint
     from accelyolo.config import ConfigError
     from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
+    from accelyolo.data.demo import demo_multitask_yaml
     from accelyolo.errors import DataError
     from accelyolo.evaluation import evaluate
     from accelyolo.logs import render_text, setup_logging
@@ -69,8 +72,11 @@ def validate(
     model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
     trained = meta.get("config", {})
     imgsz = imgsz or int(trained.get("imgsz", 640))
+    segments = hasattr(model, "seg_head")
     with accelerator.main_process_first():
-        spec = load_data_yaml(data or trained.get("data") or demo_data_yaml())
+        spec = load_data_yaml(
+            data or trained.get("data") or (demo_multitask_yaml() if segments else demo_data_yaml())
+        )
         single_cls = bool(trained.get("single_cls", False))
         names = ["item"] if single_cls else list(meta.get("names") or spec.names)
         data_classes = 1 if single_cls else len(spec.names)  # single_cls trains one class
@@ -166,6 +172,8 @@ def validate(
             json_path = save_dir / "predictions.json"
             json_path.write_text(json.dumps(json_records))
     metrics = result.as_dict()
+    if segments:
+        metrics.update(_segmentation_metrics(model, spec.yaml_path, meta, imgsz, batch_size, workers, accelerator))
     if accelerator.is_main_process:
         from accelyolo.reports import per_class_table, plot_confusion_matrix, plot_curves
 
@@ -176,6 +184,30 @@ def validate(
             plot_confusion_matrix(result, names, save_dir)
     accelerator.wait_for_everyone()
     return ValResult(metrics=metrics, result=result, save_dir=save_dir, predictions_json=json_path)
+
+
+def _segmentation_metrics(
+    model: Any, yaml_path: Path, meta: dict[str, Any], imgsz: int, batch_size: int, workers: int, accelerator: Any
+) -> dict[str, float]:
+    """Pixel accuracy and mIoU of a multi-task model on the data.yaml's `seg_val` split (table logged)."""
+    from accelyolo.data.segmentation import SegmentationDataset, build_seg_dataloader, load_seg_spec
+    from accelyolo.multitask import evaluate_segmentation
+
+    with accelerator.main_process_first():
+        spec = load_seg_spec(yaml_path)
+        if spec is None:
+            raise ValueError(f"{yaml_path}: the model segments, but the data.yaml has no seg_train/seg_val/seg_names")
+        names = list(meta.get("seg_names") or spec.names)
+        if len(names) != model.seg_classes:
+            raise ValueError(
+                f"the model has {model.seg_classes} segmentation classes, {yaml_path} {len(names)} (seg_names)"
+            )
+        dataset = SegmentationDataset(spec.splits["seg_val"], names, imgsz, augment=False, ignore=spec.ignore)
+    loader = accelerator.prepare(build_seg_dataloader(dataset, batch_size, workers, shuffle=False))
+    seg = evaluate_segmentation(model, loader, accelerator, names, spec.ignore, channels_last=True)
+    if accelerator.is_main_process:
+        LOGGER.info("segmentation (%d pixels):\n%s", seg.pixels, seg.table())
+    return seg.as_dict()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
 
     if PartialState().is_main_process:
         m = out.metrics
-        print(f"mAP50={m['mAP50']:.4f} mAP50-95={m['mAP50-95']:.4f}")
+        seg = f" pixel_accuracy={m['pixel_accuracy']:.4f} mIoU={m['mIoU']:.4f}" if "mIoU" in m else ""
+        print(f"mAP50={m['mAP50']:.4f} mAP50-95={m['mAP50-95']:.4f}{seg}")
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Per split: usable images, backgrounds, boxes, boxes per class, corrupt files and every problem
 with its file. Exit status 1 only when a split has no usable image (or the yaml is unusable).
-Uses (and refreshes) the same label cache as training.
+Uses (and refreshes) the same label cache as training. A data.yaml with segmentation keys
+(`seg_train`, `seg_val`, see `accelyolo.data.segmentation`) also gets its masks checked: usable
+images and every bad mask with its file, per segmentation split.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from accelyolo.data.cache import load_or_build
 from accelyolo.data.checks import check_image_label
 from accelyolo.data.dataset import SINGLE_CLASS_NAMES, build_report
+from accelyolo.data.segmentation import check_masks, load_seg_spec
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
@@ -52,7 +55,14 @@ def check_dataset(spec: DataSpec, single_cls: bool = False) -> dict[str, Any]:
             report = build_report(entries, spec.names, cache_file, hit, single_cls=single_cls)
         splits[split] = report
     names = list(SINGLE_CLASS_NAMES) if single_cls else spec.names
-    return {"data": str(spec.yaml_path), "names": names, "splits": splits}
+    out = {"data": str(spec.yaml_path), "names": names, "splits": splits}
+    seg = load_seg_spec(spec.yaml_path)
+    if seg is not None:
+        out["segmentation"] = {}
+        for split, images in seg.splits.items():
+            good, problems = check_masks(images, seg.num_classes, seg.ignore)
+            out["segmentation"][split] = {"images": len(good), "problems": problems}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         _print_tables(result, args.max_problems)
-    return 1 if any(r["images"] == 0 for r in result["splits"].values()) else 0
+    reports = [*result["splits"].values(), *result.get("segmentation", {}).values()]
+    return 1 if any(r["images"] == 0 for r in reports) else 0
 
 
 def _print_tables(result: dict[str, Any], max_problems: int) -> None:
@@ -111,6 +122,10 @@ def _print_tables(result: dict[str, Any], max_problems: int) -> None:
         console.print(table)
         if len(r["problems"]) > max_problems:
             console.print(f"... {len(r['problems']) - max_problems} more (use --json for all)")
+    for split, r in result.get("segmentation", {}).items():
+        console.print(f"{split}: {r['images']} images with usable masks, {len(r['problems'])} problems")
+        for p in r["problems"][:max_problems]:
+            console.print(f"  {p['file']}: {p['problem']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,12 @@
 Four classes with distinct shapes and colours (circle/red, square/green, triangle/blue,
 cross/yellow, each colour jittered) on smooth low-saturation textures with pixel noise; 1-5
 non-overlapping objects of 10-45 % of the image side (16-72 px at 160). Boxes are the exact pixel extents of each drawn
-shape's mask. Everything derives from `seed`, so the files are identical on every machine; a
-version marker (`VERSION.json`) triggers regeneration when the recipe or the sizes change.
+shape's mask. Beside each image, `masks/<split>/<stem>.png` holds its exact per-pixel classes
+(background 0, shape class c as c + 1), and `data-multitask.yaml` declares the same images as the
+segmentation splits (`seg_names`: background + the four shapes), so the demo also trains a
+detection + segmentation model; `data.yaml` stays detection-only. Everything derives from `seed`,
+so the files are identical on every machine; a version marker (`VERSION.json`) triggers
+regeneration when the recipe or the sizes change.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import numpy as np
 from accelyolo.data.cache import home_dir
 from accelyolo.fileio import temporary_sibling
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: masks and data-multitask.yaml added (images and labels as in 1)
 DEMO_NAMES = ["circle", "square", "triangle", "cross"]
+DEMO_SEG_NAMES = ["background", *DEMO_NAMES]
 _COLOURS = np.array([[220, 40, 40], [40, 190, 60], [50, 80, 230], [235, 215, 40]], np.float32)  # RGB
 
 
@@ -33,6 +38,11 @@ def demo_data_yaml(root: str | Path | None = None) -> Path:
     """
     root = Path(root) if root is not None else home_dir() / "demo"
     return generate_demo(root)
+
+
+def demo_multitask_yaml(root: str | Path | None = None) -> Path:
+    """Path of the demo's detection + segmentation data.yaml (generating the dataset when needed)."""
+    return demo_data_yaml(root).with_name("data-multitask.yaml")
 
 
 def generate_demo(root: str | Path, n_train: int = 400, n_val: int = 100, imgsz: int = 160, seed: int = 0) -> Path:
@@ -51,15 +61,21 @@ def generate_demo(root: str | Path, n_train: int = 400, n_val: int = 100, imgsz:
         for split, n in (("train", n_train), ("val", n_val)):
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
+            (tmp / "masks" / split).mkdir(parents=True)
             for k in range(n):
-                img, rows = _demo_image(rng, imgsz)
+                img, rows, mask = _demo_image(rng, imgsz)
                 stem = f"{split}_{k:05d}"
                 cv2.imwrite(str(tmp / "images" / split / f"{stem}.png"), img[:, :, ::-1])
+                cv2.imwrite(str(tmp / "masks" / split / f"{stem}.png"), mask)
                 text = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in rows)
                 (tmp / "labels" / split / f"{stem}.txt").write_text(text)
         names = "".join(f"  - {n}\n" for n in DEMO_NAMES)
         yaml_text = f"path: .\ntrain: images/train\nval: images/val\nnc: {len(DEMO_NAMES)}\nnames:\n{names}"
         (tmp / "data.yaml").write_text(yaml_text)
+        seg_names = "".join(f"  - {n}\n" for n in DEMO_SEG_NAMES)
+        (tmp / "data-multitask.yaml").write_text(
+            f"{yaml_text}seg_train: images/train\nseg_val: images/val\nseg_ignore: 255\nseg_names:\n{seg_names}"
+        )
         (tmp / "VERSION.json").write_text(json.dumps(marker))
         _move_into_place(tmp, root, marker)
     return root / "data.yaml"
@@ -119,10 +135,11 @@ def _shape_mask(cls: int, s: int, rng: np.random.Generator) -> np.ndarray:
     return m
 
 
-def _demo_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple]]:
-    """One RGB image and its YOLO rows `(cls, cx, cy, w, h)`."""
+def _demo_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple], np.ndarray]:
+    """One RGB image, its YOLO rows `(cls, cx, cy, w, h)` and its class-id mask (background 0, class c -> c + 1)."""
     img = _background(rng, size)
     occupied = np.zeros((size, size), bool)
+    classes = np.zeros((size, size), np.uint8)
     rows = []
     for _ in range(int(rng.integers(1, 6))):
         cls = int(rng.integers(len(DEMO_NAMES)))
@@ -136,9 +153,10 @@ def _demo_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[t
         mask = _shape_mask(cls, s, rng).astype(bool)
         colour = np.clip(_COLOURS[cls] + rng.normal(0, 15, 3), 0, 255)
         img[y : y + s, x : x + s][mask] = colour
+        classes[y : y + s, x : x + s][mask] = cls + 1
         bx, by, bw, bh = cv2.boundingRect(mask.astype(np.uint8))
         occupied[y + by : y + by + bh, x + bx : x + bx + bw] = True
         cx, cy = (x + bx + bw / 2) / size, (y + by + bh / 2) / size
         rows.append((cls, cx, cy, bw / size, bh / size))
     img = img + rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), rows
+    return np.clip(img, 0, 255).astype(np.uint8), rows, classes

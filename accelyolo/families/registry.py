@@ -173,13 +173,22 @@ def model_spec(name: str) -> ModelSpec:
     return _MODELS[name]
 
 
-def build_model(name: str, nc: int = 80, width: float | None = None, depth: float | None = None, **extra: Any) -> YOLO:
+def build_model(
+    name: str,
+    nc: int = 80,
+    width: float | None = None,
+    depth: float | None = None,
+    seg_classes: int = 0,
+    **extra: Any,
+) -> YOLO:
     """Build a registered variant (`create_model` in timm's words).
 
     Args:
         name: a registered name, e.g. "yolov8n" or "yolov5s" (see `list_models()`).
         nc: number of classes.
         width, depth: override the variant's multipliers.
+        seg_classes: K > 0 adds a semantic segmentation head of K classes on the neck (any family,
+            see `accelyolo.models.seghead`); 0 builds the plain detector, unchanged.
         extra: override family-specific keywords of the variant (e.g. `max_channels`); a keyword the
             family does not take is an error.
 
@@ -202,6 +211,9 @@ def build_model(name: str, nc: int = 80, width: float | None = None, depth: floa
         **keywords,
     }
     model = get_family(spec.family).build(config["nc"], config["width"], config["depth"], **keywords)
+    if seg_classes:
+        model.add_segmentation_head(int(seg_classes))
+        config["seg_classes"] = int(seg_classes)  # only then, so a detector's config stays as it was
     model.config = config
     return model
 

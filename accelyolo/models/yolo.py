@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from accelyolo.models.layers import Conv
+from accelyolo.models.seghead import SegmentationHead
 
 __all__ = ["YOLO", "freeze_layers", "model_info", "transfer_weights"]
 
@@ -32,6 +33,13 @@ class YOLO(nn.Module):
 
     Input (B, 3, H, W) in [0, 1] with H, W multiples of 32. Train mode returns the head's raw maps;
     eval mode returns (B, N, 4 + nc) boxes xywh in pixels and per-class scores.
+
+    A multi-task model also has `seg_head` (a `SegmentationHead` on the stride-8 and stride-16 neck
+    outputs, added by `add_segmentation_head`); `model(x)` still returns the detections only,
+    `model(x, seg_x)` returns `(detections, seg_logits)` with logits (B, K, H', W') at `seg_x`'s size
+    (one call, so DDP sees every parameter used), and `segment(x)` the logits alone. `model(x, x)`
+    runs the backbone once for both outputs. A model without the head has no `seg_head` attribute
+    at all: its parameters, state dict and outputs are those of a plain detector.
     """
 
     def __init__(
@@ -45,10 +53,27 @@ class YOLO(nn.Module):
         self.backbone, self.neck, self.head = backbone, neck, head
         self.register_buffer("stride", torch.tensor(head.strides), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % 32 or x.shape[3] % 32:
-            raise ValueError(f"YOLO: input must be (B, 3, H, W) with H, W multiples of 32, got {tuple(x.shape)}")
-        return self.head(self.neck(self.backbone(x)))
+    def forward(self, x: torch.Tensor, seg_x: torch.Tensor | None = None) -> Any:
+        _check_input(x)
+        feats = self.neck(self.backbone(x))
+        if seg_x is None:
+            return self.head(feats)
+        if not hasattr(self, "seg_head"):
+            raise ValueError("YOLO: a segmentation input was given but this model has no segmentation head")
+        seg_feats = feats if seg_x is x else self.neck(self.backbone(_check_input(seg_x)))
+        return self.head(feats), self.seg_head(seg_feats, tuple(seg_x.shape[2:]))
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class logits (B, K, H, W) of a multi-task model."""
+        if not hasattr(self, "seg_head"):
+            raise ValueError("YOLO.segment: this model has no segmentation head (build it with seg_classes=K)")
+        return self.seg_head(self.neck(self.backbone(_check_input(x))), tuple(x.shape[2:]))
+
+    def add_segmentation_head(self, num_classes: int) -> YOLO:
+        """Attach a `SegmentationHead` of `num_classes` on the neck's stride-8 and stride-16 outputs."""
+        self.seg_head = SegmentationHead(num_classes, self.neck.out_channels[:2])
+        self.seg_classes = num_classes
+        return self
 
     def fuse(self) -> YOLO:
         """Fold every Conv's BatchNorm into its convolution (faster inference; do not train afterwards)."""
@@ -62,6 +87,12 @@ class YOLO(nn.Module):
         out = [(f"backbone.stages.{i}", m) for i, m in enumerate(self.backbone.stages)]
         out += [(f"neck.blocks.{i}", m) for i, m in enumerate(self.neck.blocks)]
         return out
+
+
+def _check_input(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % 32 or x.shape[3] % 32:
+        raise ValueError(f"YOLO: input must be (B, 3, H, W) with H, W multiples of 32, got {tuple(x.shape)}")
+    return x
 
 
 def _flops(model: nn.Module, imgsz: int) -> float:

@@ -1,0 +1,297 @@
+"""Detection + semantic segmentation in one network, trained jointly (the multi-task fork of the seeds).
+
+`MultiTaskTrainer` is a `Trainer` whose model has a segmentation head beside its detection head
+(`build_model(..., seg_classes=K)`, any family). `fit(segment=True)` (`--segment`) picks it; the
+data.yaml adds `seg_train`, `seg_val`, `seg_names`, `seg_ignore` (`accelyolo.data.segmentation`).
+
+- Each iteration takes one detection batch and one segmentation batch (`PairedLoader`: the two
+  loaders zipped, the shorter sets the epoch length) and makes ONE forward call
+  `model(det_images, seg_images)`, so DDP sees every parameter used, one backward and one optimizer
+  step (accumulation, AMP, DDP, EMA exactly as for detection).
+- Loss: `det_gain · det_loss + seg_gain · CE(seg) · batch_size` (the seed's gains 0.6 and 0.35),
+  cross-entropy with the ignore value as ignore index and optional class weights; `seg` is its own
+  loss column (results.csv `train/seg_loss`, the progress bar).
+- Validation: mAP as for detection, plus pixel accuracy and mIoU on `seg_val` (confusion matrices per
+  image, gathered from every rank and deduplicated by path, `accelyolo.segmetrics`) every
+  `seg_val_interval` epochs and every epoch of the last `seg_val_interval`. Fitness for `best` =
+  `det_weight · detection fitness + (1 - det_weight) · mIoU`, with the last measured mIoU (0 before
+  the first) on epochs that do not measure it.
+- Checkpoints: the same bundle as detection; `model` metadata holds `seg_classes`, and `seg_names`,
+  `seg_ignore` are recorded beside `names`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import nn
+
+from accelyolo.config import ConfigError
+from accelyolo.data.demo import demo_multitask_yaml
+from accelyolo.data.loader import to_model_input
+from accelyolo.data.segmentation import SegmentationDataset, build_seg_dataloader, load_seg_spec
+from accelyolo.segmetrics import SegmentationResult, confusion_matrix, segmentation_result
+from accelyolo.trainer import Trainer
+
+__all__ = [
+    "MultiTaskLoss",
+    "MultiTaskResult",
+    "MultiTaskTrainer",
+    "PairedLoader",
+    "evaluate_segmentation",
+    "seg_class_weights",
+]
+
+LOGGER = logging.getLogger("accelyolo")
+SEG_COLUMNS = ("pixel_accuracy", "mIoU")
+
+
+class MultiTaskLoss(nn.Module):
+    """`total, items = loss(det_preds, targets, seg_logits, masks)`; `names` = the detection terms + `seg`.
+
+    Args:
+        det_loss: the family's detection loss (`total, items = det_loss(preds, targets)`, `.names`).
+        ignore: mask value excluded from the cross-entropy.
+        det_gain, seg_gain: `total = det_gain · det_total + seg_gain · CE · batch_size`.
+        class_weights: (K,) cross-entropy weights, or None for equal weights.
+    """
+
+    def __init__(
+        self,
+        det_loss: nn.Module,
+        ignore: int,
+        det_gain: float = 0.6,
+        seg_gain: float = 0.35,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.det_loss, self.ignore = det_loss, int(ignore)
+        self.det_gain, self.seg_gain = float(det_gain), float(seg_gain)
+        self.names = (*det_loss.names, "seg")
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def forward(
+        self, det_preds: Any, targets: torch.Tensor, seg_logits: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        det_total, det_items = self.det_loss(det_preds, targets)
+        logits = seg_logits.float()  # (B, K, H, W); CE in fp32 under AMP
+        weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
+        if (masks != self.ignore).any():
+            seg = F.cross_entropy(logits, masks.long(), weight=weight, ignore_index=self.ignore)
+        else:  # an all-ignore batch: no signal, but keep the graph (DDP) and a finite loss
+            seg = logits.sum() * 0.0
+        total = self.det_gain * det_total + self.seg_gain * seg * masks.shape[0]
+        return total, torch.cat((det_items.detach().float().reshape(-1), seg.detach().reshape(1)))
+
+
+class PairedLoader:
+    """One detection batch and one segmentation batch per step; the shorter loader sets the length.
+
+    Yields the detection batch dict with `seg_images` uint8 (B, 3, h, w) and `seg_masks` int64 (B, h, w).
+    """
+
+    def __init__(self, det_loader: Any, seg_loader: Any, seg_dataset: SegmentationDataset) -> None:
+        self.det_loader, self.seg_loader, self.seg_dataset = det_loader, seg_loader, seg_dataset
+
+    def __len__(self) -> int:
+        return min(len(self.det_loader), len(self.seg_loader))
+
+    def set_epoch(self, epoch: int) -> None:
+        for loader in (self.det_loader, self.seg_loader):
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+        self.seg_dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for det_batch, seg_batch in zip(self.det_loader, self.seg_loader):
+            yield {**det_batch, "seg_images": seg_batch["images"], "seg_masks": seg_batch["masks"]}
+
+
+@torch.no_grad()
+def evaluate_segmentation(
+    model: nn.Module,
+    loader: Any,
+    accelerator: Accelerator,
+    names: list[str],
+    ignore: int,
+    channels_last: bool = False,
+) -> SegmentationResult:
+    """Pixel accuracy and mIoU of `model.segment` over this rank's shard of `loader`, gathered over ranks.
+
+    One confusion matrix per image, keyed by its path, so images that DDP's even batches repeat on
+    a rank are counted once. Every rank returns the same result.
+    """
+    was_training = model.training
+    model.eval()
+    k = len(names)
+    per_image: dict[str, np.ndarray] = {}
+    for batch in loader:
+        images = to_model_input(batch["images"], channels_last)
+        with accelerator.autocast():
+            logits = model.segment(images)
+        pred = logits.argmax(1)  # (B, H, W)
+        masks = batch["masks"].to(pred.device)
+        for path, p, t in zip(batch["paths"], pred, masks):
+            per_image[str(path)] = confusion_matrix(p, t, k, ignore).cpu().numpy()
+    if accelerator.num_processes > 1:
+        merged: dict[str, np.ndarray] = {}
+        for part in gather_object([per_image]):
+            merged.update(part)
+        per_image = merged
+    total = np.zeros((k, k), np.int64)
+    for matrix in per_image.values():
+        total += matrix
+    model.train(was_training)
+    return segmentation_result(torch.from_numpy(total), names)
+
+
+@dataclass
+class MultiTaskResult:
+    """A validation of both tasks; `as_dict()` = detection metrics, `pixel_accuracy`, `mIoU`, `det_fitness`,
+    and `fitness` = det_weight · detection fitness + (1 - det_weight) · mIoU."""
+
+    detection: Any  # DetectionResult
+    segmentation: SegmentationResult | None  # None: not measured this epoch
+    miou: float  # this epoch's mIoU, else the last measured one (0 before any)
+    det_weight: float
+
+    def as_dict(self) -> dict[str, float]:
+        out = dict(self.detection.as_dict())
+        out["det_fitness"] = out["fitness"]
+        seg = self.segmentation
+        out["pixel_accuracy"] = seg.pixel_accuracy if seg is not None else float("nan")
+        out["mIoU"] = self.miou
+        out["fitness"] = self.det_weight * out["det_fitness"] + (1.0 - self.det_weight) * self.miou
+        return out
+
+
+def seg_class_weights(weights: dict | None, names: list[str], source: str) -> torch.Tensor | None:
+    """(K,) cross-entropy weights from `{name or id: weight}` (others 1); an unknown class is a `ConfigError`."""
+    if not weights:
+        return None
+    out = torch.ones(len(names))
+    for key, value in weights.items():
+        if isinstance(key, int) and 0 <= key < len(names):
+            out[key] = float(value)
+        elif str(key) in names:
+            out[names.index(str(key))] = float(value)
+        else:
+            raise ConfigError(
+                f"'seg_class_weights': {key!r} is not a segmentation class of {source} "
+                f"(ids 0..{len(names) - 1} or names {', '.join(names)})"
+            )
+    return out
+
+
+class MultiTaskTrainer(Trainer):
+    """The detection trainer plus a segmentation head, loader, loss term, metrics and fitness."""
+
+    last_seg: SegmentationResult | None = None
+
+    def data_yaml(self) -> Path:
+        return Path(self.cfg.data) if self.cfg.data else demo_multitask_yaml()
+
+    def build_datasets(self) -> tuple[Any, Any]:
+        """Detection datasets as `Trainer`'s, plus `self.seg_train_dataset` / `self.seg_val_dataset`."""
+        train, val = super().build_datasets()
+        cfg = self.cfg
+        with self.accelerator.main_process_first():
+            spec = load_seg_spec(self.data_spec.yaml_path)
+            if spec is None:
+                raise ConfigError(
+                    f"--segment: {self.data_spec.yaml_path} has no 'seg_train'; add seg_train, seg_val and "
+                    "seg_names (see accelyolo.data.segmentation), or train without --segment"
+                )
+            self.seg_spec = spec
+            self.seg_names = list(spec.names)
+            common = dict(names=spec.names, imgsz=cfg.imgsz, ignore=spec.ignore, seed=cfg.seed)
+            self.seg_train_dataset = SegmentationDataset(
+                spec.splits["seg_train"],
+                augment=True,
+                hyp=cfg.hyp(),
+                aspect=cfg.seg_aspect,
+                scale=cfg.seg_scale,
+                **common,
+            )
+            self.seg_val_dataset = SegmentationDataset(spec.splits["seg_val"], augment=False, **common)
+        return train, val
+
+    def build_dataloaders(self) -> tuple[Any, Any]:
+        """The paired (detection, segmentation) train loader, prepared here, and the detection val loader.
+
+        Accelerate's `prepare` in `setup` passes the `PairedLoader` through unchanged, so its two loaders
+        are prepared (sharded, moved to the device) here; so is the segmentation val loader.
+        """
+        cfg = self.cfg
+        det_train, det_val = super().build_dataloaders()
+        batch = cfg.seg_batch_size or cfg.batch_size
+        seg_train = build_seg_dataloader(self.seg_train_dataset, batch, cfg.workers, shuffle=True, seed=cfg.seed)
+        seg_val = build_seg_dataloader(self.seg_val_dataset, batch * 2, cfg.workers, shuffle=False, seed=cfg.seed)
+        det_train, seg_train, self.seg_val_loader = self.accelerator.prepare(det_train, seg_train, seg_val)
+        return PairedLoader(det_train, seg_train, self.seg_train_dataset), det_val
+
+    def model_keywords(self) -> dict[str, Any]:
+        return {"seg_classes": len(self.seg_names)}
+
+    def build_loss(self, model: nn.Module) -> nn.Module:
+        cfg = self.cfg
+        weights = seg_class_weights(cfg.seg_class_weights, self.seg_names, str(self.data_spec.yaml_path))
+        return MultiTaskLoss(super().build_loss(model), self.seg_spec.ignore, cfg.det_gain, cfg.seg_gain, weights)
+
+    def compute_loss(self, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward call for both tasks (DDP sees every parameter used), then the weighted sum."""
+        seg_images = to_model_input(batch["seg_images"], self.cfg.channels_last)
+        det_preds, seg_logits = self.model(images, seg_images)
+        return self.loss_fn(det_preds, batch["targets"], seg_logits, batch["seg_masks"])
+
+    def seg_due(self, epoch: int) -> bool:
+        """Whether this epoch's validation measures mIoU: every `seg_val_interval`, and every epoch of the last."""
+        n = self.cfg.seg_val_interval
+        return epoch % n == 0 or epoch > self.cfg.epochs - n
+
+    def validate(self) -> MultiTaskResult:
+        """mAP (the detection evaluator) and, when due, pixel accuracy / mIoU of a fused EMA copy."""
+        epoch = self.state.epoch + 1  # validate() runs before the epoch is counted as completed
+        model = copy.deepcopy(self.ema.ema).fuse()
+        detection = self.evaluator.evaluate(model)
+        seg = None
+        if self.seg_due(epoch):
+            seg = evaluate_segmentation(
+                model,
+                self.seg_val_loader,
+                self.accelerator,
+                self.seg_names,
+                self.seg_spec.ignore,
+                self.cfg.channels_last,
+            )
+            self.last_seg = seg
+        miou = self.last_seg.miou if self.last_seg is not None else float(self.state.last_metrics.get("mIoU", 0.0))
+        self.last_result = detection  # the callbacks' per-class detection table reads it
+        return MultiTaskResult(detection, seg, miou, self.cfg.det_weight)
+
+    def metric_columns(self, metrics: dict[str, float] | None) -> dict[str, Any]:
+        row = super().metric_columns(metrics)
+        fitness = row.pop("fitness")
+        measured = metrics is not None and not np.isnan(metrics.get("pixel_accuracy", float("nan")))
+        row.update({f"metrics/{k}": metrics[k] if measured else None for k in SEG_COLUMNS})
+        row["fitness"] = fitness  # last, as in a detection run's results.csv
+        return row
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {**super().checkpoint_metadata(), "seg_names": self.seg_names, "seg_ignore": self.seg_spec.ignore}
+
+    def finish(self, stopped_early: bool) -> Any:
+        result = super().finish(stopped_early)
+        if self.last_seg is not None and self.accelerator.is_main_process:
+            LOGGER.info("segmentation, last validation (%d pixels):\n%s", self.last_seg.pixels, self.last_seg.table())
+        return result
