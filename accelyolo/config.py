@@ -51,9 +51,19 @@ class TrainConfig:
     imgsz: int = _opt(640, "train/val image size in pixels (a multiple of 32)", "data")
     batch_size: int = _opt(16, "images per step on each process", "data")
     workers: int = _opt(2, "dataloader worker processes per training process", "data")
-    cache: str | None = _opt(None, "cache decoded images: 'ram' or empty", "data")
+    cache: str | None = _opt(
+        None, "cache decoded images: 'ram', 'disk' (.npy files beside the images, reused across runs) or empty", "data"
+    )
     single_cls: bool = _opt(False, "train every class as one class 'item'", "data")
     rect_val: bool = _opt(True, "validate with rectangular (aspect-preserving) batches", "data")
+    # YOLOv5 data options (issue 12): rectangular training, image weights, a user's albumentations pipeline
+    rect: bool = _opt(False, "train with rectangular batches (sorted by aspect, no shuffle, no mosaic)", "data")
+    image_weights: bool = _opt(
+        False, "draw training images by their class weights (rarer, worse-detected classes more often)", "data"
+    )
+    augment: str | None = _opt(
+        None, "albumentations pipeline yaml (albumentations.save(..., data_format='yaml')), run after mosaic", "data"
+    )
     # training
     epochs: int = _opt(100, "total epochs", "train")
     optimizer: str = _opt("SGD", "SGD, Adam, AdamW or RMSProp", "train")
@@ -81,6 +91,9 @@ class TrainConfig:
     seed: int = _opt(0, "global seed", "train")
     deterministic: bool = _opt(False, "use deterministic algorithms", "train")
     mixed_precision: str | None = _opt(None, "no, fp16 or bf16; empty = from the accelerate config", "train")
+    # YOLOv5 training options (issue 12)
+    sync_bn: bool = _opt(False, "synchronized BatchNorm across processes (several processes only)", "train")
+    noautoanchor: bool = _opt(False, "keep the model's anchors (no autoanchor check), anchor-based models", "train")
     # validation
     val_interval: int = _opt(1, "validate every N epochs (and always at the last)", "val")
     conf_thres: float = _opt(0.001, "validation confidence threshold", "val")
@@ -93,6 +106,7 @@ class TrainConfig:
     exist_ok: bool = _opt(False, "reuse an existing run folder", "run")
     resume: str | None = _opt(None, "'auto' (latest last.safetensors) or a checkpoint path", "run")
     save_period: int = _opt(-1, "also save weights/epochN.safetensors every N epochs", "run")
+    nosave: bool = _opt(False, "save only the final checkpoint (no per-epoch last/best)", "run")
     log_with: str | None = _opt(None, "tracker: tensorboard, wandb, mlflow or all", "run")
     plots: bool = _opt(True, "write label, batch and metric pictures", "run")
     max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for quick runs", "run")
@@ -125,6 +139,8 @@ class TrainConfig:
     fliplr: float = _hyp("fliplr")
     mosaic: float = _hyp("mosaic")
     mixup: float = _hyp("mixup")
+    crop: float = _hyp("crop")
+    crop_erosion: float = _hyp("crop_erosion")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,7 +241,7 @@ def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
                 raise ConfigError(f"{hyp_source}: unknown hyperparameter '{key}'.{_suggest(key, hyp_names)}")
         flat.update(hyp)
     flat.update(data)
-    for key in ("data", "weights"):
+    for key in ("data", "weights", "augment"):
         value = flat.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             candidate = (path.parent / value).resolve()
@@ -285,8 +301,12 @@ def check_values(cfg: TrainConfig) -> None:
             problems.append(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
     if cfg.workers < 0:
         problems.append(f"'workers' must be >= 0, got {cfg.workers}")
-    if cfg.cache not in (None, "", "ram", "none"):
-        problems.append(f"'cache' must be 'ram' or empty, got {cfg.cache!r}")
+    if cfg.cache not in (None, "", "ram", "disk", "none"):
+        problems.append(f"'cache' must be 'ram', 'disk' or empty, got {cfg.cache!r}")
+    if cfg.rect and cfg.image_weights:
+        problems.append("'rect' and 'image_weights' exclude each other (rect batches keep a fixed order)")
+    if cfg.augment and not Path(cfg.augment).is_file():
+        problems.append(f"'augment': the albumentations pipeline '{cfg.augment}' does not exist")
     if cfg.mixed_precision not in (None, "no", "fp16", "bf16", "fp8"):
         problems.append(f"'mixed_precision' must be no, fp16, bf16 or fp8, got {cfg.mixed_precision!r}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
@@ -311,7 +331,7 @@ def check_values(cfg: TrainConfig) -> None:
             "'scheduler_args' apply to a torch scheduler; the 'yolo' schedule reads lr0, lrf, cos_lr "
             "and the warmup_* hyperparameters"
         )
-    for key in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup"):
+    for key in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup", "crop", "crop_erosion"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
             problems.append(f"'{key}' must lie in [0, 1], got {getattr(cfg, key)}")
     if problems:

@@ -49,6 +49,7 @@ from accelyolo.checkpoint import (
 )
 from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
+from accelyolo.data.loader import ImageWeightSampler, class_maps
 from accelyolo.ema import ModelEMA
 from accelyolo.evaluation import DetectionValidator
 from accelyolo.families import build_model, family_of
@@ -168,6 +169,22 @@ def fresh_accelerator(**kwargs: Any) -> Accelerator:
     return Accelerator(**kwargs)
 
 
+def convert_sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
+    """`--sync-bn`: every BatchNorm synchronized across the processes (`torch.nn.SyncBatchNorm`).
+
+    Refused on one process (nothing to synchronize) and on CPU processes (torch synchronizes GPU tensors only).
+    """
+    if accelerator.num_processes < 2:
+        raise ConfigError(
+            "'sync_bn' synchronizes BatchNorm across processes; this run has one. Drop --sync-bn, "
+            "or start several processes with `accelerate launch --num_processes N`."
+        )
+    if accelerator.device.type == "cpu":
+        raise ConfigError("'sync_bn' needs GPU processes (torch's SyncBatchNorm does not run on CPU); drop --sync-bn.")
+    LOGGER.info("sync_bn: BatchNorm synchronized across %d processes", accelerator.num_processes)
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 class Trainer:
     """One training run: `fit()` = `setup()`, the epoch loop, `finish()`; `close()` however it ends."""
 
@@ -190,6 +207,7 @@ class Trainer:
         self._window_has_grads = False
         self.history: list[dict[str, Any]] = []
         self.last_result: Any = None  # the last validation's DetectionResult
+        self.image_sampler: ImageWeightSampler | None = None  # --image-weights
 
     # ------------------------------------------------------------------------------------ fit
 
@@ -220,7 +238,7 @@ class Trainer:
             self.save(epoch, improved)
             self.history.append(row)
             self.fire("on_epoch_end", row)
-            if cfg.patience and self.state.best_epoch and epoch - self.state.best_epoch >= cfg.patience:
+            if self.patience_exhausted(epoch):
                 LOGGER.info(
                     "early stopping: no improvement for %d epochs (best epoch %d).", cfg.patience, self.state.best_epoch
                 )
@@ -228,6 +246,11 @@ class Trainer:
             if self.accelerator.check_trigger():
                 return False
         return False
+
+    def patience_exhausted(self, epoch: int) -> bool:
+        """Early stopping: `patience` epochs without improvement by the end of `epoch`."""
+        patience, best = self.cfg.patience, self.state.best_epoch
+        return bool(patience and best and epoch - best >= patience)
 
     def should_validate(self, epoch: int) -> bool:
         return epoch % self.cfg.val_interval == 0 or epoch == self.cfg.epochs
@@ -334,12 +357,15 @@ class Trainer:
                 single_cls=cfg.single_cls,
                 seed=cfg.seed,
             )
+            if cfg.rect:
+                LOGGER.warning("rect: training batches keep the images sorted by aspect: no shuffle, no mosaic")
             train = YoloDataset(
                 self.data_spec.splits["train"],
                 augment=True,
                 hyp=cfg.hyp(),
-                rect=False,
+                rect=cfg.rect,
                 batch_size=cfg.batch_size,
+                user_transform=cfg.augment,
                 **common,
             )
             val = YoloDataset(
@@ -354,8 +380,14 @@ class Trainer:
 
     def build_dataloaders(self) -> tuple[Any, Any]:
         cfg = self.cfg
+        self.image_sampler = ImageWeightSampler(self.train_dataset, seed=cfg.seed) if cfg.image_weights else None
         train = build_dataloader(
-            self.train_dataset, batch_size=cfg.batch_size, workers=cfg.workers, shuffle=True, seed=cfg.seed
+            self.train_dataset,
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            shuffle=True,
+            seed=cfg.seed,
+            sampler=self.image_sampler,
         )
         val = build_dataloader(
             self.val_dataset, batch_size=cfg.batch_size * 2, workers=cfg.workers, shuffle=False, seed=cfg.seed
@@ -373,7 +405,9 @@ class Trainer:
             LOGGER.info("weights: transferred %d/%d tensors from %s", moved, total, cfg.weights)
         if cfg.freeze:
             LOGGER.info("freeze: %d parameter tensors frozen", len(freeze_layers(model, cfg.freeze)))
-        if self.resume_from is None:
+        if cfg.sync_bn:
+            model = convert_sync_batchnorm(model, self.accelerator)
+        if self.resume_from is None and not cfg.noautoanchor:
             family_of(model).prepare_for_training(
                 model, self.train_dataset.labels, self.train_dataset.shapes, cfg.imgsz, cfg.hyp(), cfg.seed
             )
@@ -445,6 +479,8 @@ class Trainer:
             self.accelerator.scaler.load_state_dict(bundle.scaler_state)
         self.iteration = self.state.epoch * self.batches_per_epoch
         self.last_step_iteration = self.iteration - 1  # every epoch ends with a step
+        if self.image_sampler is not None and meta.get("class_maps") is not None:
+            self.image_sampler.set_class_maps(meta["class_maps"])
         if isinstance(meta.get("scheduler"), dict):
             self.scheduler.load_state_dict(meta["scheduler"])
         else:  # a bundle from before the scheduler was saved: the step count follows from the schedule
@@ -495,6 +531,8 @@ class Trainer:
         self.model.train()
         self.train_dataset.set_mosaic(epoch <= cfg.epochs - cfg.close_mosaic)
         self.train_dataset.set_epoch(epoch - 1)
+        if self.image_sampler is not None:
+            self.image_sampler.set_epoch(epoch - 1)
         self.train_loader.set_epoch(epoch - 1)
         self.fire("on_epoch_start", epoch)
         names = list(self.loss_fn.names)
@@ -633,7 +671,17 @@ class Trainer:
         """Validate a fused copy of the EMA model: each rank its shard, metrics computed on every rank."""
         model = copy.deepcopy(self.ema.ema).fuse()  # BatchNorm folded: the same outputs, ~15% faster
         self.last_result = self.evaluator.evaluate(model)
+        if self.image_sampler is not None:
+            self.image_sampler.set_class_maps(self._shared(class_maps(self.last_result, len(self.names))))
         return self.last_result
+
+    def _shared(self, value: Any) -> Any:
+        """`value` as the main process has it (every rank draws from the same image weights)."""
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            value = broadcast_object_list([value], from_process=0)[0]
+        return value
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         self.state.ema_updates = self.ema.updates
@@ -644,11 +692,14 @@ class Trainer:
             "names": self.names,
             "model": self.accelerator.unwrap_model(self.model).config,
             "accelyolo_version": __version__,
+            **({"class_maps": self.image_sampler.class_maps.tolist()} if self.image_sampler is not None else {}),
         }
 
     def save(self, epoch: int, improved: bool) -> None:
         """Write last (and best / periodic) bundles; RNG states of every rank go into each."""
         accelerator = self.accelerator
+        if self.cfg.nosave and epoch < self.cfg.epochs and not self.patience_exhausted(epoch):
+            return  # --nosave: only the run's final checkpoint
         rng_states = [capture_rng_state()]
         if accelerator.num_processes > 1:
             rng_states = gather_object(rng_states)

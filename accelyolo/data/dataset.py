@@ -9,6 +9,7 @@ main process reach (persistent) DataLoader workers at their next item.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +19,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from accelyolo.data.cache import load_or_build
+from accelyolo.data.cache import image_npy_path, load_or_build, save_npy
 from accelyolo.data.checks import check_image_label, load_rgb
 from accelyolo.data.transforms import build_train_transform, letterbox, mixup, resolve_hyp
+
+LOGGER = logging.getLogger("accelyolo")
 
 
 class YoloDataset(torch.utils.data.Dataset):
@@ -32,7 +35,9 @@ class YoloDataset(torch.utils.data.Dataset):
         augment: train pipeline (mosaic, affine, HSV, flips, mixup) instead of letterbox only.
         hyp: YOLOv5 augmentation names (`transforms.DEFAULT_HYP` for missing keys).
         names: class names; `len(names)` is the class count for the class-id check.
-        cache: None, or "ram" to decode and resize every image once up front.
+        cache: None; "ram" to decode and resize every image once up front; "disk" to store each decoded
+            image as a `.npy` file (beside the image, or in the fallback folder), reused across runs and
+            rewritten when the image changes.
         rect: rectangular per-batch shapes (YOLOv5 rect batches); images are sorted by aspect.
         batch_size: batch size the rect shapes are computed for.
         stride: the model's largest stride; shapes are multiples of it.
@@ -42,6 +47,7 @@ class YoloDataset(torch.utils.data.Dataset):
         buffer_mb: per-process LRU of decoded images (MB; 0 disables). Mosaic reads 4 images per
             item; the buffer makes repeated donors free without changing any pixel.
         mosaic_backend: "fast" (numpy) or "albumentations" (`A.Mosaic`), see `transforms`.
+        user_transform: an albumentations pipeline yaml inserted after the mosaic step (`augment: PATH`).
         verbose: print the split summary (and the RAM cache size).
     """
 
@@ -52,7 +58,7 @@ class YoloDataset(torch.utils.data.Dataset):
         augment: bool = False,
         hyp: Mapping[str, Any] | None = None,
         names: Sequence[str] | None = None,
-        cache: Literal["ram"] | None = None,
+        cache: Literal["ram", "disk"] | None = None,
         rect: bool = False,
         batch_size: int = 16,
         stride: int = 32,
@@ -62,12 +68,13 @@ class YoloDataset(torch.utils.data.Dataset):
         cache_dir: str | Path | None = None,
         buffer_mb: float = 256.0,
         mosaic_backend: Literal["fast", "albumentations"] = "fast",
+        user_transform: str | Path | None = None,
         verbose: bool = False,
     ) -> None:
         if imgsz % stride:
             raise ValueError(f"imgsz={imgsz} must be a multiple of stride={stride} (e.g. 320, 640)")
-        if cache not in (None, "ram"):
-            raise ValueError(f"cache={cache!r}: expected None or 'ram'")
+        if cache not in (None, "ram", "disk"):
+            raise ValueError(f"cache={cache!r}: expected None, 'ram' or 'disk'")
         if not images:
             raise ValueError("YoloDataset got no images; check the split's folder or .txt list")
         self.imgsz, self.augment, self.rect, self.stride = imgsz, augment, rect, stride
@@ -95,10 +102,12 @@ class YoloDataset(torch.utils.data.Dataset):
         # [epoch, mosaic on]: shared memory so the main process' setters reach the workers
         self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
         self.mosaic_backend = mosaic_backend
+        self.user_transform = user_transform
         self._pipelines: dict[bool, Any] = {}
         self._buffer: OrderedDict[int, np.ndarray] = OrderedDict()
         self._buffer_bytes, self.buffer_bytes_max = 0, int(buffer_mb * 2**20)
         self._ram: list[np.ndarray] | None = None
+        self._npy: list[Path] | None = None  # --cache disk: the .npy file of each image
         self._pool: tuple[int, np.ndarray | None] | None = None  # (epoch, donor indices)
         if verbose:
             r = self.report
@@ -109,6 +118,8 @@ class YoloDataset(torch.utils.data.Dataset):
             )
         if cache == "ram":
             self._cache_ram(verbose)
+        elif cache == "disk":
+            self._cache_disk(Path(cache_dir) if cache_dir else None)
 
     def __len__(self) -> int:
         return len(self.im_files)
@@ -150,7 +161,20 @@ class YoloDataset(torch.utils.data.Dataset):
         with ThreadPoolExecutor(4) as pool:
             self._ram = list(pool.map(self._decode, range(len(self))))
 
+    def _cache_disk(self, fallback_dir: Path | None) -> None:
+        """Write the `.npy` of every image that has none yet (no pickle: `allow_pickle=False`)."""
+        self._npy = [image_npy_path(Path(f), self.imgsz, self.augment, fallback_dir) for f in self.im_files]
+        missing = [i for i, p in enumerate(self._npy) if not p.is_file()]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: save_npy(self._npy[i], self._decode(i)), missing))
+        LOGGER.info(
+            "disk cache: %d images decoded to .npy, %d reused (%s)", len(missing), len(self) - len(missing),
+            self._npy[0].parent,
+        )  # fmt: skip
+
     def _decode(self, i: int) -> np.ndarray:
+        if self._npy is not None and self._npy[i].is_file():
+            return np.load(self._npy[i], allow_pickle=False)
         return load_rgb(self.im_files[i], self.imgsz, fast=self.augment)
 
     def load_image(self, i: int) -> np.ndarray:
@@ -212,7 +236,12 @@ class YoloDataset(torch.utils.data.Dataset):
     def _pipeline(self, mosaic: bool):
         if mosaic not in self._pipelines:  # built lazily, per process
             self._pipelines[mosaic] = build_train_transform(
-                self.imgsz, self.hyp, mosaic=mosaic, backend=self.mosaic_backend
+                self.imgsz,
+                self.hyp,
+                mosaic=mosaic,
+                backend=self.mosaic_backend,
+                user_transform=self.user_transform,
+                crop=not self.rect,
             )
         return self._pipelines[mosaic]
 
