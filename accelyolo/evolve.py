@@ -255,7 +255,7 @@ def evolve(
     `callbacks` are passed to every generation's `fit()`. Rerunning the same call continues its folder.
     """
     from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
     from accelyolo.trainer import fit
 
@@ -270,7 +270,8 @@ def evolve(
     cfg_dict = cfg.to_dict()
     keys = evolvable_keys(cfg.model)
     base = base_hyp(cfg)
-    state = PartialState()
+    # the process group Accelerate would start (ACCELERATE_USE_CPU: the CPU processes of `accelerate launch`)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     signature = _signature(cfg_dict, parent)
     chosen = [None]
     if state.is_main_process:

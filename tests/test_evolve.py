@@ -27,7 +27,7 @@ def _within_limits(hyp, base):
 
 def test_evolvable_keys_follow_the_family():
     free, based = evolvable_keys(TINY_ANCHOR_FREE), evolvable_keys(TINY_ANCHOR_BASED)
-    assert "dfl" in free and "obj" not in free and "anchor_t" not in free
+    assert "dfl" in free and not {"obj", "anchor_t", "cls_pw", "obj_pw"} & set(free)
     assert "obj" in based and "anchor_t" in based and "dfl" not in based
     assert "fliplr" not in free  # gain 0 in the table: never mutated
     base = base_hyp(load_config(model=TINY_ANCHOR_FREE))
@@ -114,3 +114,69 @@ def test_three_generations_resume_after_a_kill_and_same_seed(tiny_demo, tmp_path
     again = evolve(generations=2, **other)
     first = _read_csv(again.evolve_dir / "evolve.csv")
     assert [float(first[1][k]) for k in keys] == [float(rows[1][k]) for k in keys]
+
+
+def test_cli_evolve_one_generation(tiny_demo, tmp_path, capsys):
+    from accelyolo.cli import main
+
+    options = tiny_train_options(tiny_demo, tmp_path, epochs=1)
+    flags = ["evolve", "--generations", "1", "--data", str(tiny_demo), "--model", TINY_ANCHOR_FREE, "--imgsz", "64",
+             "--batch-size", "8", "--epochs", "1", "--workers", "0", "--project", options["project"],
+             "--warmup-epochs", "0", "--close-mosaic", "0", "--no-rect-val"]  # fmt: skip
+    assert main(flags) == 0
+    assert "1 generations, best generation 0" in capsys.readouterr().out
+    assert len(_read_csv(tmp_path / "exp" / "evolve.csv")) == 1
+    assert main([*flags[:2], "0", *flags[3:]]) == 2  # a bad value is an error with a message, not a traceback
+    assert "'generations' must be at least 1" in capsys.readouterr().err
+
+
+SCRIPT = """
+import json
+from accelerate import PartialState
+from accelyolo.callbacks import Callback
+from accelyolo.evolve import evolve
+
+class Record(Callback):
+    def __init__(self):
+        self.paths = {}
+    def on_epoch_start(self, trainer, epoch):
+        self.key = trainer.run_dir.name
+    def on_step_end(self, trainer, step):
+        self.paths.setdefault(self.key, []).append(list(trainer.last_batch["paths"]))
+
+record = Record()
+result = evolve(generations=2, callbacks=[record], **OPTIONS)
+rank = PartialState().process_index
+with open(OUT + f"-{rank}.json", "w") as f:
+    json.dump({"paths": record.paths, "rows": result.rows, "dir": str(result.evolve_dir)}, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_evolve_together_with_image_weights(tiny_demo, tmp_path):
+    """Under 2-process launch both ranks train every generation with the main process's mutation, and
+    --image-weights gives each rank its own batches of one shared weighted draw."""
+    import json
+
+    from accelyolo.data import YoloDataset, load_data_yaml
+    from accelyolo.data.loader import ImageWeightSampler
+    from tests.test_distributed import launch_args, run
+
+    options = tiny_train_options(tiny_demo, tmp_path / "evolve", epochs=1, image_weights=True, seed=5)
+    options.pop("name")
+    script = tmp_path / "evolve_script.py"
+    out = str(tmp_path / "rank")
+    script.write_text(SCRIPT.replace("OPTIONS", repr(options)).replace("OUT", repr(out)))
+    run(launch_args(2) + [str(script)])
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["rows"] == ranks[1]["rows"] and len(ranks[0]["rows"]) == 2
+    assert ranks[0]["dir"] == ranks[1]["dir"]
+    assert len(_read_csv(tmp_path / "evolve" / "exp" / "evolve.csv")) == 2
+    # the epoch's draw (class mAPs 0 before the first validation), batches of 8 dealt out alternately
+    spec = load_data_yaml(tiny_demo)
+    dataset = YoloDataset(spec.splits["train"], imgsz=64, names=spec.names)
+    draw = [dataset.im_files[i] for i in ImageWeightSampler(dataset, seed=5).indices()]
+    batches = [draw[k : k + 8] for k in range(0, len(draw), 8)]
+    for gen in ("gen0", "gen1"):
+        assert ranks[0]["paths"][gen] == batches[0::2]
+        assert ranks[1]["paths"][gen] == batches[1::2]

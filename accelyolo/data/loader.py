@@ -3,6 +3,11 @@
 Seeding: shuffling uses a plain `RandomSampler` with a `torch.Generator` seeded from `seed`
 (Accelerate's `prepare()` re-wraps it for DDP and calls `set_epoch`); the item randomness itself
 comes from `(seed, epoch, index)` inside the dataset, so worker count and order do not matter.
+
+YOLOv5's `--quad` collate (groups of 4 images turned into one 2x image, the batch divided by 4) is not
+offered: it changes how many images a step sees, which the nominal-batch accumulation and the weight-decay
+scaling (`optim`) derive from `batch_size`, and YOLOv5 describes it as useful only for training at a larger
+`--img` than the test size; a correct version would need those rules re-derived, not only a collate.
 """
 
 from __future__ import annotations

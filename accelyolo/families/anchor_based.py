@@ -30,7 +30,7 @@ COCO_ANCHORS = (
 class AnchorBasedFamily(ModelFamily):
     name = "anchor_based"
     loss_gains = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # YOLOv5 hyp.scratch-low, before the scaling below
-    own_options = ("obj", "obj_pw", "anchor_t")
+    own_options = ("obj", "obj_pw", "anchor_t", "cls_pw", "fl_gamma", "label_smoothing")  # YOLOv8 ignores these
 
     def build(self, nc: int, width: float, depth: float) -> YOLO:
         backbone = YOLOv5Backbone(width, depth)
