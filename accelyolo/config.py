@@ -46,6 +46,12 @@ class TrainConfig:
     model: str = _opt("yolov8n", "registered model name (yolov8n..x, yolov5n..x)", "model")
     weights: str | None = _opt(None, "start from this .safetensors checkpoint (matching tensors)", "model")
     freeze: int = _opt(0, "freeze the first N backbone stages", "model")
+    anchors: list | None = _opt(  # issue 12: YOLOv5's anchors from the recipe
+        None,
+        "anchor-based models: anchors per level P3/P4/P5 in pixels, YOLOv5 style "
+        "[[10,13, 16,30, 33,23], [30,61, 62,45, 59,119], [116,90, 156,198, 373,326]]; empty = COCO's",
+        "model",
+    )
     # data
     data: str | None = _opt(None, "data.yaml of the dataset; empty = the built-in demo data", "data")
     imgsz: int = _opt(640, "train/val image size in pixels (a multiple of 32)", "data")
@@ -186,6 +192,8 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
             return str(value)
         if kind is dict and isinstance(value, dict):
             return dict(value)
+        if kind is list and isinstance(value, (list, tuple)):
+            return list(value)
     raise ConfigError(f"{source}: '{key}' must be {_type_name(annotation)}, got {type(value).__name__} {value!r}.")
 
 
@@ -391,6 +399,11 @@ def _parse_optional(base: type):
             value = yaml.safe_load(text)
             if not isinstance(value, dict):
                 raise argparse.ArgumentTypeError(f"expected a yaml mapping such as '{{key: value}}', got {text!r}")
+            return value
+        if base is list:  # a yaml list on the command line: --anchors "[[10,13, 16,30], ...]"
+            value = yaml.safe_load(text)
+            if not isinstance(value, list):
+                raise argparse.ArgumentTypeError(f"expected a yaml list such as '[[10,13, 16,30], ...]', got {text!r}")
             return value
         return base(text)
 

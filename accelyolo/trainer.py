@@ -398,7 +398,10 @@ class Trainer:
         """The registered model for the dataset's classes; `--weights` transferred, layers frozen, and the
         family's own preparation (autoanchor for anchor-based models) on a fresh run."""
         cfg = self.cfg
-        model = build_model(cfg.model, nc=len(self.names))
+        try:
+            model = build_model(cfg.model, nc=len(self.names), **({"anchors": cfg.anchors} if cfg.anchors else {}))
+        except ValueError as exc:
+            raise ConfigError(f"'model' {cfg.model!r} / 'anchors': {exc}") from exc
         if cfg.weights and self.resume_from is None:
             bundle = load_checkpoint_bundle(cfg.weights)
             moved, total = transfer_weights(model, bundle.ema_state or bundle.model_state)

@@ -206,8 +206,27 @@ def test_noautoanchor_keeps_the_coco_anchors(tiny_demo, tmp_path):
         return load_checkpoint_bundle(result.last_checkpoint).model_state["head.anchors"]
 
     coco = torch.tensor(COCO_ANCHORS, dtype=torch.float32)
-    assert not torch.equal(anchors(name="auto"), coco)  # anchor_t 1.5: COCO anchors fit too few boxes, autoanchor refits
+    assert not torch.equal(anchors(name="auto"), coco)  # anchor_t 1.5: COCO anchors fit few boxes: refit
     assert torch.equal(anchors(name="kept", noautoanchor=True), coco)
+
+
+def test_anchors_from_the_recipe_build_the_head_and_survive_the_checkpoint(tiny_demo, tmp_path):
+    from accelyolo.checkpoint import load_checkpoint
+
+    own = [[4, 5, 8, 10, 12, 8], [16, 30, 30, 16, 24, 24], [40, 40, 60, 30, 30, 60]]  # YOLOv5 style, flat
+    recipe = tmp_path / "anchors.yaml"
+    recipe.write_text(f"model: {TINY_ANCHOR_BASED}\nanchors: {own}\n")
+    assert load_config(recipe).anchors == own
+    options = tiny_train_options(tiny_demo, tmp_path, model=TINY_ANCHOR_BASED, epochs=1, max_steps_per_epoch=1)
+    result = fit(recipe=str(recipe), noautoanchor=True, **{k: v for k, v in options.items() if k != "model"})
+    expected = torch.tensor(own, dtype=torch.float32).view(3, 3, 2)
+    assert torch.equal(load_checkpoint_bundle(result.last_checkpoint).model_state["head.anchors"], expected)
+    model, _ = load_checkpoint(str(result.inference_checkpoint))  # rebuilt from the saved build keywords
+    assert torch.equal(model.head.anchors, expected)
+    with pytest.raises(ConfigError, match="anchors"):
+        fit(**{**options, "anchors": [[10, 13], [30, 61]]})  # two levels for a three-level head
+    with pytest.raises(ConfigError, match="anchors"):
+        fit(**{**options, "model": "yolov8t", "anchors": own})  # an anchor-free model has none
 
 
 def test_nosave_writes_only_the_final_checkpoint(tiny_demo, tmp_path):
