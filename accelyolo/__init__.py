@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     from accelyolo.trainer import FitResult
 
-__all__ = ["__version__", "build_model", "fit", "load_checkpoint", "predict", "validate"]
+__all__ = ["__version__", "build_model", "evolve", "fit", "load_checkpoint", "predict", "validate"]
 
 
 def fit(recipe: str | None = None, **overrides: Any) -> FitResult:
@@ -21,6 +21,13 @@ def fit(recipe: str | None = None, **overrides: Any) -> FitResult:
     from accelyolo.trainer import fit as _fit
 
     return _fit(recipe, **overrides)
+
+
+def evolve(recipe: str | None = None, **kwargs: Any):
+    """Evolve hyperparameters, one training per generation; see `accelyolo.evolve.evolve`."""
+    from accelyolo.evolve import evolve as _evolve
+
+    return _evolve(recipe, **kwargs)
 
 
 def build_model(name: str, nc: int = 80, **kwargs: Any):

@@ -1,4 +1,4 @@
-"""The `accelyolo` console script: `train`, `val`, `predict` and `data check`."""
+"""The `accelyolo` console script: `train`, `val`, `predict`, `evolve` and `data check`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("accelyolo.train", "train a model (same flags as accelyolo/train.py)"),
     "val": ("accelyolo.validate", "validate a checkpoint on a dataset"),
     "predict": ("accelyolo.predict", "detect objects in images"),
+    "evolve": ("accelyolo.evolve", "evolve hyperparameters: one training per generation (YOLOv5's genetic search)"),
 }
 
 

@@ -61,14 +61,32 @@ class TrainConfig:
     model: str = _opt("yolov8n", "registered model name (yolov8n..x, yolov5n..x)", "model")
     weights: str | None = _opt(None, "start from this .safetensors checkpoint (matching tensors)", "model")
     freeze: int = _opt(0, "freeze the first N backbone stages", "model")
+    anchors: list | None = _opt(  # issue 12: YOLOv5's anchors from the recipe
+        None,
+        "anchor-based models: anchors per level P3/P4/P5 in pixels, YOLOv5 style "
+        "[[10,13, 16,30, 33,23], [30,61, 62,45, 59,119], [116,90, 156,198, 373,326]]; empty = COCO's",
+        "model",
+    )
     # data
     data: str | None = _opt(None, "data.yaml of the dataset; empty = the built-in demo data", "data")
     imgsz: int = _opt(640, "train/val image size in pixels (a multiple of 32)", "data")
     batch_size: int = _opt(16, "images per step on each process", "data")
     workers: int = _opt(2, "dataloader worker processes per training process", "data")
-    cache: str | None = _opt(None, "cache decoded images: 'ram', or empty / 'none' for no cache", "data")
+    cache: str | None = _opt(
+        None,
+        "cache decoded images: 'ram', 'disk' (.npy files beside the images, reused across runs), or empty / 'none'",
+        "data",
+    )
     single_cls: bool = _opt(False, "train every class as one class 'item'", "data")
     rect_val: bool = _opt(True, "validate with rectangular (aspect-preserving) batches", "data")
+    # YOLOv5 data options (issue 12): rectangular training, image weights, a user's albumentations pipeline
+    rect: bool = _opt(False, "train with rectangular batches (sorted by aspect, no shuffle, no mosaic)", "data")
+    image_weights: bool = _opt(
+        False, "draw training images by their class weights (rarer, worse-detected classes more often)", "data"
+    )
+    augment: str | None = _opt(
+        None, "albumentations pipeline yaml (albumentations.save(..., data_format='yaml')), run after mosaic", "data"
+    )
     # training
     epochs: int = _opt(100, "total epochs", "train")
     optimizer: str = _opt("SGD", "SGD, Adam, AdamW or RMSProp", "train")
@@ -103,6 +121,9 @@ class TrainConfig:
     )
     distill_feat: bool = _opt(False, "also distil the neck feature maps (channel-wise distillation)", "train")
     temperature: float = _opt(20.0, "softmax temperature of the distillation terms (20 as YOLOv6)", "train")
+    # YOLOv5 training options (issue 12)
+    sync_bn: bool = _opt(False, "synchronized BatchNorm across processes (several processes only)", "train")
+    noautoanchor: bool = _opt(False, "keep the model's anchors (no autoanchor check), anchor-based models", "train")
     # validation
     val_interval: int = _opt(1, "validate every N epochs (and always at the last)", "val")
     # evaluation schedule (YOLOv6): every epoch near the end, or only once at the end
@@ -119,6 +140,7 @@ class TrainConfig:
     resume: str | None = _opt(None, "'auto' (latest last.safetensors) or a checkpoint path", "run")
     save_period: int = _opt(-1, "also save weights/epochN.safetensors every N epochs", "run")
     save_last_n: int = _opt(0, "keep weights/epochK.safetensors (full, resumable) of the last N epochs", "run")
+    nosave: bool = _opt(False, "save only the final checkpoint (no per-epoch last/best)", "run")
     log_with: str | None = _opt(None, "tracker: tensorboard, wandb, mlflow or all", "run")
     plots: bool = _opt(True, "write label, batch and metric pictures", "run")
     max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for quick runs", "run")
@@ -169,6 +191,8 @@ class TrainConfig:
     fliplr: float = _hyp("fliplr")
     mosaic: float = _hyp("mosaic")
     mixup: float = _hyp("mixup")
+    crop: float = _hyp("crop")
+    crop_erosion: float = _hyp("crop_erosion")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -217,6 +241,8 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
             return str(value)
         if kind is dict and isinstance(value, dict):
             return dict(value)
+        if kind is list and isinstance(value, (list, tuple)):
+            return list(value)
     raise ConfigError(f"{source}: '{key}' must be {_type_name(annotation)}, got {type(value).__name__} {value!r}.")
 
 
@@ -276,7 +302,7 @@ def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
                 raise ConfigError(f"{hyp_source}: unknown hyperparameter '{key}'.{_suggest(key, hyp_names)}")
         flat.update(hyp)
     flat.update(data)
-    for key in ("data", "weights", "teacher"):
+    for key in ("data", "weights", "teacher", "augment"):
         value = flat.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             candidate = (path.parent / value).resolve()
@@ -350,8 +376,12 @@ def check_values(cfg: TrainConfig) -> None:
         problems.append(f"'temperature' must be > 0, got {cfg.temperature}")
     if cfg.workers < 0:
         problems.append(f"'workers' must be >= 0, got {cfg.workers}")
-    if cfg.cache not in (None, "ram"):
-        problems.append(f"'cache' must be 'ram', 'none' or empty, got {cfg.cache!r}")
+    if cfg.cache not in (None, "ram", "disk"):
+        problems.append(f"'cache' must be 'ram', 'disk', 'none' or empty, got {cfg.cache!r}")
+    if cfg.rect and cfg.image_weights:
+        problems.append("'rect' and 'image_weights' exclude each other (rect batches keep a fixed order)")
+    if cfg.augment and not Path(cfg.augment).is_file():
+        problems.append(f"'augment': the albumentations pipeline '{cfg.augment}' does not exist")
     if cfg.mixed_precision not in (None, *MIXED_PRECISION):
         problems.append(
             f"'mixed_precision' must be {', '.join(MIXED_PRECISION)} or empty (the accelerate config's), "
@@ -380,7 +410,7 @@ def check_values(cfg: TrainConfig) -> None:
             "and the warmup_* hyperparameters"
         )
     problems += _multitask_problems(cfg)
-    for key in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup"):
+    for key in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup", "crop", "crop_erosion"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
             problems.append(f"'{key}' must lie in [0, 1], got {getattr(cfg, key)}")
     if problems:
@@ -461,6 +491,11 @@ def _parse_optional(base: type):
             value = yaml.safe_load(text)
             if not isinstance(value, dict):
                 raise argparse.ArgumentTypeError(f"expected a yaml mapping such as '{{key: value}}', got {text!r}")
+            return value
+        if base is list:  # a yaml list on the command line: --anchors "[[10,13, 16,30], ...]"
+            value = yaml.safe_load(text)
+            if not isinstance(value, list):
+                raise argparse.ArgumentTypeError(f"expected a yaml list such as '[[10,13, 16,30], ...]', got {text!r}")
             return value
         return base(text)
 

@@ -47,6 +47,8 @@ HYPERPARAMETERS: dict[str, Hyp] = {
     "fliplr": Hyp(0.5, "horizontal flip probability"),
     "mosaic": Hyp(1.0, "mosaic probability"),
     "mixup": Hyp(0.0, "mixup probability"),
+    "crop": Hyp(0.0, "bbox-safe random crop probability (non-mosaic samples; every box kept)"),
+    "crop_erosion": Hyp(0.0, "fraction of a box the crop may cut away (0 = every box whole)"),
 }
 
 AUGMENTATION_KEYS = (
@@ -62,9 +64,60 @@ AUGMENTATION_KEYS = (
     "fliplr",
     "mosaic",
     "mixup",
+    "crop",
+    "crop_erosion",
 )
 
 
 def augmentation_defaults() -> dict[str, float]:
     """The augmentation hyperparameters with their defaults."""
     return {key: float(HYPERPARAMETERS[key].default) for key in AUGMENTATION_KEYS}
+
+
+class Limit(NamedTuple):
+    """How `accelyolo evolve` mutates one hyperparameter.
+
+    `gain` scales the mutation (0 = never mutated); the mutated value is clipped to [`low`, `high`].
+    With `relative` the limits are multiples of the starting value (the loss gains, whose defaults
+    differ per model family: YOLOv5 box 0.05, YOLOv8 box 7.5).
+    """
+
+    gain: float
+    low: float
+    high: float
+    relative: bool = False
+
+
+# Mutation gains and limits of hyperparameter evolution (YOLOv5's table; the loss gains relative to their
+# family default, spanning YOLOv5's absolute ranges). A hyperparameter absent here is never evolved.
+MUTATION_LIMITS: dict[str, Limit] = {
+    "lr0": Limit(1.0, 1e-5, 1e-1),
+    "lrf": Limit(1.0, 0.01, 1.0),
+    "momentum": Limit(0.3, 0.6, 0.98),
+    "weight_decay": Limit(1.0, 0.0, 0.001),
+    "warmup_epochs": Limit(1.0, 0.0, 5.0),
+    "warmup_momentum": Limit(1.0, 0.0, 0.95),
+    "warmup_bias_lr": Limit(1.0, 0.0, 0.2),
+    "box": Limit(1.0, 0.4, 4.0, relative=True),
+    "cls": Limit(1.0, 0.4, 8.0, relative=True),
+    "dfl": Limit(1.0, 0.4, 4.0, relative=True),
+    "obj": Limit(1.0, 0.2, 4.0, relative=True),
+    "cls_pw": Limit(1.0, 0.5, 2.0),
+    "obj_pw": Limit(1.0, 0.5, 2.0),
+    "anchor_t": Limit(1.0, 2.0, 8.0),
+    "fl_gamma": Limit(0.0, 0.0, 2.0),
+    "hsv_h": Limit(1.0, 0.0, 0.1),
+    "hsv_s": Limit(1.0, 0.0, 0.9),
+    "hsv_v": Limit(1.0, 0.0, 0.9),
+    "degrees": Limit(1.0, 0.0, 45.0),
+    "translate": Limit(1.0, 0.0, 0.9),
+    "scale": Limit(1.0, 0.0, 0.9),
+    "shear": Limit(1.0, 0.0, 10.0),
+    "perspective": Limit(0.0, 0.0, 0.001),
+    "flipud": Limit(1.0, 0.0, 1.0),
+    "fliplr": Limit(0.0, 0.0, 1.0),
+    "mosaic": Limit(1.0, 0.0, 1.0),
+    "mixup": Limit(1.0, 0.0, 1.0),
+    "crop": Limit(1.0, 0.0, 1.0),
+    "crop_erosion": Limit(1.0, 0.0, 0.5),
+}

@@ -51,6 +51,7 @@ from accelyolo.checkpoint import (
 from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
 from accelyolo.data.dataset import report_summary
+from accelyolo.data.loader import ImageWeightSampler, class_maps
 from accelyolo.ema import ModelEMA
 from accelyolo.errors import ResumeError
 from accelyolo.evaluation import DetectionValidator
@@ -195,6 +196,22 @@ def fresh_accelerator(**kwargs: Any) -> Accelerator:
     return Accelerator(**kwargs)
 
 
+def convert_sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
+    """`--sync-bn`: every BatchNorm synchronized across the processes (`torch.nn.SyncBatchNorm`).
+
+    Refused on one process (nothing to synchronize) and on CPU processes (torch synchronizes GPU tensors only).
+    """
+    if accelerator.num_processes < 2:
+        raise ConfigError(
+            "'sync_bn' synchronizes BatchNorm across processes; this run has one. Drop --sync-bn, "
+            "or start several processes with `accelerate launch --num_processes N`."
+        )
+    if accelerator.device.type == "cpu":
+        raise ConfigError("'sync_bn' needs GPU processes (torch's SyncBatchNorm does not run on CPU); drop --sync-bn.")
+    LOGGER.info("sync_bn: BatchNorm synchronized across %d processes", accelerator.num_processes)
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 class Trainer:
     """One training run: `fit()` = `setup()`, the epoch loop, `finish()`; `close()` however it ends."""
 
@@ -218,6 +235,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.last_result: Any = None  # the last validation's DetectionResult
         self._stop_aug_improved = False  # this epoch's validation set a new best_stop_aug
+        self.image_sampler: ImageWeightSampler | None = None  # --image-weights
 
     # ------------------------------------------------------------------------------------ fit
 
@@ -252,7 +270,7 @@ class Trainer:
             self.save(epoch, improved)
             self.history.append(row)
             self.fire("on_epoch_end", row)
-            if cfg.patience and self.state.best_epoch and epoch - self.state.best_epoch >= cfg.patience:
+            if self.patience_exhausted(epoch):
                 LOGGER.info(
                     "early stopping: no improvement for %d epochs (best epoch %d).", cfg.patience, self.state.best_epoch
                 )
@@ -268,6 +286,10 @@ class Trainer:
         row: dict[str, Any] = {f"metrics/{k}": metrics[k] if metrics else None for k in keys}
         row["fitness"] = metrics["fitness"] if metrics else None
         return row
+    def patience_exhausted(self, epoch: int) -> bool:
+        """Early stopping: `patience` epochs without improvement by the end of `epoch`."""
+        patience, best = self.cfg.patience, self.state.best_epoch
+        return bool(patience and best and epoch - best >= patience)
 
     def should_validate(self, epoch: int) -> bool:
         """The last epoch always; with `val_final_only` nothing else; else every `val_interval` epochs,
@@ -393,12 +415,15 @@ class Trainer:
                 single_cls=cfg.single_cls,
                 seed=cfg.seed,
             )
+            if cfg.rect:
+                LOGGER.warning("rect: training batches keep the images sorted by aspect: no shuffle, no mosaic")
             train = YoloDataset(
                 self.data_spec.splits["train"],
                 augment=True,
                 hyp=cfg.hyp(),
-                rect=False,
+                rect=cfg.rect,
                 batch_size=cfg.batch_size,
+                user_transform=cfg.augment,
                 **common,
             )
             val = YoloDataset(
@@ -432,8 +457,14 @@ class Trainer:
 
     def build_dataloaders(self) -> tuple[Any, Any]:
         cfg = self.cfg
+        self.image_sampler = ImageWeightSampler(self.train_dataset, seed=cfg.seed) if cfg.image_weights else None
         train = build_dataloader(
-            self.train_dataset, batch_size=cfg.batch_size, workers=cfg.workers, shuffle=True, seed=cfg.seed
+            self.train_dataset,
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            shuffle=True,
+            seed=cfg.seed,
+            sampler=self.image_sampler,
         )
         val = build_dataloader(  # this rank's whole (rect) batches; not passed to prepare(), see data.loader
             self.val_dataset,
@@ -450,22 +481,27 @@ class Trainer:
         """The registered model for the dataset's classes; `--weights` transferred, layers frozen, and the
         family's own preparation (autoanchor for anchor-based models) on a fresh run."""
         cfg = self.cfg
-        model = build_model(cfg.model, nc=len(self.names), **self.model_keywords())
+        try:
+            model = build_model(cfg.model, nc=len(self.names), **self.model_keywords())
+        except ValueError as exc:
+            raise ConfigError(f"'model' {cfg.model!r} / 'anchors': {exc}") from exc
         if cfg.weights and self.resume_from is None:
             bundle = load_checkpoint_bundle(cfg.weights)
             moved, total = transfer_weights(model, bundle.ema_state or bundle.model_state)
             LOGGER.info("weights: transferred %d/%d tensors from %s", moved, total, cfg.weights)
         if cfg.freeze:
             LOGGER.info("freeze: %d parameter tensors frozen", len(freeze_layers(model, cfg.freeze)))
-        if self.resume_from is None:
+        if cfg.sync_bn:
+            model = convert_sync_batchnorm(model, self.accelerator)
+        if self.resume_from is None and not cfg.noautoanchor:
             family_of(model).prepare_for_training(
                 model, self.train_dataset.labels, self.train_dataset.shapes, cfg.imgsz, cfg.hyp(), cfg.seed
             )
         return model
 
     def model_keywords(self) -> dict[str, Any]:
-        """Extra `build_model` keywords (a multi-task trainer adds `seg_classes`)."""
-        return {}
+        """Extra `build_model` keywords: the recipe's `anchors` (a multi-task trainer adds `seg_classes`)."""
+        return {"anchors": self.cfg.anchors} if self.cfg.anchors else {}
 
     def build_loss(self, model: torch.nn.Module) -> torch.nn.Module:
         """The loss of the model's family: `total, items = loss(preds, targets)`, with `.names` for `items`."""
@@ -535,6 +571,8 @@ class Trainer:
             self.accelerator.scaler.load_state_dict(bundle.scaler_state)
         self.iteration = self.state.epoch * self.batches_per_epoch
         self.last_step_iteration = self.iteration - 1  # every epoch ends with a step
+        if self.image_sampler is not None and meta.get("class_maps") is not None:
+            self.image_sampler.set_class_maps(meta["class_maps"])
         if isinstance(meta.get("scheduler"), dict):
             self.scheduler.load_state_dict(meta["scheduler"])
         else:  # a bundle from before the scheduler was saved: the step count follows from the schedule
@@ -594,6 +632,8 @@ class Trainer:
             LOGGER.info("epoch %d: strong augmentation (mosaic, mixup) off from here on (close_mosaic)", epoch)
         self.train_dataset.set_mosaic(strong)
         self.train_dataset.set_epoch(epoch - 1)
+        if self.image_sampler is not None:
+            self.image_sampler.set_epoch(epoch - 1)
         self.train_loader.set_epoch(epoch - 1)
         self.fire("on_epoch_start", epoch)
         names = list(self.loss_fn.names)
@@ -748,7 +788,17 @@ class Trainer:
         """Validate a fused copy of the EMA model: each rank its shard, metrics computed on every rank."""
         model = copy.deepcopy(self.ema.ema).fuse()  # BatchNorm folded: the same outputs, ~15% faster
         self.last_result = self.evaluator.evaluate(model)
+        if self.image_sampler is not None:
+            self.image_sampler.set_class_maps(self._shared(class_maps(self.last_result, len(self.names))))
         return self.last_result
+
+    def _shared(self, value: Any) -> Any:
+        """`value` as the main process has it (every rank draws from the same image weights)."""
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            value = broadcast_object_list([value], from_process=0)[0]
+        return value
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         self.state.ema_updates = self.ema.updates
@@ -759,11 +809,14 @@ class Trainer:
             "names": self.names,
             "model": self.accelerator.unwrap_model(self.model).config,
             "accelyolo_version": __version__,
+            **({"class_maps": self.image_sampler.class_maps.tolist()} if self.image_sampler is not None else {}),
         }
 
     def save(self, epoch: int, improved: bool) -> None:
         """Write last (and best / periodic) bundles; RNG states of every rank go into each."""
         accelerator = self.accelerator
+        if self.cfg.nosave and epoch < self.cfg.epochs and not self.patience_exhausted(epoch):
+            return  # --nosave: only the run's final checkpoint
         rng_states = [capture_rng_state()]
         if accelerator.num_processes > 1:
             rng_states = gather_object(rng_states)

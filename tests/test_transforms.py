@@ -252,7 +252,7 @@ def test_single_cls_and_bad_arguments(tmp_path: Path):
     with pytest.raises(ValueError, match="multiple of stride"):
         YoloDataset(images, imgsz=70)
     with pytest.raises(ValueError, match="cache"):
-        YoloDataset(images, imgsz=64, cache="disk")
+        YoloDataset(images, imgsz=64, cache="gpu")
 
 
 def test_donor_pool_bounds_decodes_on_large_datasets(tmp_path: Path, monkeypatch):

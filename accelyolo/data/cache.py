@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from accelyolo.data.checks import img2label_path
-from accelyolo.fileio import write_text_atomically
+from accelyolo.fileio import replace_atomically, write_text_atomically
 
 CACHE_VERSION = 2  # 2: problems as {file, line, problem}; clipped and class counts
 
@@ -117,3 +117,40 @@ def load_or_build(
         if write_cache(path, key, entries):
             return entries, path, False
     return entries, None, False
+
+
+# ------------------------------------------------------------------------- decoded images (--cache disk)
+
+IMAGE_CACHE_VERSION = 1
+
+
+def image_npy_name(image: Path, imgsz: int, fast: bool) -> str:
+    """`<stem>.<hash>.npy`: the hash covers the image's path, size and mtime and the decoding settings, so
+    a changed image (or another imgsz) gets a new file and a stale one is never read."""
+    st = image.stat()
+    text = f"v{IMAGE_CACHE_VERSION}\0{image.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{imgsz}\0{int(fast)}"
+    return f"{image.stem}.{hashlib.sha256(text.encode()).hexdigest()[:16]}.npy"
+
+
+def image_npy_path(image: Path, imgsz: int, fast: bool, fallback_dir: Path | None = None) -> Path:
+    """Where the decoded image goes: beside the image when that folder is writable, else in the fallback
+    folder (`fallback_dir` or `$ACCELYOLO_HOME/cache/images`), under a per-folder subfolder."""
+    name = image_npy_name(image, imgsz, fast)
+    if is_writable(image.parent):
+        return image.parent / name
+    digest = hashlib.sha256(str(image.parent.resolve()).encode()).hexdigest()[:12]
+    root = Path(fallback_dir) if fallback_dir is not None else home_dir() / "cache" / "images"
+    return root / f"{image.parent.name}-{digest}" / name
+
+
+def save_npy(path: Path, array: Any) -> None:
+    """`np.save(..., allow_pickle=False)` to a temp file, then an atomic rename (a killed run leaves no
+    half-written cache file)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as file:
+            np.save(file, array, allow_pickle=False)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, write)

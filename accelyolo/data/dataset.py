@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from accelyolo.data.cache import load_or_build
+from accelyolo.data.cache import image_npy_path, load_or_build, save_npy
 from accelyolo.data.checks import check_image_label, load_rgb
 from accelyolo.data.transforms import build_train_transform, letterbox, mixup, resolve_hyp
 from accelyolo.errors import DataError
@@ -40,6 +40,8 @@ class UnreadableImageError(OSError):
         super().__init__(f"{path}: unreadable ({type(cause).__name__}: {cause})")
         self.index, self.path = index, path
 
+LOGGER = logging.getLogger("accelyolo")
+
 
 class YoloDataset(torch.utils.data.Dataset):
     """A split of a YOLO dataset, letterboxed (val) or augmented (train).
@@ -51,7 +53,9 @@ class YoloDataset(torch.utils.data.Dataset):
         hyp: YOLOv5 augmentation names (`transforms.DEFAULT_HYP` for missing keys).
         names: the dataset's class names; `len(names)` is the class count for the class-id check
             (also with `single_cls`: a row of class >= nc is still a bad row).
-        cache: None, or "ram" to decode and resize every image once up front.
+        cache: None; "ram" to decode and resize every image once up front; "disk" to store each decoded
+            image as a `.npy` file (beside the image, or in the fallback folder), reused across runs and
+            rewritten when the image changes.
         rect: rectangular per-batch shapes (YOLOv5 rect batches); images are sorted by aspect.
         batch_size: batch size the rect shapes are computed for.
         stride: the model's largest stride; shapes are multiples of it.
@@ -61,6 +65,7 @@ class YoloDataset(torch.utils.data.Dataset):
         buffer_mb: per-process LRU of decoded images (MB; 0 disables). Mosaic reads 4 images per
             item; the buffer makes repeated donors free without changing any pixel.
         mosaic_backend: "fast" (numpy) or "albumentations" (`A.Mosaic`), see `transforms`.
+        user_transform: an albumentations pipeline yaml inserted after the mosaic step (`augment: PATH`).
         verbose: log the split summary at INFO (DEBUG otherwise) to the `accelyolo` logger.
     """
 
@@ -71,7 +76,7 @@ class YoloDataset(torch.utils.data.Dataset):
         augment: bool = False,
         hyp: Mapping[str, Any] | None = None,
         names: Sequence[str] | None = None,
-        cache: Literal["ram"] | None = None,
+        cache: Literal["ram", "disk"] | None = None,
         rect: bool = False,
         batch_size: int = 16,
         stride: int = 32,
@@ -81,12 +86,13 @@ class YoloDataset(torch.utils.data.Dataset):
         cache_dir: str | Path | None = None,
         buffer_mb: float = 256.0,
         mosaic_backend: Literal["fast", "albumentations"] = "fast",
+        user_transform: str | Path | None = None,
         verbose: bool = False,
     ) -> None:
         if imgsz % stride:
             raise ValueError(f"imgsz={imgsz} must be a multiple of stride={stride} (e.g. 320, 640)")
-        if cache not in (None, "ram"):
-            raise ValueError(f"cache={cache!r}: expected None or 'ram'")
+        if cache not in (None, "ram", "disk"):
+            raise ValueError(f"cache={cache!r}: expected None, 'ram' or 'disk'")
         if not images:
             raise DataError("YoloDataset got no images; check the split's folder or .txt list")
         self.imgsz, self.augment, self.rect, self.stride = imgsz, augment, rect, stride
@@ -119,10 +125,12 @@ class YoloDataset(torch.utils.data.Dataset):
         self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
         self._unreadable = torch.zeros(len(self.im_files), dtype=torch.bool).share_memory_()  # by index
         self.mosaic_backend = mosaic_backend
+        self.user_transform = user_transform
         self._pipelines: dict[bool, Any] = {}
         self._buffer: OrderedDict[int, np.ndarray] = OrderedDict()
         self._buffer_bytes, self.buffer_bytes_max = 0, int(buffer_mb * 2**20)
         self._ram: list[np.ndarray] | None = None
+        self._npy: list[Path] | None = None  # --cache disk: the .npy file of each image
         self._pool: tuple[int, np.ndarray | None] | None = None  # (epoch, donor indices)
         r = self.report
         LOGGER.log(
@@ -133,6 +141,8 @@ class YoloDataset(torch.utils.data.Dataset):
         )  # fmt: skip
         if cache == "ram":
             self._cache_ram()
+        elif cache == "disk":
+            self._cache_disk(Path(cache_dir) if cache_dir else None)
 
     def __len__(self) -> int:
         return len(self.im_files)
@@ -174,8 +184,21 @@ class YoloDataset(torch.utils.data.Dataset):
         with ThreadPoolExecutor(4) as pool:
             self._ram = list(pool.map(self._decode, range(len(self))))
 
+    def _cache_disk(self, fallback_dir: Path | None) -> None:
+        """Write the `.npy` of every image that has none yet (no pickle: `allow_pickle=False`)."""
+        self._npy = [image_npy_path(Path(f), self.imgsz, self.augment, fallback_dir) for f in self.im_files]
+        missing = [i for i, p in enumerate(self._npy) if not p.is_file()]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: save_npy(self._npy[i], self._decode(i)), missing))
+        LOGGER.info(
+            "disk cache: %d images decoded to .npy, %d reused (%s)", len(missing), len(self) - len(missing),
+            self._npy[0].parent,
+        )  # fmt: skip
+
     def _decode(self, i: int) -> np.ndarray:
         try:
+            if self._npy is not None and self._npy[i].is_file():
+                return np.load(self._npy[i], allow_pickle=False)
             return load_rgb(self.im_files[i], self.imgsz, fast=self.augment)
         except Exception as err:  # decoders raise OSError, SyntaxError, struct.error... for a damaged file
             raise UnreadableImageError(i, self.im_files[i], err) from err
@@ -244,7 +267,12 @@ class YoloDataset(torch.utils.data.Dataset):
     def _pipeline(self, mosaic: bool):
         if mosaic not in self._pipelines:  # built lazily, per process
             self._pipelines[mosaic] = build_train_transform(
-                self.imgsz, self.hyp, mosaic=mosaic, backend=self.mosaic_backend
+                self.imgsz,
+                self.hyp,
+                mosaic=mosaic,
+                backend=self.mosaic_backend,
+                user_transform=self.user_transform,
+                crop=not self.rect,
             )
         return self._pipelines[mosaic]
 

@@ -8,6 +8,11 @@ batches have another shape and cannot be stacked; such a loader is therefore not
 Seeding: shuffling uses a plain `RandomSampler` with a `torch.Generator` seeded from `seed`
 (Accelerate's `prepare()` re-wraps it for DDP and calls `set_epoch`); the item randomness itself
 comes from `(seed, epoch, index)` inside the dataset, so worker count and order do not matter.
+
+YOLOv5's `--quad` collate (groups of 4 images turned into one 2x image, the batch divided by 4) is not
+offered: it changes how many images a step sees, which the nominal-batch accumulation and the weight-decay
+scaling (`optim`) derive from `batch_size`, and YOLOv5 describes it as useful only for training at a larger
+`--img` than the test size; a correct version would need those rules re-derived, not only a collate.
 """
 
 from __future__ import annotations
@@ -94,12 +99,14 @@ def build_dataloader(
     drop_last: bool = False,
     num_shards: int = 1,
     shard: int = 0,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """A DataLoader over `dataset` with `collate_fn`, seeded shuffling and persistent workers.
 
-    Rect datasets are never shuffled (their batch shapes follow the sorted order). With `num_shards > 1`
-    (evaluation under DDP: the process count and this rank) the loader is sequential and yields this
-    shard's whole batches only (`ShardedBatchSampler`); use it as is, not through `accelerator.prepare`.
+    Rect datasets are never shuffled (their batch shapes follow the sorted order). A given `sampler`
+    (e.g. `ImageWeightSampler`) replaces the shuffling. With `num_shards > 1` (evaluation under DDP: the
+    process count and this rank) the loader is sequential and yields this shard's whole batches only
+    (`ShardedBatchSampler`); use it as is, not through `accelerator.prepare`.
     """
     if num_shards > 1:
         if shuffle and not dataset.rect:
@@ -109,7 +116,8 @@ def build_dataloader(
     else:
         generator = torch.Generator().manual_seed(int(seed))
         shuffle = shuffle and not dataset.rect
-        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        if sampler is None:
+            sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         batching = {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
     return DataLoader(
         dataset,
@@ -121,3 +129,71 @@ def build_dataloader(
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
     )
+
+
+def class_maps(result: Any, nc: int) -> np.ndarray:
+    """Per-class mAP50-95 `(nc,)` of a `DetectionResult`; 0 for classes without ground truth."""
+    maps = np.zeros(nc, dtype=np.float64)
+    classes = np.asarray(result.classes, dtype=np.int64)
+    keep = classes < nc
+    maps[classes[keep]] = np.asarray(result.ap, dtype=np.float64)[keep]
+    return maps
+
+
+class ImageWeightSampler(Sampler[int]):
+    """`--image-weights`: an epoch draws `len(dataset)` images with replacement, each with probability
+    proportional to the summed class weights of its boxes (YOLOv5).
+
+    Class weights = inverse label frequency (normalized) x (1 - per-class mAP)^2 / nc, so rare classes and
+    classes the last validation found hard are seen more often; images without boxes are not drawn.
+    Before the first validation the mAPs are 0. The draw is a pure function of (seed, epoch, weights):
+    the trainer shares the main process's mAPs with every rank, so every rank computes the same draw and
+    Accelerate's sharding gives each its own disjoint batches of it; a resumed run (its mAPs restored from
+    the checkpoint) draws the same images.
+    """
+
+    def __init__(self, dataset: YoloDataset, seed: int = 0) -> None:
+        classes = [lb[:, 0].astype(np.int64) for lb in dataset.labels]
+        top = max((int(c.max()) for c in classes if len(c)), default=0)
+        self.nc = max(len(dataset.names) if dataset.names else 0, top + 1)
+        self.counts = np.stack([np.bincount(c, minlength=self.nc) for c in classes]).astype(np.float64)  # (n, nc)
+        frequency = self.counts.sum(0)
+        frequency[frequency == 0] = 1  # classes without boxes: weight without effect (no image has them)
+        self.label_weights = 1.0 / frequency
+        self.label_weights /= self.label_weights.sum()
+        self.class_maps = np.zeros(self.nc)
+        self.seed, self.epoch = int(seed) % 2**63, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_class_maps(self, maps: Any) -> None:
+        """Per-class mAP `(nc,)` of the last validation (clipped to [0, 1])."""
+        maps = np.asarray(maps, dtype=np.float64).reshape(-1)
+        if maps.shape != (self.nc,):
+            raise ValueError(f"image weights: expected {self.nc} per-class mAPs, got {maps.shape[0]}")
+        self.class_maps = maps.clip(0.0, 1.0)
+
+    @property
+    def class_weights(self) -> np.ndarray:
+        return self.label_weights * (1.0 - self.class_maps) ** 2 / self.nc
+
+    @property
+    def image_weights(self) -> np.ndarray:
+        """Each image's draw weight `(n,)`: its boxes' class weights summed."""
+        return self.counts @ self.class_weights
+
+    def indices(self) -> np.ndarray:
+        """The epoch's draw `(n,)` of image indices (with replacement)."""
+        w = self.image_weights
+        n = len(w)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, 0, 2]))  # not an item stream
+        if w.sum() <= 0:  # no image has a box: a plain uniform draw
+            return rng.integers(0, n, n)
+        return rng.choice(n, size=n, replace=True, p=w / w.sum())
+
+    def __iter__(self):
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return len(self.counts)

@@ -3,7 +3,10 @@
 Train pipeline (one `A.Compose`, boxes in YOLO format with the class id as a 5th column):
 `Mosaic (p=mosaic, decided by the dataset) -> Affine (scale/translate/rotate/shear)
 -> Perspective (if > 0) -> HSV gains -> flips`, all at `imgsz x imgsz`; without mosaic the image is
-letterboxed to `imgsz` first. Mixup (blend of two mosaics, ratio ~ Beta(32, 32)) is done by the
+letterboxed to `imgsz` first, then (probability hyp `crop`, off by default) cropped by
+`A.RandomSizedBBoxSafeCrop` to a region holding every box and resized back. A user's own pipeline
+(`augment: PATH`, an `albumentations.save` yaml) runs right after the mosaic / crop step.
+Mixup (blend of two mosaics, ratio ~ Beta(32, 32)) is done by the
 dataset on two pipeline outputs.
 
 Box rules (documented so they can be relied on; YOLOv5's `box_candidates` in spirit):
@@ -21,6 +24,7 @@ more than the whole per-image budget of the loader.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import albumentations as A
@@ -172,6 +176,8 @@ def build_train_transform(
     hyp: Mapping[str, Any] | None = None,
     mosaic: bool = False,
     backend: Literal["fast", "albumentations"] = "fast",
+    user_transform: str | Path | None = None,
+    crop: bool = True,
 ) -> A.Compose:
     """The train pipeline at `imgsz x imgsz` (input: a letterboxed image, or the mosaic primary).
 
@@ -180,9 +186,15 @@ def build_train_transform(
         hyp: YOLOv5 augmentation names; missing keys take `DEFAULT_HYP`.
         mosaic: start with a 2x2 mosaic (needs `mosaic_metadata` in the call).
         backend: `"fast"` (YoloMosaic) or `"albumentations"` (A.Mosaic), see the module docstring.
+        user_transform: an albumentations pipeline saved with `albumentations.save(..., data_format="yaml")`,
+            inserted after the mosaic (or crop) step; accelyolo's box parameters apply to it.
+        crop: allow the bbox-safe crop (hyp `crop` > 0) on non-mosaic samples; off for rect batches,
+            whose shape is not square.
     """
     h = resolve_hyp(hyp)
     steps: list[A.BasicTransform] = []
+    if crop and not mosaic and h["crop"] > 0:  # a crop that keeps every box (up to crop_erosion), resized back
+        steps.append(A.RandomSizedBBoxSafeCrop(imgsz, imgsz, erosion_rate=h["crop_erosion"], p=h["crop"]))
     if mosaic and backend == "albumentations":
         steps.append(
             A.Mosaic(
@@ -196,6 +208,8 @@ def build_train_transform(
         )
     elif mosaic:
         steps.append(YoloMosaic(imgsz, fill=PAD_VALUE))
+    if user_transform is not None:
+        steps.extend(load_user_transform(user_transform))
     steps.append(
         A.Affine(
             scale=(1 - h["scale"], 1 + h["scale"]),
@@ -215,6 +229,26 @@ def build_train_transform(
     if h["flipud"] > 0:
         steps.append(A.VerticalFlip(p=h["flipud"]))
     return A.Compose(steps, bbox_params=bbox_params(), strict=False)
+
+
+def load_user_transform(path: str | Path) -> list[A.BasicTransform]:
+    """The transforms of a pipeline saved by `albumentations.save(..., data_format="yaml")` (a Compose or
+    a single transform). Its own bbox parameters, if any, are replaced by accelyolo's."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"augment: the albumentations pipeline '{path}' does not exist")
+    try:
+        loaded = A.load(path, data_format="yaml")
+    except Exception as exc:  # albumentations raises ValueError/KeyError/yaml errors for a bad file
+        raise ValueError(
+            f"augment: '{path}' is not an albumentations pipeline saved with "
+            f"albumentations.save(pipeline, path, data_format='yaml'): {exc}"
+        ) from exc
+    if isinstance(loaded, A.BaseCompose):
+        return list(loaded.transforms)
+    if isinstance(loaded, A.BasicTransform):
+        return [loaded]
+    raise ValueError(f"augment: '{path}' holds a {type(loaded).__name__}, not an albumentations transform")
 
 
 def bbox_params() -> A.BboxParams:

@@ -31,12 +31,15 @@ COCO_ANCHORS = (
 class AnchorBasedFamily(ModelFamily):
     name = "anchor_based"
     loss_gains = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # YOLOv5 hyp.scratch-low, before the scaling below
-    own_options = ("obj", "obj_pw", "anchor_t")
+    own_options = ("obj", "obj_pw", "anchor_t", "cls_pw", "fl_gamma", "label_smoothing")  # YOLOv8 ignores these
 
-    def build(self, nc: int, width: float, depth: float) -> YOLO:
+    def build(self, nc: int, width: float, depth: float, anchors: Any = COCO_ANCHORS) -> YOLO:
+        """`anchors`: per level (P3, P4, P5) the anchor (w, h) pairs in pixels, as pairs or YOLOv5's flat
+        `[w1, h1, w2, h2, ...]`; the same count on every level."""
         backbone = YOLOv5Backbone(width, depth)
         neck = YOLOv5PAN(width, depth)
-        head = AnchorBasedHead(nc, neck.out_channels, STRIDES, COCO_ANCHORS)
+        pairs = anchor_pairs(COCO_ANCHORS if anchors is None else anchors)
+        head = AnchorBasedHead(nc, neck.out_channels, STRIDES, pairs)
         return YOLO(backbone, neck, head, family=self.name)
 
     def build_loss(self, model: nn.Module, hyp: Mapping[str, Any], imgsz: int) -> AnchorBasedLoss:
@@ -80,6 +83,25 @@ class AnchorBasedFamily(ModelFamily):
         return torch.cat([m[..., 5:].reshape(b, -1, nc) for m in maps], 1), None
 
 
+def anchor_pairs(anchors: Any) -> list[list[list[float]]]:
+    """Anchors as `(levels, na, 2)` nested lists from pairs or YOLOv5's flat per-level lists; a clear error
+    for anything else (the recipe's `anchors` key)."""
+    levels = len(STRIDES)
+    try:
+        flat = [[float(v) for v in np.asarray(level, dtype=np.float64).reshape(-1)] for level in anchors]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"anchors: expected {levels} lists of numbers (w, h pairs), got {anchors!r}") from exc
+    sizes = {len(level) for level in flat}
+    if len(flat) != levels or len(sizes) != 1 or sizes.pop() % 2 or not flat[0]:
+        raise ValueError(
+            f"anchors: expected {levels} levels (P3, P4, P5) with the same even count of numbers (w, h pairs), "
+            f"e.g. [[10,13, 16,30, 33,23], [30,61, 62,45, 59,119], [116,90, 156,198, 373,326]]; got {anchors!r}"
+        )
+    if min(min(level) for level in flat) <= 0:
+        raise ValueError(f"anchors: widths and heights must be positive, got {anchors!r}")
+    return [[level[i : i + 2] for i in range(0, len(level), 2)] for level in flat]
+
+
 register_family(AnchorBasedFamily())
 
 # Scales: depth, width. "t" (tiny: 1/16 width) is a public size for smoke tests and CPU demos.
@@ -91,4 +113,4 @@ for _scale, (_depth, _width) in {
     "x": (1.33, 1.25),
     "t": (0.33, 0.0625),
 }.items():
-    register_model(f"yolov5{_scale}", ModelSpec("anchor_based", _depth, _width))
+    register_model(f"yolov5{_scale}", ModelSpec("anchor_based", _depth, _width, {"anchors": None}))
