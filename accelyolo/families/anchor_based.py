@@ -76,7 +76,6 @@ class AnchorBasedFamily(ModelFamily):
             f" -> {report['bpr_after']:.4f} (anchors replaced)" if report["replaced"] else "",
         )
 
-
     def import_state_dict(self, source: Mapping[str, Any]) -> tuple[dict[str, Any], int] | None:
         """The YOLOv5 repository's layout (v6.0+): layers 0-9 backbone, 10/13/14/17/18/20/21/23 the PAN
         (11, 12, 15, 16, 19, 22 are Upsample/Concat), 24 the Detect layer with anchors in grid units."""

@@ -50,7 +50,6 @@ class AnchorFreeFamily(ModelFamily):
         head = model.head
         return AnchorFreeLoss(head, box=self.gain(hyp, "box"), cls=self.gain(hyp, "cls"), dfl=self.gain(hyp, "dfl"))
 
-
     def import_state_dict(self, source: Mapping[str, Any]) -> tuple[dict[str, Any], int] | None:
         """ultralytics' YOLOv8 detection layout: layers 0-9 backbone, 12/15/16/18/19/21 the PAN blocks
         (10, 11, 13, 14, 17, 20 are Upsample/Concat), 22 the Detect head."""

@@ -28,7 +28,14 @@ from accelyolo.families import build_model, get_family, list_families, list_mode
 from accelyolo.models.yolo import STRIDES, YOLO
 from accelyolo.weights.pt_reader import PtReadError, Stub, read_pt, stub_state_dict
 
-__all__ = ["FOREIGN_SUFFIXES", "WeightsImportError", "ImportedWeights", "import_weights", "is_foreign_weights", "save_imported"]
+__all__ = [
+    "FOREIGN_SUFFIXES",
+    "WeightsImportError",
+    "ImportedWeights",
+    "import_weights",
+    "is_foreign_weights",
+    "save_imported",
+]
 
 FOREIGN_SUFFIXES = (".pt", ".pth")
 
@@ -110,7 +117,9 @@ def _source_kind(module: Stub) -> str:
 def _check_strides(module: Stub, path: Path) -> None:
     stride = module.attr("stride")
     if isinstance(stride, torch.Tensor) and tuple(stride.float().tolist()) != STRIDES:
-        raise WeightsImportError(path, f"has strides {stride.tolist()}; only P3-P5 models with strides {STRIDES} import")
+        raise WeightsImportError(
+            path, f"has strides {stride.tolist()}; only P3-P5 models with strides {STRIDES} import"
+        )
 
 
 def _match_variant(family: str, state: dict[str, torch.Tensor], nc: int, path: Path) -> YOLO:
@@ -198,7 +207,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             metadata = file.metadata() or {}
             if "accelyolo.format" in metadata:
                 raise WeightsImportError(path, "is already an accelyolo bundle; pass it to --weights as it is")
-            state: dict[str, Any] = {k: file.get_tensor(k) for k in file.keys()}
+            state: dict[str, Any] = {k: file.get_tensor(k) for k in file.keys()}  # noqa: SIM118
     except WeightsImportError:
         raise
     except Exception as error:  # safetensors raises its own error types for damaged files
@@ -206,7 +215,10 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     if "names" in metadata:  # optional: a JSON list or {index: name} of class names
         try:
             names = json.loads(metadata["names"])
-            state = {"model": state, "names": {int(k): v for k, v in names.items()} if isinstance(names, dict) else names}
+            state = {
+                "model": state,
+                "names": {int(k): v for k, v in names.items()} if isinstance(names, dict) else names,
+            }
         except (json.JSONDecodeError, ValueError, AttributeError):
             pass
     return state
