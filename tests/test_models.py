@@ -27,6 +27,12 @@ PUBLISHED = {
     "yolov5m": (21_200_000, 49.0, 0.01, 0.03),
     "yolov5l": (46_500_000, 109.1, 0.01, 0.03),
     "yolov5x": (86_700_000, 205.7, 0.01, 0.03),
+    # YOLO11: ultralytics' published counts less 16 (its DFL projection is a parameter, ours a buffer)
+    "yolo11n": (2_624_080 - 16, 6.6, 1e-9, 0.02),
+    "yolo11s": (9_458_752 - 16, 21.7, 1e-9, 0.02),
+    "yolo11m": (20_114_688 - 16, 68.5, 1e-9, 0.02),
+    "yolo11l": (25_372_160 - 16, 87.6, 1e-9, 0.02),
+    "yolo11x": (56_966_176 - 16, 196.0, 1e-9, 0.02),
 }
 
 
@@ -38,11 +44,12 @@ def test_registry_names():
     for scale in "nslmxt":
         assert f"yolov8{scale}" in names and f"yolov5{scale}" in names
     assert set(list_models("anchor_free")) == {f"yolov8{s}" for s in "nslmxt"}
+    assert set(list_models("yolo11")) == {f"yolo11{s}" for s in "nslmxt"}
     with pytest.raises(ValueError, match="unknown model 'yolov9n'"):
         build_model("yolov9n")
 
 
-@pytest.mark.parametrize("family_file", ["yolov8.yaml", "yolov5.yaml"])
+@pytest.mark.parametrize("family_file", ["yolov8.yaml", "yolov5.yaml", "yolo11.yaml"])
 def test_recipe_scales_match_registry(family_file):
     recipe = yaml.safe_load((RECIPES / family_file).read_text())
     prefix = family_file.removesuffix(".yaml")
@@ -50,8 +57,10 @@ def test_recipe_scales_match_registry(family_file):
         spec = model_spec(prefix + scale)
         assert spec.family == recipe["family"]
         assert [spec.depth, spec.width] == values[:2]
-        if spec.family == "anchor_free":
+        if spec.family in ("anchor_free", "yolo11"):
             assert spec.extra["max_channels"] == values[2]
+        if spec.family == "yolo11":
+            assert spec.extra["c3k"] == values[3]
     if "anchors" in recipe:
         assert recipe["anchors"] == [[list(a) for a in level] for level in COCO_ANCHORS]
 
@@ -77,7 +86,7 @@ def test_output_shapes(name):
     model.train()
     raw = model(x)
     assert len(raw) == 3
-    if model.family == "anchor_free":
+    if model.family in ("anchor_free", "yolo11"):
         assert [tuple(r.shape) for r in raw] == [(b, 64 + nc, h // s, w // s) for s in (8, 16, 32)]
         n = sum(cells)
     else:

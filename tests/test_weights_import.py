@@ -46,8 +46,8 @@ def _disguise(monkeypatch, root: nn.Module, modules: dict[str, str]) -> None:
     for module in root.modules():
         cls = type(module)
         if cls.__module__.startswith("accelyolo.") and cls.__name__ in modules:  # the blocks the source pickles
-            target = modules[cls.__name__]
-            module.__class__ = _fake_class(monkeypatch, target, cls.__name__, cls)
+            target, _, name = modules[cls.__name__].partition(":")  # "module" or "module:TheirName"
+            module.__class__ = _fake_class(monkeypatch, target, name or cls.__name__, cls)
 
 
 class _NoParams(nn.Module):
@@ -86,6 +86,27 @@ def ultralytics_v8(monkeypatch, nc: int = 3, seed: int = 0) -> tuple[nn.Module, 
     dfl.conv.weight.data[:] = torch.arange(16.0).view(1, 16, 1, 1)
     detect.dfl, detect.stride, detect.nc = dfl, torch.tensor([8.0, 16.0, 32.0]), nc
     names = {i: f"thing{i}" for i in range(nc)}
+    return ours, _source_model(monkeypatch, ours, layers, detect, "ultralytics.nn.tasks.DetectionModel", names)
+
+
+def ultralytics_11(monkeypatch, nc: int = 3, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(our yolo11t with random weights and BN statistics, the same weights as ultralytics lays them out)."""
+    torch.manual_seed(seed)
+    ours = build_model("yolo11t", nc=nc)
+    _randomise(ours)
+    block = "ultralytics.nn.modules.block"
+    mods = {"Conv": "ultralytics.nn.modules.conv", "PositionAttention": f"{block}:Attention"}
+    mods |= {n: block for n in ("C3k2", "C3k", "Bottleneck", "SPPF", "C2PSA", "PSABlock")}
+    _disguise(monkeypatch, ours, mods)
+    upsample, concat = nn.Upsample, _fake_class(monkeypatch, "ultralytics.nn.modules.conv", "Concat", _NoParams)
+    s, b = ours.backbone.stages, ours.neck.blocks
+    layers = [*s, upsample(), concat(), b[0], upsample(), concat(), b[1], b[2], concat(), b[3], b[4], concat(), b[5]]
+    detect = _fake_class(monkeypatch, "ultralytics.nn.modules.head", "Detect", nn.Module)()
+    detect.cv2, detect.cv3 = ours.head.box_branches, ours.head.cls_branches
+    dfl = _fake_class(monkeypatch, block, "DFL", nn.Module)()
+    dfl.conv = nn.Conv2d(16, 1, 1, bias=False).requires_grad_(False)
+    detect.dfl = dfl
+    names = {i: f"eleven{i}" for i in range(nc)}
     return ours, _source_model(monkeypatch, ours, layers, detect, "ultralytics.nn.tasks.DetectionModel", names)
 
 
@@ -228,6 +249,17 @@ def test_ultralytics_v8_imports_exactly(tmp_path, monkeypatch, half, entry):
     assert (got - expected).abs().max() <= 1e-4
 
 
+def test_ultralytics_yolo11_imports_exactly(tmp_path, monkeypatch):
+    ours, source = ultralytics_11(monkeypatch)
+    x, expected = _expected_output(ours, half=True)
+    path = tmp_path / "yolo11-best.pt"
+    torch.save(_checkpoint(source), path)
+    imported = import_weights(path)
+    assert imported.model.config["name"] == "yolo11t" and imported.names == ["eleven0", "eleven1", "eleven2"]
+    with torch.no_grad():
+        assert (imported.model(x) - expected).abs().max() <= 1e-4
+
+
 def test_yolov5_repository_imports_with_its_anchors(tmp_path, monkeypatch):
     ours, source = yolov5_repo(monkeypatch)
     x, expected = _expected_output(ours, half=True)
@@ -243,7 +275,7 @@ def test_yolov5_repository_imports_with_its_anchors(tmp_path, monkeypatch):
         assert (model(x) - expected).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("make", [ultralytics_v8, yolov5_repo])
+@pytest.mark.parametrize("make", [ultralytics_v8, ultralytics_11, yolov5_repo])
 def test_plain_state_dicts_import(tmp_path, monkeypatch, make):
     ours, source = make(monkeypatch)
     x, expected = _expected_output(ours, half=False)
