@@ -101,7 +101,7 @@ def test_output_shapes(name):
         assert model.stride.tolist() == [8.0, 16.0, 32.0]
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_eval_output_is_boxes_in_pixels_and_scores(name):
     torch.manual_seed(0)
     model = build_model(name, nc=2).eval()
@@ -113,7 +113,7 @@ def test_eval_output_is_boxes_in_pixels_and_scores(name):
     assert centres.min() > -64 and centres.max() < 128  # near the image, in pixels
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_every_parameter_gets_a_finite_gradient(name):
     torch.manual_seed(0)
     model = build_model(name, nc=2).train()
@@ -124,7 +124,7 @@ def test_every_parameter_gets_a_finite_gradient(name):
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_config_rebuilds_the_same_architecture(name):
     model = build_model(name, nc=4, width=0.125)
     config = json.loads(json.dumps(model.config))  # JSON-able
@@ -143,7 +143,7 @@ def test_anchors_are_a_state_dict_buffer_in_pixels():
     assert torch.allclose(bias[:, 4].mean(), torch.tensor(8 / 80**2).log(), atol=0.5)
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_fuse_keeps_outputs(name):
     torch.manual_seed(0)
     model = build_model(name, nc=3)
@@ -160,7 +160,7 @@ def test_fuse_keeps_outputs(name):
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_transfer_weights_with_another_class_count(name, caplog):
     source = build_model(name, nc=80)
     target = build_model(name, nc=3)
@@ -220,3 +220,15 @@ def test_decode_of_neutral_raw_outputs():
     assert out.shape == (1, 3 * 84, 6)
     torch.testing.assert_close(out[0, 1], torch.tensor([12.0, 4.0, 10.0, 13.0, 0.25, 0.25]))
     torch.testing.assert_close(out[0, -1], torch.tensor([48.0, 48.0, 373.0, 326.0, 0.25, 0.25]))
+
+
+def test_yolo11_trains_with_the_anchor_free_loss(tiny_demo, tmp_path):
+    from accelyolo.trainer import fit
+    from tests.conftest import tiny_train_options
+
+    result = fit(**tiny_train_options(tiny_demo, tmp_path, model="yolo11t", epochs=1))
+    with open(result.run_dir / "results.csv") as file:
+        header, row = file.read().splitlines()[:2]
+    losses = dict(zip(header.split(","), row.split(",")))
+    names = ("train/box_loss", "train/cls_loss", "train/dfl_loss")
+    assert all(0 < float(losses[k]) < 100 for k in names), losses
