@@ -1,4 +1,4 @@
-"""The `accelyolo` console script: `train`, `val`, `predict`, `import` and `data check`."""
+"""The `accelyolo` console script: `train`, `val`, `predict`, `export`, `import` and `data check`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ COMMANDS = {
     "train": ("accelyolo.train", "train a model (same flags as accelyolo/train.py)"),
     "val": ("accelyolo.validate", "validate a checkpoint on a dataset"),
     "predict": ("accelyolo.predict", "detect objects in images"),
+    "export": ("accelyolo.export", "export a checkpoint to ONNX (pip install 'accelyolo[export]')"),
     "import": ("accelyolo.weights.command", "convert YOLOv5/YOLOv8/YOLO11 .pt weights into a .safetensors bundle"),
 }
 

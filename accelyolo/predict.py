@@ -67,10 +67,20 @@ def predict(
     from accelyolo.data.checks import load_rgb
     from accelyolo.data.transforms import letterbox
     from accelyolo.runs import increment_path
+    from accelyolo.weights.importers import import_weights, is_foreign_weights
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
-    model = model.to(device).eval()
+    if Path(weights).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime on the CPU
+        from accelyolo.export import OnnxDetector
+
+        model, device = OnnxDetector(weights), "cpu"
+        meta = model.metadata()
+    elif is_foreign_weights(weights):  # another tool's .pt, imported without running its code
+        imported = import_weights(weights)
+        model, meta = imported.model.to(device).eval(), imported.metadata(weights)
+    else:
+        model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
+        model = model.to(device).eval()
     names = list(meta.get("names") or [str(i) for i in range(model.nc)])
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
     save_dir = None
@@ -109,7 +119,9 @@ def predict(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="a .safetensors checkpoint written by accelyolo")
+    parser.add_argument(
+        "--weights", required=True, help="an accelyolo .safetensors, an exported .onnx, or a YOLOv5/v8/11 .pt"
+    )
     parser.add_argument("--source", required=True, help="an image file or a folder of images")
     parser.add_argument("--imgsz", type=int, default=None, help="inference size (default: the training size)")
     parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
