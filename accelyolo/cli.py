@@ -11,7 +11,7 @@ COMMANDS = {
     "train": ("accelyolo.train", "train a model (same flags as accelyolo/train.py)"),
     "val": ("accelyolo.validate", "validate a checkpoint on a dataset"),
     "predict": ("accelyolo.predict", "detect objects in images"),
-    "export": ("accelyolo.export", "export a checkpoint to ONNX (pip install 'accelyolo[export]')"),
+    "export": ("accelyolo.exporter", "export a checkpoint to ONNX (pip install 'accelyolo[export]')"),
     "import": ("accelyolo.weights.command", "convert YOLOv5/YOLOv8/YOLO11 .pt weights into a .safetensors bundle"),
 }
 

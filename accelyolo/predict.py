@@ -71,7 +71,7 @@ def predict(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if Path(weights).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime on the CPU
-        from accelyolo.export import OnnxDetector
+        from accelyolo.exporter import OnnxDetector
 
         model, device = OnnxDetector(weights), "cpu"
         meta = model.metadata()

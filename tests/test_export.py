@@ -51,7 +51,7 @@ def _real_images(data_yaml, n: int = 4) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_onnxruntime_equals_pytorch(tmp_path, tiny_demo, name):
-    from accelyolo.export import export
+    from accelyolo.exporter import export
 
     weights, model = _bundle(tmp_path, name)
     path = export(weights, imgsz=64)
@@ -69,7 +69,7 @@ def test_onnxruntime_equals_pytorch(tmp_path, tiny_demo, name):
 
 
 def test_dynamic_export_takes_other_sizes_and_batches(tmp_path, tiny_demo):
-    from accelyolo.export import export
+    from accelyolo.exporter import export
 
     weights, model = _bundle(tmp_path, "yolov8t")
     path = export(weights, imgsz=64, dynamic=True, output=tmp_path / "dyn.onnx")
@@ -102,7 +102,7 @@ def test_predict_with_the_onnx_file_finds_the_same_objects(tmp_path, tiny_demo, 
 
 
 def test_missing_onnx_says_how_to_install(tmp_path, monkeypatch):
-    from accelyolo.export import export
+    from accelyolo.exporter import export
 
     weights, _ = _bundle(tmp_path, "yolov8t")
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail
@@ -110,3 +110,11 @@ def test_missing_onnx_says_how_to_install(tmp_path, monkeypatch):
         export(weights)
     with pytest.raises(ValueError, match="--format 'tflite' is not supported"):
         export(weights, format="tflite")
+
+
+def test_package_level_export_function(tmp_path):
+    import accelyolo
+
+    weights, _ = _bundle(tmp_path, "yolov5t")
+    path = accelyolo.export(str(weights), imgsz=64, output=str(tmp_path / "top.onnx"))
+    assert path.is_file() and onnx.load(str(path)).graph.output[0].name == "output0"
