@@ -65,7 +65,7 @@ from accelyolo.optim import (
 from accelyolo.records import FitResult, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
 from accelyolo.runs import find_resume_checkpoint, make_run_dir
-from accelyolo.weights.importers import import_weights, is_foreign_weights
+from accelyolo.weights.importers import is_foreign_weights, weights_for_fine_tuning
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -370,7 +370,7 @@ class Trainer:
         model = build_model(cfg.model, nc=len(self.names))
         if cfg.weights and self.resume_from is None:
             if is_foreign_weights(cfg.weights):  # another tool's .pt: converted on the fly, none of its code runs
-                source_state = import_weights(cfg.weights).model.state_dict()
+                source_state = weights_for_fine_tuning(cfg.weights, cfg.model)
             else:
                 bundle = load_checkpoint_bundle(cfg.weights)
                 source_state = bundle.ema_state or bundle.model_state

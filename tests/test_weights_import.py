@@ -342,3 +342,19 @@ def test_fine_tune_from_a_pt_transfers_all_but_the_class_layers(tmp_path, monkey
     trained, source_state = model.state_dict(), ours.state_dict()
     frozen = [k for k in trained if k.startswith("backbone.") and k.endswith("conv.weight")]
     assert frozen and all(torch.equal(trained[k], source_state[k]) for k in frozen)  # transferred, then frozen
+
+
+def test_fine_tuning_another_architecture_warns(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from accelyolo.weights.importers import weights_for_fine_tuning
+
+    ours, source = ultralytics_v8(monkeypatch)
+    path = tmp_path / "v8.pt"
+    torch.save(_checkpoint(source, half=False), path)
+    with caplog.at_level(logging.WARNING, logger="accelyolo"):
+        state = weights_for_fine_tuning(path, "yolov8t")
+        assert not caplog.records
+        weights_for_fine_tuning(path, "yolo11n")
+    assert "holds a yolov8t; training a yolo11n" in caplog.text
+    assert state.keys() == ours.state_dict().keys()

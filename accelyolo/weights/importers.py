@@ -17,6 +17,7 @@ model tensor for tensor or fails with the first mismatch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,10 @@ __all__ = [
     "import_weights",
     "is_foreign_weights",
     "save_imported",
+    "weights_for_fine_tuning",
 ]
+
+LOGGER = logging.getLogger("accelyolo")
 
 FOREIGN_SUFFIXES = (".pt", ".pth")
 
@@ -222,6 +226,22 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
         except (json.JSONDecodeError, ValueError, AttributeError):
             pass
     return state
+
+
+def weights_for_fine_tuning(path: str | os.PathLike[str], model_name: str) -> dict[str, torch.Tensor]:
+    """The imported state dict for `--weights X.pt`; warns when the file holds another architecture than
+    the one being trained (only the tensors whose names and shapes fit will transfer)."""
+    model = import_weights(path).model
+    if model.config["name"] != model_name:
+        LOGGER.warning(
+            "weights: %s holds a %s; training a %s takes only the tensors that fit (--model %s trains the "
+            "architecture of the file)",
+            path,
+            model.config["name"],
+            model_name,
+            model.config["name"],
+        )
+    return model.state_dict()
 
 
 def save_imported(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> tuple[Path, ImportedWeights]:
