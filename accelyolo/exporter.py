@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["OnnxDetector", "export", "load_weights"]
+__all__ = ["OnnxDetector", "export"]
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -36,18 +36,6 @@ def _require_onnx() -> Any:
     except ImportError:
         raise ImportError(_MISSING) from None
     return onnx
-
-
-def load_weights(weights: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(model in eval mode, metadata) from an accelyolo bundle (EMA preferred) or another tool's `.pt`."""
-    from accelyolo.weights.importers import import_weights, is_foreign_weights
-
-    if is_foreign_weights(weights):
-        imported = import_weights(weights)
-        return imported.model.eval(), imported.metadata(weights)
-    from accelyolo.checkpoint import load_checkpoint
-
-    return load_checkpoint(weights, device="cpu", prefer_ema=True)
 
 
 def export(
@@ -73,6 +61,8 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(f"export: --format {format!r} is not supported; choose one of {', '.join(FORMATS)}")
+    from accelyolo.weights.importers import load_weights
+
     onnx = _require_onnx()
     model, meta = load_weights(weights)
     imgsz = int(imgsz or meta.get("config", {}).get("imgsz", 640))

@@ -63,11 +63,10 @@ def predict(
     import torch
 
     from accelyolo.boxes import non_max_suppression, scale_boxes
-    from accelyolo.checkpoint import load_checkpoint
     from accelyolo.data.checks import load_rgb
     from accelyolo.data.transforms import letterbox
     from accelyolo.runs import increment_path
-    from accelyolo.weights.importers import import_weights, is_foreign_weights
+    from accelyolo.weights.importers import load_weights
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if Path(weights).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime on the CPU
@@ -75,11 +74,8 @@ def predict(
 
         model, device = OnnxDetector(weights), "cpu"
         meta = model.metadata()
-    elif is_foreign_weights(weights):  # another tool's .pt, imported without running its code
-        imported = import_weights(weights)
-        model, meta = imported.model.to(device).eval(), imported.metadata(weights)
-    else:
-        model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
+    else:  # an accelyolo bundle, or another tool's .pt imported without running its code
+        model, meta = load_weights(weights)
         model = model.to(device).eval()
     names = list(meta.get("names") or [str(i) for i in range(model.nc)])
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
@@ -139,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         results = predict(**vars(args))
-    except (CheckpointError, FileNotFoundError) as exc:
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:  # ValueError: a refused .pt / .onnx
         print(f"accelyolo predict: {exc}", file=sys.stderr)
         return 2
     for r in results:

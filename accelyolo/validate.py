@@ -53,16 +53,16 @@ def validate(
     from accelerate.utils import gather_object
 
     from accelyolo.boxes import scale_boxes
-    from accelyolo.checkpoint import load_checkpoint
     from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
     from accelyolo.evaluation import evaluate
     from accelyolo.logs import render_text, setup_logging
     from accelyolo.metrics import coco_json_records
     from accelyolo.runs import make_run_dir
+    from accelyolo.weights.importers import load_weights
 
     accelerator = Accelerator()
     setup_logging(main_process=accelerator.is_main_process)
-    model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
+    model, meta = load_weights(weights)  # a bundle (EMA preferred), or a YOLOv5/v8/11 .pt imported
     trained = meta.get("config", {})
     imgsz = imgsz or int(trained.get("imgsz", 640))
     with accelerator.main_process_first():
@@ -164,7 +164,7 @@ def validate(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="a .safetensors checkpoint written by accelyolo")
+    parser.add_argument("--weights", required=True, help="an accelyolo .safetensors or a YOLOv5/v8/11 .pt")
     parser.add_argument("--data", default=None, help="data.yaml (default: the one the model was trained on)")
     parser.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")
     parser.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=32)

@@ -358,3 +358,22 @@ def test_fine_tuning_another_architecture_warns(tmp_path, monkeypatch, caplog):
         weights_for_fine_tuning(path, "yolo11n")
     assert "holds a yolov8t; training a yolo11n" in caplog.text
     assert state.keys() == ours.state_dict().keys()
+
+
+def test_import_command_and_val_of_a_pt(tmp_path, monkeypatch, tiny_demo, capsys, one_thread):
+    from accelyolo.cli import main as cli_main
+    from accelyolo.validate import validate
+
+    _, source = yolov5_repo(monkeypatch, nc=4)
+    path = tmp_path / "v5.pt"
+    torch.save(_checkpoint(source), path)
+    out = tmp_path / "v5.safetensors"
+    assert cli_main(["import", str(path), "-o", str(out)]) == 0
+    assert "as yolov5t nc=4" in capsys.readouterr().out and out.is_file()
+    common = dict(data=str(tiny_demo), imgsz=64, workers=0, plots=False, project=str(tmp_path / "val"))
+    from_pt = validate(weights=str(path), name="pt", **common).metrics
+    from_bundle = validate(weights=str(out), name="bundle", **common).metrics
+    assert from_pt == from_bundle
+    torch.save({"x": _Payload(os.system, "true")}, tmp_path / "bad.pt")
+    with pytest.raises(SystemExit, match=r"accelyolo import: .*bad\.pt: .*'posix\.system'"):
+        cli_main(["import", str(tmp_path / "bad.pt")])

@@ -35,6 +35,7 @@ __all__ = [
     "ImportedWeights",
     "import_weights",
     "is_foreign_weights",
+    "load_weights",
     "save_imported",
     "weights_for_fine_tuning",
 ]
@@ -226,6 +227,16 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
         except (json.JSONDecodeError, ValueError, AttributeError):
             pass
     return state
+
+
+def load_weights(path: str | os.PathLike[str]) -> tuple[YOLO, dict[str, Any]]:
+    """(model in eval mode, metadata) from an accelyolo bundle (EMA preferred) or another tool's `.pt`."""
+    if is_foreign_weights(path):
+        imported = import_weights(path)
+        return imported.model.eval(), imported.metadata(path)
+    from accelyolo.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, device="cpu", prefer_ema=True)
 
 
 def weights_for_fine_tuning(path: str | os.PathLike[str], model_name: str) -> dict[str, torch.Tensor]:
