@@ -55,12 +55,11 @@ _STUB_PREFIXES = (
     "torch.",
     "torchvision.",
     "numpy.",
-    "numpy",
-    "pathlib",
-    "argparse",
-    "datetime",
+    "pathlib.",
+    "argparse.",
+    "datetime.",
     "types.SimpleNamespace",
-    "__main__",
+    "__main__.",
 )
 
 
