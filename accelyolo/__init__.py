@@ -13,7 +13,17 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     from accelyolo.trainer import FitResult
 
-__all__ = ["__version__", "build_model", "evolve", "fit", "load_checkpoint", "predict", "validate"]
+__all__ = [
+    "__version__",
+    "build_model",
+    "evolve",
+    "export",
+    "fit",
+    "import_weights",
+    "load_checkpoint",
+    "predict",
+    "validate",
+]
 
 
 def fit(recipe: str | None = None, **overrides: Any) -> FitResult:
@@ -31,7 +41,7 @@ def evolve(recipe: str | None = None, **kwargs: Any):
 
 
 def build_model(name: str, nc: int = 80, **kwargs: Any):
-    """Build a registered model (`yolov8n` ... `yolov8x`, `yolov5n` ... `yolov5x`)."""
+    """Build a registered model (`yolov8n` ... `yolov8x`, `yolov5n` ... `yolov5x`, `yolo11n` ... `yolo11x`)."""
     from accelyolo.families import build_model as _build_model
 
     return _build_model(name, nc=nc, **kwargs)
@@ -56,3 +66,17 @@ def predict(**kwargs: Any):
     from accelyolo.predict import predict as _predict
 
     return _predict(**kwargs)
+
+
+def export(weights: str, **kwargs: Any):
+    """Export a checkpoint (or a YOLOv5/v8/11 `.pt`) to ONNX; see `accelyolo.exporter.export`."""
+    from accelyolo.exporter import export as _export
+
+    return _export(weights, **kwargs)
+
+
+def import_weights(path: str):
+    """Read a YOLOv5/v8/11 `.pt` (or state dict) without running its code; see `accelyolo.weights.importers`."""
+    from accelyolo.weights.importers import import_weights as _import
+
+    return _import(path)

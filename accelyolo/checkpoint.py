@@ -218,9 +218,9 @@ def save_checkpoint(
 
 _PICKLE_PROBLEM = "this looks like a PyTorch pickle checkpoint; accelyolo reads only .safetensors bundles it wrote"
 _PICKLE_ADVICE = (
-    "Unpickling a file can run arbitrary code, so accelyolo never does. If you trust the file, "
-    "re-save its weights in that trusted environment with "
-    "safetensors.torch.save_file(state_dict, 'weights.safetensors') and use them as pretrained weights"
+    "Unpickling a file can run arbitrary code, so accelyolo never does. For YOLOv5, YOLOv8 and YOLO11 "
+    "weights, pass the .pt to --weights (converted on the fly) or convert it once with "
+    "'accelyolo import SRC.pt -o OUT.safetensors'; both read it without running any of its code"
 )
 _OTHER_CHECKPOINT = "use another checkpoint of the run (best.safetensors, or an earlier one)"
 _CUT_OFF = f"The file was cut off while being written or copied; {_OTHER_CHECKPOINT}"

@@ -1,4 +1,4 @@
-"""The `accelyolo` console script: `train`, `val`, `predict`, `evolve` and `data check`."""
+"""The `accelyolo` console script: `train`, `val`, `predict`, `evolve`, `export`, `import` and `data check`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ COMMANDS = {
     "val": ("accelyolo.validate", "validate a checkpoint on a dataset"),
     "predict": ("accelyolo.predict", "detect objects in images"),
     "evolve": ("accelyolo.evolve", "evolve hyperparameters: one training per generation (YOLOv5's genetic search)"),
+    "export": ("accelyolo.exporter", "export a checkpoint to ONNX (pip install 'accelyolo[export]')"),
+    "import": ("accelyolo.weights.command", "convert YOLOv5/YOLOv8/YOLO11 .pt weights into a .safetensors bundle"),
 }
 
 

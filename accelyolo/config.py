@@ -59,7 +59,9 @@ class TrainConfig:
 
     # model
     model: str = _opt("yolov8n", "registered model name (yolov8n..x, yolov5n..x)", "model")
-    weights: str | None = _opt(None, "start from this .safetensors checkpoint (matching tensors)", "model")
+    weights: str | None = _opt(
+        None, "start from these weights (matching tensors): an accelyolo .safetensors or a YOLOv5/v8/11 .pt", "model"
+    )
     freeze: int = _opt(0, "freeze the first N backbone stages", "model")
     anchors: list | None = _opt(  # issue 12: YOLOv5's anchors from the recipe
         None,

@@ -15,6 +15,8 @@ __all__ = [
     "AccelyoloError",
     "DataError",
     "DistributedError",
+    "ExportError",
+    "MissingDependencyError",
     "ModelNameError",
     "ResumeError",
     "RunFolderError",
@@ -58,3 +60,11 @@ class RunFolderError(AccelyoloError, OSError):
 
 class DistributedError(AccelyoloError, RuntimeError):
     """Another process of a distributed run failed; the message is that process's."""
+
+
+class MissingDependencyError(AccelyoloError, ImportError):
+    """An optional package a command needs is not installed (the message says which extra to install)."""
+
+
+class ExportError(AccelyoloError, ValueError):
+    """An export that cannot be made or a file that is not an accelyolo export."""

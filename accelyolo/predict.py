@@ -79,20 +79,26 @@ def predict(
     import torch
 
     from accelyolo.boxes import non_max_suppression, scale_boxes
-    from accelyolo.checkpoint import load_checkpoint
     from accelyolo.config import ConfigError
     from accelyolo.data.checks import load_rgb
     from accelyolo.data.loader import to_model_input
     from accelyolo.data.transforms import letterbox
     from accelyolo.runs import create_folder, increment_path
+    from accelyolo.weights.importers import load_weights
 
     if imgsz is not None and (imgsz < 32 or imgsz % 32):
         raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
     images = list_images(source)  # a wrong --source fails before the model is loaded
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
-    model = model.to(device).eval()
+    if Path(weights).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime on the CPU
+        from accelyolo.exporter import OnnxDetector
+
+        model, device = OnnxDetector(weights), "cpu"
+        meta = model.metadata()
+    else:  # an accelyolo bundle, or another tool's .pt imported without running its code
+        model, meta = load_weights(weights)
+        model = model.to(device).eval()
     names = list(meta.get("names") or [str(i) for i in range(model.nc)])
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
     segments = hasattr(model, "seg_head")
@@ -165,7 +171,9 @@ def colour_mask(mask: Any) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="a .safetensors checkpoint written by accelyolo")
+    parser.add_argument(
+        "--weights", required=True, help="an accelyolo .safetensors, an exported .onnx, or a YOLOv5/v8/11 .pt"
+    )
     parser.add_argument("--source", required=True, help="an image file or a folder of images")
     parser.add_argument("--imgsz", type=int, default=None, help="inference size (default: the training size)")
     parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")

@@ -71,6 +71,7 @@ from accelyolo.pictures import ResultsPlotCallback, TrackerImagesCallback
 from accelyolo.records import FitResult, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
 from accelyolo.runs import find_resume_checkpoint, make_run_dir
+from accelyolo.weights.importers import is_foreign_weights, weights_for_fine_tuning
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -486,8 +487,12 @@ class Trainer:
         except ValueError as exc:
             raise ConfigError(f"'model' {cfg.model!r} / 'anchors': {exc}") from exc
         if cfg.weights and self.resume_from is None:
-            bundle = load_checkpoint_bundle(cfg.weights)
-            moved, total = transfer_weights(model, bundle.ema_state or bundle.model_state)
+            if is_foreign_weights(cfg.weights):  # another tool's .pt: converted on the fly, none of its code runs
+                source_state = weights_for_fine_tuning(cfg.weights, cfg.model)
+            else:
+                bundle = load_checkpoint_bundle(cfg.weights)
+                source_state = bundle.ema_state or bundle.model_state
+            moved, total = transfer_weights(model, source_state)
             LOGGER.info("weights: transferred %d/%d tensors from %s", moved, total, cfg.weights)
         if cfg.freeze:
             LOGGER.info("freeze: %d parameter tensors frozen", len(freeze_layers(model, cfg.freeze)))

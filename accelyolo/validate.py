@@ -55,7 +55,6 @@ def validate(
     from accelerate.utils import gather_object
 
     from accelyolo.boxes import scale_boxes
-    from accelyolo.checkpoint import load_checkpoint
     from accelyolo.config import ConfigError
     from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
     from accelyolo.data.demo import demo_multitask_yaml
@@ -64,12 +63,13 @@ def validate(
     from accelyolo.logs import render_text, setup_logging
     from accelyolo.metrics import coco_json_records
     from accelyolo.runs import make_run_dir
+    from accelyolo.weights.importers import load_weights
 
     if imgsz is not None and (imgsz < 32 or imgsz % 32):
         raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
     accelerator = Accelerator()
     setup_logging(main_process=accelerator.is_main_process)
-    model, meta = load_checkpoint(weights, device="cpu", prefer_ema=True)
+    model, meta = load_weights(weights)  # a bundle (EMA preferred), or a YOLOv5/v8/11 .pt imported
     trained = meta.get("config", {})
     imgsz = imgsz or int(trained.get("imgsz", 640))
     segments = hasattr(model, "seg_head")
@@ -211,7 +211,7 @@ def _segmentation_metrics(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="a .safetensors checkpoint written by accelyolo")
+    parser.add_argument("--weights", required=True, help="an accelyolo .safetensors or a YOLOv5/v8/11 .pt")
     parser.add_argument("--data", default=None, help="data.yaml (default: the one the model was trained on)")
     parser.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")
     parser.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=32)

@@ -27,6 +27,12 @@ PUBLISHED = {
     "yolov5m": (21_200_000, 49.0, 0.01, 0.03),
     "yolov5l": (46_500_000, 109.1, 0.01, 0.03),
     "yolov5x": (86_700_000, 205.7, 0.01, 0.03),
+    # YOLO11: ultralytics' published counts less 16 (its DFL projection is a parameter, ours a buffer)
+    "yolo11n": (2_624_080 - 16, 6.6, 1e-9, 0.02),
+    "yolo11s": (9_458_752 - 16, 21.7, 1e-9, 0.02),
+    "yolo11m": (20_114_688 - 16, 68.5, 1e-9, 0.02),
+    "yolo11l": (25_372_160 - 16, 87.6, 1e-9, 0.02),
+    "yolo11x": (56_966_176 - 16, 196.0, 1e-9, 0.02),
 }
 
 
@@ -38,11 +44,12 @@ def test_registry_names():
     for scale in "nslmxt":
         assert f"yolov8{scale}" in names and f"yolov5{scale}" in names
     assert set(list_models("anchor_free")) == {f"yolov8{s}" for s in "nslmxt"}
+    assert set(list_models("yolo11")) == {f"yolo11{s}" for s in "nslmxt"}
     with pytest.raises(ValueError, match="unknown model 'yolov9n'"):
         build_model("yolov9n")
 
 
-@pytest.mark.parametrize("family_file", ["yolov8.yaml", "yolov5.yaml"])
+@pytest.mark.parametrize("family_file", ["yolov8.yaml", "yolov5.yaml", "yolo11.yaml"])
 def test_recipe_scales_match_registry(family_file):
     recipe = yaml.safe_load((RECIPES / family_file).read_text())
     prefix = family_file.removesuffix(".yaml")
@@ -50,8 +57,10 @@ def test_recipe_scales_match_registry(family_file):
         spec = model_spec(prefix + scale)
         assert spec.family == recipe["family"]
         assert [spec.depth, spec.width] == values[:2]
-        if spec.family == "anchor_free":
+        if spec.family in ("anchor_free", "yolo11"):
             assert spec.extra["max_channels"] == values[2]
+        if spec.family == "yolo11":
+            assert spec.extra["c3k"] == values[3]
     if "anchors" in recipe:
         assert recipe["anchors"] == [[list(a) for a in level] for level in COCO_ANCHORS]
 
@@ -77,7 +86,7 @@ def test_output_shapes(name):
     model.train()
     raw = model(x)
     assert len(raw) == 3
-    if model.family == "anchor_free":
+    if model.family in ("anchor_free", "yolo11"):
         assert [tuple(r.shape) for r in raw] == [(b, 64 + nc, h // s, w // s) for s in (8, 16, 32)]
         n = sum(cells)
     else:
@@ -92,7 +101,7 @@ def test_output_shapes(name):
         assert model.stride.tolist() == [8.0, 16.0, 32.0]
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_eval_output_is_boxes_in_pixels_and_scores(name):
     torch.manual_seed(0)
     model = build_model(name, nc=2).eval()
@@ -104,7 +113,7 @@ def test_eval_output_is_boxes_in_pixels_and_scores(name):
     assert centres.min() > -64 and centres.max() < 128  # near the image, in pixels
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_every_parameter_gets_a_finite_gradient(name):
     torch.manual_seed(0)
     model = build_model(name, nc=2).train()
@@ -115,7 +124,7 @@ def test_every_parameter_gets_a_finite_gradient(name):
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_config_rebuilds_the_same_architecture(name):
     model = build_model(name, nc=4, width=0.125)
     config = json.loads(json.dumps(model.config))  # JSON-able
@@ -134,7 +143,7 @@ def test_anchors_are_a_state_dict_buffer_in_pixels():
     assert torch.allclose(bias[:, 4].mean(), torch.tensor(8 / 80**2).log(), atol=0.5)
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_fuse_keeps_outputs(name):
     torch.manual_seed(0)
     model = build_model(name, nc=3)
@@ -151,7 +160,7 @@ def test_fuse_keeps_outputs(name):
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
+@pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_transfer_weights_with_another_class_count(name, caplog):
     source = build_model(name, nc=80)
     target = build_model(name, nc=3)
@@ -211,3 +220,15 @@ def test_decode_of_neutral_raw_outputs():
     assert out.shape == (1, 3 * 84, 6)
     torch.testing.assert_close(out[0, 1], torch.tensor([12.0, 4.0, 10.0, 13.0, 0.25, 0.25]))
     torch.testing.assert_close(out[0, -1], torch.tensor([48.0, 48.0, 373.0, 326.0, 0.25, 0.25]))
+
+
+def test_yolo11_trains_with_the_anchor_free_loss(tiny_demo, tmp_path):
+    from accelyolo.trainer import fit
+    from tests.conftest import tiny_train_options
+
+    result = fit(**tiny_train_options(tiny_demo, tmp_path, model="yolo11t", epochs=1))
+    with open(result.run_dir / "results.csv") as file:
+        header, row = file.read().splitlines()[:2]
+    losses = dict(zip(header.split(","), row.split(",")))
+    names = ("train/box_loss", "train/cls_loss", "train/dfl_loss")
+    assert all(0 < float(losses[k]) < 100 for k in names), losses

@@ -12,6 +12,7 @@ from torch import nn
 
 from accelyolo.autoanchor import check_anchors
 from accelyolo.families.registry import ModelFamily, ModelSpec, register_family, register_model
+from accelyolo.families.source_names import remap_layers
 from accelyolo.losses.anchor_based import AnchorBasedLoss
 from accelyolo.models.backbone import YOLOv5Backbone
 from accelyolo.models.heads import AnchorBasedHead
@@ -82,6 +83,17 @@ class AnchorBasedFamily(ModelFamily):
         b, nc = maps[0].shape[0], model.head.nc
         return torch.cat([m[..., 5:].reshape(b, -1, nc) for m in maps], 1), None
 
+    def import_state_dict(self, source: Mapping[str, Any]) -> tuple[dict[str, Any], int] | None:
+        """The YOLOv5 repository's layout (v6.0+): layers 0-9 backbone, 10/13/14/17/18/20/21/23 the PAN
+        (11, 12, 15, 16, 19, 22 are Upsample/Concat), 24 the Detect layer with anchors in grid units."""
+        if "model.24.anchors" not in source or "model.24.m.0.weight" not in source:
+            return None
+        state = remap_layers(source, YOLOV5_LAYERS, 24, _rename_v5_head)
+        anchors = state["head.anchors"].float()  # (nl, na, 2) in cells of each level
+        state["head.anchors"] = anchors * torch.tensor(STRIDES).view(-1, 1, 1)  # -> pixels, as our head keeps them
+        na = anchors.shape[1]
+        return state, int(state["head.m.0.bias"].shape[0]) // na - 5
+
 
 def anchor_pairs(anchors: Any) -> list[list[list[float]]]:
     """Anchors as `(levels, na, 2)` nested lists from pairs or YOLOv5's flat per-level lists; a clear error
@@ -101,6 +113,20 @@ def anchor_pairs(anchors: Any) -> list[list[list[float]]]:
         raise ValueError(f"anchors: widths and heights must be positive, got {anchors!r}")
     return [[level[i : i + 2] for i in range(0, len(level), 2)] for level in flat]
 
+
+def _rename_v5_head(rest: str) -> str | None:
+    """YOLOv5's Detect: `m.<level>` 1x1 convs and `anchors`; older files also save `anchor_grid`, rebuilt here."""
+    if rest.startswith("m.") or rest == "anchors":
+        return f"head.{rest}"
+    if rest == "anchor_grid":
+        return None
+    raise KeyError(f"detect layer tensor {rest!r} has no counterpart (expected m.*, anchors)")
+
+
+# Source layer index -> our module, YOLOv5 v6.0+ models (yolov5n-x.yaml).
+YOLOV5_LAYERS = {i: f"backbone.stages.{i}" for i in range(10)} | {
+    src: f"neck.blocks.{j}" for j, src in enumerate((10, 13, 14, 17, 18, 20, 21, 23))
+}
 
 register_family(AnchorBasedFamily())
 

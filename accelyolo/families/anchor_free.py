@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from accelyolo.families.registry import ModelFamily, ModelSpec, register_family, register_model
+from accelyolo.families.source_names import layer_indices, remap_layers
 from accelyolo.losses.anchor_free import AnchorFreeLoss
 from accelyolo.models.backbone import YOLOv8Backbone
 from accelyolo.models.heads import AnchorFreeHead
@@ -47,6 +48,32 @@ class AnchorFreeFamily(ModelFamily):
         box, cls = x.split((4 * head.reg_max, head.nc), -1)
         return cls, box.reshape(b, -1, 4, head.reg_max)
 
+    def import_state_dict(self, source: Mapping[str, Any]) -> tuple[dict[str, Any], int] | None:
+        """ultralytics' YOLOv8 detection layout: layers 0-9 backbone, 12/15/16/18/19/21 the PAN blocks
+        (10, 11, 13, 14, 17, 20 are Upsample/Concat), 22 the Detect head."""
+        if not {"model.22.dfl.conv.weight", "model.21.cv1.conv.weight"} <= set(source) or 23 in layer_indices(source):
+            return None
+        state = remap_layers(source, YOLOV8_LAYERS, 22, rename_detect_head)
+        return state, int(state["head.cls_branches.0.2.bias"].shape[0])
+
+
+def rename_detect_head(rest: str) -> str | None:
+    """ultralytics' Detect names -> ours: `cv2.<level>` box branch, `cv3.<level>` class branch; the DFL
+    projection (`dfl.conv.weight`, a fixed 0..reg_max-1 ramp) is a non-saved buffer here."""
+    branch, _, tail = rest.partition(".")
+    if branch == "cv2":
+        return f"head.box_branches.{tail}"
+    if branch == "cv3":
+        return f"head.cls_branches.{tail}"
+    if branch == "dfl":
+        return None
+    raise KeyError(f"detect head tensor {rest!r} has no counterpart (expected cv2.*, cv3.*, dfl.*)")
+
+
+# Source layer index -> our module, YOLOv8 detection models (yolov8n-x.yaml).
+YOLOV8_LAYERS = {i: f"backbone.stages.{i}" for i in range(10)} | {
+    src: f"neck.blocks.{j}" for j, src in enumerate((12, 15, 16, 18, 19, 21))
+}
 
 register_family(AnchorFreeFamily())
 

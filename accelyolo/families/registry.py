@@ -108,6 +108,11 @@ class ModelFamily:
         are not distributions."""
         raise NotImplementedError(f"{type(self).__name__} does not support distillation (distill_logits)")
 
+    def import_state_dict(self, source: Mapping[str, Any]) -> tuple[dict[str, Any], int] | None:
+        """This family's state dict and class count from another tool's checkpoint names (`model.<layer>.*`),
+        or None when `source` is not laid out as a model of this family (see `accelyolo.weights`)."""
+        return None
+
     def gain(self, hyp: Mapping[str, Any], key: str) -> float:
         """The configured gain of loss term `key`, or this family's default when it is unset (None)."""
         value = hyp.get(key)

@@ -99,11 +99,16 @@ class AnchorFreeHead(nn.Module):
         x = torch.cat([o.view(b, self.no, -1) for o in out], 2)  # (B, no, N)
         dist, cls = x.split((4 * self.reg_max, self.nc), 1)
         points, strides = make_anchor_points([o.shape[2:] for o in out], self.strides, x.device, x.dtype)
-        dist = dist.view(b, 4, self.reg_max, -1).softmax(2)  # (B, 4, reg_max, N)
-        ltrb = torch.einsum("bcrn,r->bcn", dist, self.proj.to(dist.dtype))  # (B, 4, N) in cells
+        # The expectation over the bins as a 1x1 convolution of the softmax, (B, reg_max, 4, N) -> (B, 4, N) in
+        # cells: the same sum as an einsum, in the summation order YOLOv8 uses, so imported models agree exactly.
+        dist = dist.view(b, 4, self.reg_max, -1).transpose(1, 2).softmax(1)  # (B, reg_max, 4, N)
+        weight = self.proj.to(dist.dtype).view(1, self.reg_max, 1, 1)
+        ltrb = nn.functional.conv2d(dist, weight).view(b, 4, -1)
         lt, rb = ltrb.chunk(2, 1)
-        centre = points.T.unsqueeze(0) + (rb - lt) / 2  # (B, 2, N)
-        boxes = torch.cat((centre, lt + rb), 1) * strides.T.unsqueeze(0)  # (B, 4, N) pixels
+        # via the corners, in the order YOLOv8 evaluates it (float32 rounding as theirs)
+        top_left, bottom_right = points.T.unsqueeze(0) - lt, points.T.unsqueeze(0) + rb  # (B, 2, N) cells
+        centre, size = (top_left + bottom_right) / 2, bottom_right - top_left
+        boxes = torch.cat((centre, size), 1) * strides.T.unsqueeze(0)  # (B, 4, N) pixels
         return torch.cat((boxes, cls.sigmoid()), 1).transpose(1, 2)  # (B, N, 4 + nc)
 
 
