@@ -27,8 +27,8 @@ __all__ = [
 
 
 def fit(recipe: str | None = None, **overrides: Any) -> FitResult:
-    """Train a model; see `accelyolo.trainer.fit` for the arguments."""
-    from accelyolo.trainer import fit as _fit
+    """Train a model; see `accelyolo.engine.fit` for the arguments."""
+    from accelyolo.engine import fit as _fit
 
     return _fit(recipe, **overrides)
 

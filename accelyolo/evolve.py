@@ -257,7 +257,7 @@ def evolve(
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
-    from accelyolo.trainer import fit
+    from accelyolo.engine import fit
 
     if generations < 1:
         raise ConfigError(f"evolve: 'generations' must be at least 1, got {generations}.")

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelyolo.trainer import fit
+    from accelyolo.engine import fit
 
     recipe, overrides = config_from_args(args)
     if recipe is None and not overrides.get("data") and not overrides.get("resume"):

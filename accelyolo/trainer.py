@@ -44,16 +44,14 @@ from accelyolo.callbacks import Callback, CSVLogger, PlotsCallback, ProgressCall
 from accelyolo.checkpoint import (
     copy_checkpoint,
     load_checkpoint_bundle,
-    read_checkpoint_metadata,
     save_checkpoint,
     strip_checkpoint,
 )
-from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
+from accelyolo.config import ConfigError, TrainConfig, save_config
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
 from accelyolo.data.dataset import report_summary
 from accelyolo.data.loader import ImageWeightSampler, class_maps
 from accelyolo.ema import ModelEMA
-from accelyolo.errors import ResumeError
 from accelyolo.evaluation import DetectionValidator
 from accelyolo.failure import share_failure
 from accelyolo.families import build_model, family_of, get_family, model_spec
@@ -70,27 +68,11 @@ from accelyolo.optim import (
 from accelyolo.pictures import ResultsPlotCallback, TrackerImagesCallback
 from accelyolo.records import FitResult, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
-from accelyolo.runs import find_resume_checkpoint, make_run_dir
+from accelyolo.runs import make_run_dir
 from accelyolo.weights.importers import is_foreign_weights, weights_for_fine_tuning
 
 LOGGER = logging.getLogger("accelyolo")
 
-# Options that may change when a run is resumed; every other option comes from the checkpoint.
-RESUME_CHANGEABLE = (
-    "epochs",
-    "workers",
-    "patience",
-    "log_with",
-    "plots",
-    "save_period",
-    "resume",
-    "max_steps_per_epoch",
-    "val_interval",
-    "heavy_eval_range",
-    "val_final_only",
-    "save_last_n",
-    "project",
-)
 MAX_NONFINITE_IN_A_ROW = 10
 
 
@@ -123,63 +105,6 @@ class Parts:
 
 class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive non-finite losses."""
-
-
-def fit(
-    recipe: str | None = None,
-    *,
-    callbacks: list[Callback] | None = None,
-    parts: Parts | None = None,
-    trainer_class: type[Trainer] | None = None,
-    **overrides: Any,
-) -> FitResult:
-    """Train a YOLO model. `recipe` is a yaml path or shipped recipe name; keywords are `TrainConfig` fields.
-
-    `parts` replaces parts of the trainer (see `Parts`), `trainer_class` the trainer itself (a subclass).
-    Example: `accelyolo.fit("demo", epochs=5)` or `accelyolo.fit(data="data.yaml", model="yolov8s")`.
-    """
-    resume = overrides.get("resume")
-    if resume:
-        cfg, checkpoint = config_for_resume(resume, overrides)
-    else:
-        cfg, checkpoint = load_config(recipe, **overrides), None
-    if trainer_class is None and cfg.teacher and cfg.segment:
-        raise ConfigError(
-            "'teacher' (distillation) and 'segment' (multi-task) cannot be combined in one run yet; "
-            "drop one of them, or pass your own trainer_class."
-        )
-    if trainer_class is None and cfg.teacher:
-        from accelyolo.distill import DistillTrainer
-
-        trainer_class = DistillTrainer
-    if trainer_class is None and cfg.segment:
-        from accelyolo.multitask import MultiTaskTrainer
-
-        trainer_class = MultiTaskTrainer
-    trainer_class = trainer_class or Trainer
-    return trainer_class(cfg, callbacks=callbacks, parts=parts, resume_from=checkpoint).fit()
-
-
-def config_for_resume(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Path]:
-    """The resumed run's saved configuration, with the few options that may change applied."""
-    refused = sorted(k for k in overrides if k.replace("-", "_") not in RESUME_CHANGEABLE)
-    if refused:
-        raise ConfigError(
-            f"--resume continues a run with its saved options; these cannot change: {', '.join(refused)}. "
-            f"Options that may change: {', '.join(RESUME_CHANGEABLE)}. To train anew from the weights, "
-            "use --weights instead."
-        )
-    path = find_resume_checkpoint(resume, overrides.get("project", "runs/train"))
-    saved = read_checkpoint_metadata(path).get("config")
-    if not isinstance(saved, dict):
-        raise ResumeError(
-            f"--resume: '{path}' holds no training run's options (not a weights/last.safetensors of a run); "
-            "to train anew from its weights, pass --weights instead."
-        )
-    saved = dict(saved)
-    saved.update({k.replace("-", "_"): v for k, v in overrides.items()})
-    saved["resume"] = str(path)
-    return config_from_dict(saved, {k: f"checkpoint {path}" for k in saved}), path
 
 
 def fresh_accelerator(**kwargs: Any) -> Accelerator:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from accelyolo.trainer import fit
+from accelyolo.engine import fit
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from accelyolo.callbacks import Callback
-from accelyolo.trainer import fit
+from accelyolo.engine import fit
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "data.yaml"
 

@@ -23,9 +23,9 @@ import torch
 
 from accelyolo.callbacks import Callback
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
+from accelyolo.engine import fit
 from accelyolo.families import build_loss, build_model
 from accelyolo.optim import build_optimizer
-from accelyolo.trainer import fit
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "data.yaml"
 

@@ -23,6 +23,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "foundation",
         (
+            "accelyolo.errors",
+            "accelyolo.failure",
             "accelyolo.fileio",
             "accelyolo.boxes",
             "accelyolo.rng",
@@ -37,6 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "accelyolo.data",
             "accelyolo.metrics",
+            "accelyolo.segmetrics",
             "accelyolo.plots",
             "accelyolo.reports",
             "accelyolo.ema",
@@ -48,15 +51,40 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("losses", ("accelyolo.losses",)),
     # checkpoint.load_checkpoint builds the saved model through the family registry
     ("model families and checkpoints", ("accelyolo.families", "accelyolo.checkpoint")),
-    ("training loop", ("accelyolo.trainer", "accelyolo.callbacks", "accelyolo.evaluation", "accelyolo.records")),
-    ("entry points", ("accelyolo.train", "accelyolo.validate", "accelyolo.predict", "accelyolo.cli")),
+    # other tools' weights, read without running their code (and the `accelyolo import` command)
+    ("weights import", ("accelyolo.weights",)),
+    (
+        "training loop",
+        (
+            "accelyolo.trainer",
+            "accelyolo.callbacks",
+            "accelyolo.evaluation",
+            "accelyolo.records",
+            "accelyolo.pictures",
+            "accelyolo.distill",
+            "accelyolo.multitask",
+        ),
+    ),
+    # fit() picks the trainer class a configuration asks for, so it sits above all of them
+    ("fit", ("accelyolo.engine",)),
+    (
+        "entry points",
+        (
+            "accelyolo.train",
+            "accelyolo.validate",
+            "accelyolo.predict",
+            "accelyolo.cli",
+            "accelyolo.evolve",
+            "accelyolo.exporter",
+        ),
+    ),
 )
 
 # The rule the layers exist for, stated on its own so that a reordered table cannot drop it.
 LOW_LEVEL = ("accelyolo.data", "accelyolo.models", "accelyolo.losses", "accelyolo.metrics", "accelyolo.boxes")
 LOW_LEVEL += ("accelyolo.fileio",)
 HIGH_LEVEL = ("accelyolo.trainer", "accelyolo.cli", "accelyolo.train", "accelyolo.validate", "accelyolo.predict")
-HIGH_LEVEL += ("accelyolo.callbacks", "accelyolo.evaluation")
+HIGH_LEVEL += ("accelyolo.callbacks", "accelyolo.evaluation", "accelyolo.engine", "accelyolo.evolve")
 
 # The package root's lazy imports of the top-level functions (and `python -m accelyolo`) are allowed:
 # their imports are not edges, and importing `accelyolo` itself (e.g. `__version__`) is free.

@@ -21,8 +21,8 @@ from accelyolo.distill import (
     load_teacher,
     teacher_outputs,
 )
+from accelyolo.engine import fit
 from accelyolo.families import build_model
-from accelyolo.trainer import fit
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 from tests.test_distributed import launch_args, run
 

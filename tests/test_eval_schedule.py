@@ -10,7 +10,8 @@ import pytest
 
 from accelyolo.checkpoint import load_checkpoint_bundle, read_checkpoint_metadata
 from accelyolo.config import ConfigError, load_config
-from accelyolo.trainer import Trainer, fit
+from accelyolo.engine import fit
+from accelyolo.trainer import Trainer
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -90,7 +90,7 @@ def test_defaults_of_the_other_family_stay_silent(model, caplog):
 
 
 def test_fit_refuses_the_other_familys_option_before_making_a_run_folder(tiny_demo, tmp_path):
-    from accelyolo.trainer import fit
+    from accelyolo.engine import fit
     from tests.conftest import tiny_train_options
 
     with pytest.raises(ConfigError, match="'obj_pw' = 2.0 applies only to anchor_based"):

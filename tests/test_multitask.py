@@ -23,10 +23,10 @@ from accelyolo.data.segmentation import (
     seg_shape,
 )
 from accelyolo.data.spec import DataConfigError
+from accelyolo.engine import fit
 from accelyolo.families import build_loss, build_model
 from accelyolo.multitask import MultiTaskLoss, MultiTaskResult, PairedLoader, seg_class_weights
 from accelyolo.segmetrics import confusion_matrix, segmentation_result
-from accelyolo.trainer import fit
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from accelyolo.engine import fit
 from accelyolo.pictures import ResultsPlotCallback, validation_predictions
 from accelyolo.plots import plot_results
-from accelyolo.trainer import fit
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")

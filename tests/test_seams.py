@@ -11,8 +11,9 @@ import torch
 
 from accelyolo.callbacks import Callback
 from accelyolo.checkpoint import read_checkpoint_metadata
+from accelyolo.engine import fit
 from accelyolo.families import build_loss
-from accelyolo.trainer import Parts, RunState, StepOutput, fit
+from accelyolo.trainer import Parts, RunState, StepOutput
 from tests.conftest import tiny_train_options
 from tests.test_distributed import launch_args, run
 

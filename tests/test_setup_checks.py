@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from accelyolo.config import MIXED_PRECISION, ConfigError, load_config
-from accelyolo.trainer import fit
+from accelyolo.engine import fit
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")

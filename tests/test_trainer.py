@@ -14,7 +14,8 @@ from safetensors import safe_open
 import accelyolo
 from accelyolo.callbacks import Callback
 from accelyolo.config import ConfigError
-from accelyolo.trainer import NonFiniteLossError, Trainer, fit
+from accelyolo.engine import fit
+from accelyolo.trainer import NonFiniteLossError, Trainer
 from tests.conftest import TINY_ANCHOR_FREE, tiny_train_options
 
 

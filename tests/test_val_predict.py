@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import accelyolo
-from accelyolo.trainer import fit
+from accelyolo.engine import fit
 from tests.conftest import tiny_train_options
 from tests.test_distributed import TRAIN, env, launch_args
 

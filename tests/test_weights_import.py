@@ -312,7 +312,7 @@ def test_foreign_layouts_are_refused_with_a_reason(tmp_path, monkeypatch):
 def test_fine_tune_from_a_pt_transfers_all_but_the_class_layers(tmp_path, monkeypatch, tiny_demo, one_thread):
     import logging
 
-    from accelyolo.trainer import fit
+    from accelyolo.engine import fit
     from tests.conftest import tiny_train_options
 
     ours, source = ultralytics_v8(monkeypatch, nc=80)  # a COCO-sized head; the demo data has 4 classes
