@@ -102,7 +102,7 @@ CASES = [
     ("train: unknown flag", lambda p: _train("--learning-rate", "0.1"), "--learning-rate"),
     ("train: imgsz not /32", lambda p: _train("--data", str(p["data"]), "--imgsz", "100"), "'imgsz'"),
     ("train: mixed precision", lambda p: _train("--mixed-precision", "fp32"), "'mixed_precision'"),
-    ("train: cache value", lambda p: _train("--cache", "disk"), "'cache'"),
+    ("train: cache value", lambda p: _train("--cache", "ssd"), "'cache'"),
     ("train: other family's option", lambda p: _train("--data", str(p["data"]), "--obj", "0.7"), "'obj'"),
     ("train: resume auto, nothing", lambda p: ["train", "--resume", "--project", str(p["bad"] / "none")], "--resume"),
     ("train: resume a missing file", lambda p: ["train", "--resume", str(p["bad"] / "x.safetensors")], "x.safetensors"),
