@@ -27,11 +27,9 @@ import csv
 import io
 import logging
 import math
-import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 import yaml
 
 from accelyolo.config import ConfigError, TrainConfig, add_config_arguments, config_from_args, load_config
+from accelyolo.fileio import write_text_atomically
 from accelyolo.hyp import MUTATION_LIMITS
 
 LOGGER = logging.getLogger("accelyolo")
@@ -135,19 +134,6 @@ def mutate(
 # ---------------------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_rows(path: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
     """The finished generations of `evolve.csv` (empty when it does not exist)."""
     if not path.is_file():
@@ -174,7 +160,7 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], keys: Sequence[str
     writer.writerow(["generation", *METRIC_KEYS, *keys])
     for row in rows:
         writer.writerow([row["generation"], *(f"{float(row[k]):.6g}" for k in (*METRIC_KEYS, *keys))])
-    _atomic_write(path, out.getvalue())
+    write_text_atomically(path, out.getvalue())
 
 
 def write_best_recipe(path: Path, base: Mapping[str, Any], best: Mapping[str, Any], keys: Sequence[str]) -> None:
@@ -188,7 +174,7 @@ def write_best_recipe(path: Path, base: Mapping[str, Any], best: Mapping[str, An
         + str(path)
         + "\n"
     )
-    _atomic_write(path, head + yaml.safe_dump(recipe, sort_keys=False))
+    write_text_atomically(path, head + yaml.safe_dump(recipe, sort_keys=False))
 
 
 def plot_evolution(path: Path, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> None:
@@ -277,7 +263,7 @@ def evolve(
     if state.is_main_process:
         folder = find_evolve_dir(Path(cfg.project), cfg.name, signature)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / "evolve.yaml", yaml.safe_dump(signature, sort_keys=False))
+        write_text_atomically(folder / "evolve.yaml", yaml.safe_dump(signature, sort_keys=False))
         chosen = [str(folder)]
     if state.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
