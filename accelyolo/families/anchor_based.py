@@ -32,7 +32,7 @@ COCO_ANCHORS = (
 class AnchorBasedFamily(ModelFamily):
     name = "anchor_based"
     loss_gains = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # YOLOv5 hyp.scratch-low, before the scaling below
-    own_options = ("obj", "obj_pw", "anchor_t", "cls_pw", "fl_gamma", "label_smoothing")  # YOLOv8 ignores these
+    own_options = ("obj", "obj_pw", "anchor_t")  # cls_pw, fl_gamma, label_smoothing: every family reads them
 
     def build(self, nc: int, width: float, depth: float, anchors: Any = COCO_ANCHORS) -> YOLO:
         """`anchors`: per level (P3, P4, P5) the anchor (w, h) pairs in pixels, as pairs or YOLOv5's flat
