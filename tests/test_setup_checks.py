@@ -26,9 +26,9 @@ def test_resume_in_a_recipe_is_refused_naming_the_recipe(tmp_path):
 @pytest.mark.parametrize("value", ["none", "None", ""])
 def test_cache_none_means_no_cache(value):
     assert load_config(cache=value).cache is None
-    assert load_config(cache="ram").cache == "ram"
-    with pytest.raises(ConfigError, match="'cache' must be 'ram', 'none' or empty, got 'disk'"):
-        load_config(cache="disk")
+    assert load_config(cache="ram").cache == "ram" and load_config(cache="disk").cache == "disk"
+    with pytest.raises(ConfigError, match="'cache' must be 'ram', 'disk', 'none' or empty, got 'ssd'"):
+        load_config(cache="ssd")
 
 
 def test_mixed_precision_message_lists_every_accepted_value():

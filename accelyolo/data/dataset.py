@@ -40,8 +40,6 @@ class UnreadableImageError(OSError):
         super().__init__(f"{path}: unreadable ({type(cause).__name__}: {cause})")
         self.index, self.path = index, path
 
-LOGGER = logging.getLogger("accelyolo")
-
 
 class YoloDataset(torch.utils.data.Dataset):
     """A split of a YOLO dataset, letterboxed (val) or augmented (train).
