@@ -186,7 +186,7 @@ def test_frozen_layers_do_not_change(tiny_demo, tmp_path):
 
 def test_bf16_mixed_precision_runs_on_cpu(tiny_demo, tmp_path):
     from accelyolo.checkpoint import load_checkpoint_bundle, save_checkpoint
-    from accelyolo.models import build_model
+    from accelyolo.families import build_model
 
     initial = build_model(TINY_ANCHOR_FREE, nc=4)  # known starting weights, passed in as `weights`
     start = save_checkpoint(tmp_path / "start.safetensors", model_state=initial.state_dict())
