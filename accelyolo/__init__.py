@@ -34,8 +34,8 @@ def fit(recipe: str | None = None, **overrides: Any) -> FitResult:
 
 
 def evolve(recipe: str | None = None, **kwargs: Any):
-    """Evolve hyperparameters, one training per generation; see `accelyolo.evolve.evolve`."""
-    from accelyolo.evolve import evolve as _evolve
+    """Evolve hyperparameters, one training per generation; see `accelyolo.evolution.evolve`."""
+    from accelyolo.evolution import evolve as _evolve
 
     return _evolve(recipe, **kwargs)
 
@@ -55,15 +55,15 @@ def load_checkpoint(path: str, **kwargs: Any):
 
 
 def validate(**kwargs: Any):
-    """Validate a checkpoint on a dataset; see `accelyolo.validate.validate`."""
-    from accelyolo.validate import validate as _validate
+    """Validate a checkpoint on a dataset; see `accelyolo.validation.validate`."""
+    from accelyolo.validation import validate as _validate
 
     return _validate(**kwargs)
 
 
 def predict(**kwargs: Any):
-    """Run inference on images; see `accelyolo.predict.predict`."""
-    from accelyolo.predict import predict as _predict
+    """Run inference on images; see `accelyolo.prediction.predict`."""
+    from accelyolo.prediction import predict as _predict
 
     return _predict(**kwargs)
 

@@ -13,9 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # subcommand -> (module with add_arguments(parser) and run(args), help)
 COMMANDS = {
     "train": ("accelyolo.train", "train a model (same flags as accelyolo/train.py)"),
-    "val": ("accelyolo.validate", "validate a checkpoint on a dataset"),
-    "predict": ("accelyolo.predict", "detect objects in images"),
-    "evolve": ("accelyolo.evolve", "evolve hyperparameters: one training per generation (YOLOv5's genetic search)"),
+    "val": ("accelyolo.validation", "validate a checkpoint on a dataset"),
+    "predict": ("accelyolo.prediction", "detect objects in images"),
+    "evolve": ("accelyolo.evolution", "evolve hyperparameters: one training per generation (YOLOv5's genetic search)"),
     "export": ("accelyolo.exporter", "export a checkpoint to ONNX (pip install 'accelyolo[export]')"),
     "import": ("accelyolo.weights.command", "convert YOLOv5/YOLOv8/YOLO11 .pt weights into a .safetensors bundle"),
 }

@@ -11,7 +11,7 @@ import yaml
 
 from accelyolo.callbacks import Callback
 from accelyolo.config import load_config
-from accelyolo.evolve import base_hyp, evolvable_keys, evolve, mutate
+from accelyolo.evolution import base_hyp, evolvable_keys, evolve, mutate
 from accelyolo.hyp import MUTATION_LIMITS
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 
@@ -134,7 +134,7 @@ SCRIPT = """
 import json
 from accelerate import PartialState
 from accelyolo.callbacks import Callback
-from accelyolo.evolve import evolve
+from accelyolo.evolution import evolve
 
 class Record(Callback):
     def __init__(self):

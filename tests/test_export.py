@@ -83,7 +83,7 @@ def test_dynamic_export_takes_other_sizes_and_batches(tmp_path, tiny_demo):
 
 @pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
 def test_predict_with_the_onnx_file_finds_the_same_objects(tmp_path, tiny_demo, name, capsys):
-    from accelyolo.predict import predict
+    from accelyolo.prediction import predict
 
     weights, _ = _bundle(tmp_path, name)
     assert cli_main(["export", "--weights", str(weights), "--imgsz", "64", "-o", str(tmp_path / "m.onnx")]) == 0

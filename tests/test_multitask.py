@@ -339,8 +339,8 @@ def test_multitask_fit_writes_seg_columns_and_a_rebuildable_bundle(tiny_multitas
     assert model.segment(torch.rand(1, 3, 64, 64)).shape == (1, 5, 64, 64)
 
     # predict: a class-id mask per image at its original size, the colour mask and the id PNG written
-    from accelyolo.predict import predict
-    from accelyolo.validate import validate
+    from accelyolo.prediction import predict
+    from accelyolo.validation import validate
 
     images = tiny_multitask.parent / "images" / "val"
     found = predict(

@@ -61,8 +61,8 @@ def test_single_cls_dataset_keeps_every_box(three_classes):
 
 def test_single_cls_trains_validates_checks_and_predicts_every_box(three_classes, tmp_path, capsys):
     from accelyolo.data.check import main as check_main
-    from accelyolo.predict import predict
-    from accelyolo.validate import validate
+    from accelyolo.prediction import predict
+    from accelyolo.validation import validate
 
     data_yaml, truth, boxes = three_classes
     seen = Capture()

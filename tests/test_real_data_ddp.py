@@ -22,7 +22,7 @@ import accelyolo.checkpoint
 from tests.real_data_helpers import NAMES, ColourDetector
 accelyolo.checkpoint.load_checkpoint = lambda *a, **k: (ColourDetector(len(NAMES)), {"names": NAMES, "config": {}})
 from accelerate import PartialState
-from accelyolo.validate import validate
+from accelyolo.validation import validate
 out = validate("colour.safetensors", data=DATA, imgsz=320, batch_size=2, workers=0, save_json=True, plots=False,
                project=PROJECT, name="val", exist_ok=True, verbose=False)
 rank = PartialState().process_index

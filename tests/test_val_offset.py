@@ -30,7 +30,7 @@ def shapes_set(tmp_path_factory):
 @pytest.mark.parametrize("rect", [True, False])
 def test_val_map_equals_pycocotools_on_its_predictions_json(shapes_set, tmp_path, monkeypatch, capsys, imgsz, rect):
     import accelyolo.checkpoint
-    val_cli = importlib.import_module("accelyolo.validate")
+    val_cli = importlib.import_module("accelyolo.validation")
 
     data_yaml, truth = shapes_set
     monkeypatch.setattr(accelyolo.checkpoint, "load_checkpoint",

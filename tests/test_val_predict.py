@@ -75,7 +75,7 @@ def test_val_cli_rejects_a_damaged_checkpoint(tmp_path):
 def test_val_under_two_processes_equals_one(trained, demo96, tmp_path):
     common = ["--weights", str(trained.best_checkpoint), "--data", str(demo96), "--workers", "0",
               "--no-plots", "--batch-size", "4", "--project", str(tmp_path)]
-    script = f"{REPO}/accelyolo/validate.py"
+    script = f"{REPO}/accelyolo/validation.py"
     one = subprocess.run([sys.executable, script, *common], capture_output=True, text=True, env=env(), timeout=300)
     two = subprocess.run(launch_args(2) + [script, *common], capture_output=True, text=True, env=env(), timeout=300)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]

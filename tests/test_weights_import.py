@@ -363,7 +363,7 @@ def test_fine_tuning_another_architecture_warns(tmp_path, monkeypatch, caplog):
 
 def test_import_command_and_val_of_a_pt(tmp_path, monkeypatch, tiny_demo, capsys, one_thread):
     from accelyolo.cli import main as cli_main
-    from accelyolo.validate import validate
+    from accelyolo.validation import validate
 
     _, source = yolov5_repo(monkeypatch, nc=4)
     path = tmp_path / "v5.pt"
