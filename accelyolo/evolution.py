@@ -350,7 +350,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="accelyolo evolve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    status = run(parser.parse_args(argv))
+    end_process_group()
+    return status
+
+
+def end_process_group() -> None:
+    """Leave a distributed run in step: every rank waits for the others, then the process group is closed
+    before the interpreter exits (a rank that exits while another still holds an open gloo group can abort
+    that one at shutdown: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ SCRIPT = """
 import json
 from accelerate import PartialState
 from accelyolo.callbacks import Callback
-from accelyolo.evolution import evolve
+from accelyolo.evolution import end_process_group, evolve
 
 class Record(Callback):
     def __init__(self):
@@ -149,6 +149,7 @@ result = evolve(generations=2, callbacks=[record], **OPTIONS)
 rank = PartialState().process_index
 with open(OUT + f"-{rank}.json", "w") as f:
     json.dump({"paths": record.paths, "rows": result.rows, "dir": str(result.evolve_dir)}, f)
+end_process_group()  # as the CLI does: close the group on every rank before exiting
 """
 
 
