@@ -244,6 +244,7 @@ def evolve(
     from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
     from accelyolo.engine import fit
+    from accelyolo.failure import close_process_group_at_exit
 
     if generations < 1:
         raise ConfigError(f"evolve: 'generations' must be at least 1, got {generations}.")
@@ -258,6 +259,7 @@ def evolve(
     base = base_hyp(cfg)
     # the process group Accelerate would start (ACCELERATE_USE_CPU: the CPU processes of `accelerate launch`)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    close_process_group_at_exit()
     signature = _signature(cfg_dict, parent)
     chosen = [None]
     if state.is_main_process:

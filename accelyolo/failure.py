@@ -61,3 +61,31 @@ def share_failure(error: BaseException, wait_s: float = 3.0) -> BaseException:
     failure = DistributedError(f"stopped because another process failed: {message}")
     failure.reported_elsewhere = True
     return failure
+
+
+_CLOSE_AT_EXIT_REGISTERED = False
+
+
+def close_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (registered once per process).
+
+    A process that reaches interpreter shutdown with its gloo group still open can abort there ("terminate
+    called without an active exception", SIGABRT) while its peer exits first; closing the group from an
+    `atexit` handler tears it down while Python is still whole. No barrier here: a peer may be gone already.
+    """
+    global _CLOSE_AT_EXIT_REGISTERED
+    if _CLOSE_AT_EXIT_REGISTERED:
+        return
+    import atexit
+
+    def close() -> None:
+        import contextlib
+
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            with contextlib.suppress(Exception):  # already torn down by the launcher: nothing left to close
+                dist.destroy_process_group()
+
+    atexit.register(close)
+    _CLOSE_AT_EXIT_REGISTERED = True

@@ -53,7 +53,7 @@ from accelyolo.data.dataset import report_summary
 from accelyolo.data.loader import ImageWeightSampler, class_maps
 from accelyolo.ema import ModelEMA
 from accelyolo.evaluation import DetectionValidator
-from accelyolo.failure import share_failure
+from accelyolo.failure import close_process_group_at_exit, share_failure
 from accelyolo.families import build_model, family_of, get_family, model_spec
 from accelyolo.logs import setup_logging
 from accelyolo.models import freeze_layers, transfer_weights
@@ -119,7 +119,9 @@ def fresh_accelerator(**kwargs: Any) -> Accelerator:
 
     if AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(**kwargs)
+    accelerator = Accelerator(**kwargs)
+    close_process_group_at_exit()
+    return accelerator
 
 
 def convert_sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:

@@ -60,6 +60,7 @@ def validate(
     from accelyolo.data.demo import demo_multitask_yaml
     from accelyolo.errors import DataError
     from accelyolo.evaluation import evaluate
+    from accelyolo.failure import close_process_group_at_exit
     from accelyolo.logs import render_text, setup_logging
     from accelyolo.metrics import coco_json_records
     from accelyolo.runs import make_run_dir
@@ -68,6 +69,7 @@ def validate(
     if imgsz is not None and (imgsz < 32 or imgsz % 32):
         raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
     accelerator = Accelerator()
+    close_process_group_at_exit()  # a clean exit under accelerate launch (see accelyolo.failure)
     setup_logging(main_process=accelerator.is_main_process)
     model, meta = load_weights(weights)  # a bundle (EMA preferred), or a YOLOv5/v8/11 .pt imported
     trained = meta.get("config", {})
