@@ -369,15 +369,11 @@ def check_values(cfg: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "nbs", "val_interval"):
         if getattr(cfg, key) < 1:
             problems.append(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
-    for key in ("heavy_eval_range", "save_last_n"):
+    for key in ("workers", "heavy_eval_range", "save_last_n", "distill_weight", "det_gain", "seg_gain"):
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
-    if cfg.distill_weight < 0:
-        problems.append(f"'distill_weight' must be >= 0, got {cfg.distill_weight}")
     if cfg.temperature <= 0:
         problems.append(f"'temperature' must be > 0, got {cfg.temperature}")
-    if cfg.workers < 0:
-        problems.append(f"'workers' must be >= 0, got {cfg.workers}")
     if cfg.cache not in (None, "ram", "disk"):
         problems.append(f"'cache' must be 'ram', 'disk', 'none' or empty, got {cfg.cache!r}")
     if cfg.rect and cfg.image_weights:
@@ -427,9 +423,6 @@ def _multitask_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"'seg_aspect' must lie in (0, 1], got {cfg.seg_aspect}")
     if not 0.0 <= cfg.seg_scale < 1.0:
         problems.append(f"'seg_scale' must lie in [0, 1), got {cfg.seg_scale}")
-    for key in ("det_gain", "seg_gain"):
-        if getattr(cfg, key) < 0:
-            problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.seg_val_interval < 1:
         problems.append(f"'seg_val_interval' must be at least 1, got {cfg.seg_val_interval}")
     if not 0.0 <= cfg.det_weight <= 1.0:
