@@ -647,11 +647,11 @@ class Trainer:
 
     def preprocess(self, batch: dict[str, Any]) -> torch.Tensor:
         """The batch's uint8 images as model input (multi-scale resized when on)."""
-        images = to_model_input(batch["images"])
+        images = to_model_input(batch["images"], self.cfg.channels_last)
         if self.cfg.multi_scale:
             images = self._multi_scale(images, self.iteration)
         if self.cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)  # a no-op unless resized
         return images
 
     def compute_loss(self, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,8 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     timer = EpochTimes()
     with tempfile.TemporaryDirectory() as tmp:
-        fit(data=args.data, model=args.model, imgsz=args.imgsz, batch_size=args.batch, workers=args.workers,
-            epochs=args.epochs, project=tmp, plots=False, callbacks=[timer])
+        fit(
+            data=args.data,
+            model=args.model,
+            imgsz=args.imgsz,
+            batch_size=args.batch,
+            workers=args.workers,
+            epochs=args.epochs,
+            project=tmp,
+            plots=False,
+            callbacks=[timer],
+        )
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
     for i, (total, train) in enumerate(zip(timer.times, timer.train_times), 1):

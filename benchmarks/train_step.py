@@ -42,8 +42,9 @@ class StepTimes(Callback):
 def bare_loop(data_yaml: str, model_name: str, imgsz: int, batch: int, steps: int, seed: int) -> list[float]:
     torch.manual_seed(seed)
     spec = load_data_yaml(data_yaml)
-    dataset = YoloDataset(spec.splits["train"], imgsz=imgsz, augment=True, hyp={}, names=spec.names,
-                          batch_size=batch, seed=seed)
+    dataset = YoloDataset(
+        spec.splits["train"], imgsz=imgsz, augment=True, hyp={}, names=spec.names, batch_size=batch, seed=seed
+    )
     loader = build_dataloader(dataset, batch_size=batch, workers=0, shuffle=True, seed=seed)
     batches = []
     while len(batches) < steps:
@@ -82,9 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     batches_per_epoch = math.ceil(len(load_data_yaml(data).splits["train"]) / args.batch)
     epochs = math.ceil((args.steps + warm) / batches_per_epoch)  # small datasets take several epochs
     with tempfile.TemporaryDirectory() as tmp:
-        fit(data=data, model=args.model, imgsz=args.imgsz, batch_size=args.batch, nbs=args.batch, epochs=epochs,
-            warmup_epochs=0.0, workers=0, project=tmp, plots=False, val_interval=epochs, callbacks=[recorder],
-            close_mosaic=0)
+        fit(
+            data=data,
+            model=args.model,
+            imgsz=args.imgsz,
+            batch_size=args.batch,
+            nbs=args.batch,
+            epochs=epochs,
+            warmup_epochs=0.0,
+            workers=0,
+            project=tmp,
+            plots=False,
+            val_interval=epochs,
+            callbacks=[recorder],
+            close_mosaic=0,
+        )
     trainer = recorder.times[warm:]
     bare_median, trainer_median = statistics.median(bare), statistics.median(trainer)
     print(f"data={data} model={args.model} imgsz={args.imgsz} batch={args.batch} steps={len(trainer)}")

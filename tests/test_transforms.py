@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from accelyolo.data import YoloDataset, build_dataloader, collate_fn
+from accelyolo.data import YoloDataset, build_dataloader, collate_fn, to_model_input
 from accelyolo.data.checks import img2label_path
-from accelyolo.data.transforms import HsvGain, letterbox
+from accelyolo.data.transforms import BoxFollowingCompose, HsvGain, bbox_params, build_train_transform, letterbox
 
 # flat, fully saturated colours; blends with black (background), with each other at edges or
 # with the grey padding (114) never land within COLOUR_TOL of another one
@@ -167,6 +168,63 @@ def test_collate_shapes():
     assert batch["targets"].shape == (3, 6) and batch["targets"].dtype == torch.float32
     assert batch["targets"][:, 0].tolist() == [0, 2, 2] and batch["targets"][:, 1].tolist() == [3, 0, 1]
     assert batch["paths"] == ["a", "b", "c"] and len(batch["ratio_pads"]) == 3
+
+
+def test_collated_images_are_nhwc_in_memory_and_model_input_keeps_values():
+    items = [{"image": np.full((8, 12, 3), k, np.uint8), "boxes": np.zeros((0, 4), np.float32),
+              "classes": np.zeros(0, np.int64), "path": str(k), "orig_shape": (8, 12),
+              "ratio_pad": ((1, 1), (0, 0))} for k in range(2)]  # fmt: skip
+    images = collate_fn(items)["images"]
+    assert images.shape == (2, 3, 8, 12) and images.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(images[1], torch.ones(3, 8, 12, dtype=torch.uint8))
+    nhwc = to_model_input(images, channels_last=True)
+    nchw = to_model_input(images, channels_last=False)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and nchw.is_contiguous()
+    assert torch.equal(nhwc, nchw) and torch.equal(nchw, images.float() / 255)
+
+
+def _random_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    centre, size = rng.uniform(0.05, 0.95, (n, 2)), rng.uniform(0.01, 0.6, (n, 2))
+    return np.concatenate([centre, size, rng.integers(0, 5, (n, 1))], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("mosaic", [True, False])
+@pytest.mark.parametrize("hyp", [{}, {"degrees": 15.0, "shear": 5.0, "translate": 0.4, "flipud": 0.5}])
+def test_box_following_pipeline_equals_albumentations_bbox_processing(mosaic: bool, hyp: dict):
+    """The fast path moves boxes as albumentations' own bbox processor would (same seed, same image)."""
+    fast = build_train_transform(96, hyp, mosaic=mosaic)
+    assert isinstance(fast, BoxFollowingCompose)
+    reference = A.Compose(fast.transforms, bbox_params=bbox_params(), strict=False)
+    rng = np.random.default_rng(0)
+    moved = dropped = 0
+    for seed in range(60):
+        h = 96 if mosaic else int(rng.integers(30, 96))
+        image = rng.integers(0, 255, (h, 96, 3), dtype=np.uint8)
+        rows = _random_rows(rng, int(rng.integers(0, 9)))
+        extra = {}
+        if mosaic:
+            extra["mosaic_metadata"] = [
+                {"image": rng.integers(0, 255, (int(rng.integers(40, 96)), 96, 3), dtype=np.uint8),
+                 "bboxes": _random_rows(rng, 3)} for _ in range(3)
+            ]  # fmt: skip
+        fast.set_random_seed(seed)
+        got = fast(image=image, bboxes=rows, **extra)
+        reference.set_random_seed(seed)
+        want = reference(image=image, bboxes=rows, **extra)
+        want_boxes = np.asarray(want["bboxes"], np.float32).reshape(-1, 5)
+        assert np.array_equal(got["image"], want["image"])
+        assert got["bboxes"].shape == want_boxes.shape, seed
+        np.testing.assert_allclose(got["bboxes"], want_boxes, atol=1e-5)
+        moved += len(want_boxes)
+        dropped += len(rows) + 9 * mosaic - len(want_boxes)
+    assert moved > 100 and dropped > 10  # both the moving and the dropping rules were exercised
+
+
+def test_pipelines_with_other_steps_keep_albumentations_bbox_processing():
+    assert isinstance(build_train_transform(64, {"perspective": 0.001}), A.Compose)
+    assert isinstance(build_train_transform(64, {"crop": 1.0}), A.Compose)
+    with pytest.raises(ValueError, match="Perspective"):
+        BoxFollowingCompose([A.Perspective(p=1.0)])
 
 
 def _items_by_path(dl) -> dict[str, tuple]:

@@ -29,21 +29,24 @@ from accelyolo.data.dataset import YoloDataset
 
 def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """uint8 `(B, 3, H, W)` images -> float `[0, 1]`, NHWC in memory when `channels_last` (the one place
-    the trainer, the evaluator and predict turn a batch into model input)."""
-    images = images.float() / 255.0
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
+    the trainer, the evaluator and predict turn a batch into model input).
+
+    A collated batch is already NHWC in memory (`collate_fn`): the float conversion keeps that layout, so
+    with `channels_last` no copy is made beyond the conversion itself."""
+    images = images.float() / 255.0  # keeps the input's memory layout
+    return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def collate_fn(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack items into a batch.
 
     Returns:
-        `images` uint8 `(B, 3, H, W)`; `targets` float32 `(N, 6)` = image index, class, cx, cy,
-        w, h (normalized to the letterboxed image); `paths`, `orig_shapes`, `ratio_pads` lists.
+        `images` uint8 `(B, 3, H, W)`, NHWC in memory (channels-last strides: one copy of the pixels, and
+        the model input of a channels-last model needs no other); `targets` float32 `(N, 6)` = image
+        index, class, cx, cy, w, h (normalized to the letterboxed image); `paths`, `orig_shapes`,
+        `ratio_pads` lists.
     """
-    images = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2)  # (B, 3, H, W)
+    images = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2)  # (B, 3, H, W) view
     rows = []
     for b, it in enumerate(items):
         n = len(it["classes"])
@@ -52,7 +55,7 @@ def collate_fn(items: list[dict[str, Any]]) -> dict[str, Any]:
         rows.append(t)
     targets = torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, 6), np.float32))
     return {
-        "images": images.contiguous(),  # (B, 3, H, W)
+        "images": images,
         "targets": targets,
         "paths": [it["path"] for it in items],
         "orig_shapes": [it["orig_shape"] for it in items],
