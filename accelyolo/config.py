@@ -79,6 +79,12 @@ class TrainConfig:
         "cache decoded images: 'ram', 'disk' (.npy files beside the images, reused across runs), or empty / 'none'",
         "data",
     )
+    cache_budget_mb: float | None = _opt(
+        None,
+        "most memory (MB) that 'cache: ram' takes per dataset; images beyond it are decoded when used. "
+        "Empty = half of the memory available when the run starts",
+        "data",
+    )
     single_cls: bool = _opt(False, "train every class as one class 'item'", "data")
     rect_val: bool = _opt(True, "validate with rectangular (aspect-preserving) batches", "data")
     # YOLOv5 data options (issue 12): rectangular training, image weights, a user's albumentations pipeline
@@ -374,6 +380,10 @@ def check_values(cfg: TrainConfig) -> None:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.temperature <= 0:
         problems.append(f"'temperature' must be > 0, got {cfg.temperature}")
+    if cfg.cache_budget_mb is not None and cfg.cache_budget_mb <= 0:
+        problems.append(
+            f"'cache_budget_mb' must be > 0 or empty (half of the available memory), got {cfg.cache_budget_mb}"
+        )
     if cfg.cache not in (None, "ram", "disk"):
         problems.append(f"'cache' must be 'ram', 'disk', 'none' or empty, got {cfg.cache!r}")
     if cfg.rect and cfg.image_weights:

@@ -214,6 +214,7 @@ class Trainer:
         row: dict[str, Any] = {f"metrics/{k}": metrics[k] if metrics else None for k in keys}
         row["fitness"] = metrics["fitness"] if metrics else None
         return row
+
     def patience_exhausted(self, epoch: int) -> bool:
         """Early stopping: `patience` epochs without improvement by the end of `epoch`."""
         patience, best = self.cfg.patience, self.state.best_epoch
@@ -339,6 +340,7 @@ class Trainer:
                 imgsz=cfg.imgsz,
                 names=list(self.data_spec.names),  # the class check; single_cls keeps every box as 'item'
                 cache=cfg.cache or None,
+                cache_budget_mb=cfg.cache_budget_mb,
                 stride=32,
                 single_cls=cfg.single_cls,
                 seed=cfg.seed,

@@ -76,9 +76,7 @@ def validate(
     imgsz = imgsz or int(trained.get("imgsz", 640))
     segments = hasattr(model, "seg_head")
     with accelerator.main_process_first():
-        spec = load_data_yaml(
-            data or trained.get("data") or (demo_multitask_yaml() if segments else demo_data_yaml())
-        )
+        spec = load_data_yaml(data or trained.get("data") or (demo_multitask_yaml() if segments else demo_data_yaml()))
         single_cls = bool(trained.get("single_cls", False))
         names = ["item"] if single_cls else list(meta.get("names") or spec.names)
         data_classes = 1 if single_cls else len(spec.names)  # single_cls trains one class

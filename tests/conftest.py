@@ -36,8 +36,19 @@ def tiny_demo(tmp_path_factory) -> Path:
 
 def tiny_train_options(data_yaml: Path, project: Path, **extra) -> dict:
     """fit() keywords for a seconds-long CPU run on the tiny demo data."""
-    options = dict(data=str(data_yaml), model=TINY_ANCHOR_FREE, imgsz=64, batch_size=8, epochs=2,
-                   workers=0, project=str(project), name="exp", warmup_epochs=0.0, plots=False,
-                   rect_val=False, close_mosaic=0)
+    options = dict(
+        data=str(data_yaml),
+        model=TINY_ANCHOR_FREE,
+        imgsz=64,
+        batch_size=8,
+        epochs=2,
+        workers=0,
+        project=str(project),
+        name="exp",
+        warmup_epochs=0.0,
+        plots=False,
+        rect_val=False,
+        close_mosaic=0,
+    )
     options.update(extra)
     return options

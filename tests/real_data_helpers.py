@@ -66,8 +66,10 @@ def write_shapes_set(
             img[y1:y2, x1:x2] = COLOURS[c]
         path = root / "images" / split / f"{k + 1:06d}{fmt}"
         cv2.imwrite(str(path), img[:, :, ::-1])
-        rows = [f"{c} {(x1 + x2) / 2 / w:.8f} {(y1 + y2) / 2 / h:.8f} {(x2 - x1) / w:.8f} {(y2 - y1) / h:.8f}\n"
-                for c, x1, y1, x2, y2 in boxes]
+        rows = [
+            f"{c} {(x1 + x2) / 2 / w:.8f} {(y1 + y2) / 2 / h:.8f} {(x2 - x1) / w:.8f} {(y2 - y1) / h:.8f}\n"
+            for c, x1, y1, x2, y2 in boxes
+        ]
         (root / "labels" / split / f"{k + 1:06d}.txt").write_text("".join(rows))
         truth[str(path)] = boxes
     names = "".join(f"  - {n}\n" for n in NAMES)
@@ -127,11 +129,22 @@ def coco_eval(truth: dict[str, list], predictions_json: Path, max_dets: int = 30
         h, w = cv2.imread(path).shape[:2]
         images.append({"id": image_id, "width": w, "height": h, "file_name": Path(path).name})
         for c, x1, y1, x2, y2 in boxes:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": c,
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": c,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
     gt = COCO()
-    gt.dataset = {"images": images, "annotations": annotations,
-                  "categories": [{"id": i, "name": n} for i, n in enumerate(NAMES)]}
+    gt.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": n} for i, n in enumerate(NAMES)],
+    }
     gt.createIndex()
     dt = gt.loadRes(json.loads(Path(predictions_json).read_text()))
     ev = COCOeval(gt, dt, "bbox")

@@ -23,7 +23,14 @@ def test_defaults_are_yolov5_scratch_low():
     assert (cfg.lr0, cfg.lrf, cfg.momentum, cfg.weight_decay) == (0.01, 0.01, 0.937, 0.0005)
     assert (cfg.warmup_epochs, cfg.warmup_momentum, cfg.warmup_bias_lr) == (3.0, 0.8, 0.1)
     assert (cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, cfg.translate, cfg.scale, cfg.fliplr, cfg.mosaic) == (
-        0.015, 0.7, 0.4, 0.1, 0.5, 0.5, 1.0)
+        0.015,
+        0.7,
+        0.4,
+        0.1,
+        0.5,
+        0.5,
+        1.0,
+    )
     assert cfg.nbs == 64
 
 
@@ -71,18 +78,46 @@ def test_shipped_recipes_and_hyp_files_load():
 def test_cli_flags_are_generated_from_fields():
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
-    args = parser.parse_args(["--epochs", "3", "--batch-size", "8", "--no-rect-val", "--resume",
-                              "--log-with", "none", "--lr0", "0.02"])
+    args = parser.parse_args(
+        ["--epochs", "3", "--batch-size", "8", "--no-rect-val", "--resume", "--log-with", "none", "--lr0", "0.02"]
+    )
     recipe, overrides = config_from_args(args)
     assert recipe is None
-    assert overrides == {"epochs": 3, "batch_size": 8, "rect_val": False, "resume": "auto",
-                         "log_with": None, "lr0": 0.02}
+    assert overrides == {
+        "epochs": 3,
+        "batch_size": 8,
+        "rect_val": False,
+        "resume": "auto",
+        "log_with": None,
+        "lr0": 0.02,
+    }
     flags = {a for action in parser._actions for a in action.option_strings}
-    for needed in ("--recipe", "--data", "--model", "--weights", "--epochs", "--imgsz", "--batch-size",
-                   "--workers", "--optimizer", "--seed", "--deterministic", "--project", "--name",
-                   "--exist-ok", "--resume", "--patience", "--close-mosaic", "--save-period",
-                   "--val-interval", "--freeze", "--multi-scale", "--label-smoothing", "--cache",
-                   "--log-with"):
+    for needed in (
+        "--recipe",
+        "--data",
+        "--model",
+        "--weights",
+        "--epochs",
+        "--imgsz",
+        "--batch-size",
+        "--workers",
+        "--optimizer",
+        "--seed",
+        "--deterministic",
+        "--project",
+        "--name",
+        "--exist-ok",
+        "--resume",
+        "--patience",
+        "--close-mosaic",
+        "--save-period",
+        "--val-interval",
+        "--freeze",
+        "--multi-scale",
+        "--label-smoothing",
+        "--cache",
+        "--log-with",
+    ):
         assert needed in flags
 
 

@@ -30,9 +30,21 @@ def launch_args(processes: int, machines: int = 1, rank: int = 0, port: int | No
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
     if processes == 1:
         return [accelerate, "launch", "--config_file", str(REPO / "accelerate_config.yaml")]
-    args = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines",
-            str(machines), "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-            str(port or free_port())]
+    args = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        str(machines),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port or free_port()),
+    ]
     if machines > 1:
         args += ["--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"]
     return args
@@ -45,9 +57,29 @@ def env() -> dict[str, str]:
 
 
 def train_flags(data: Path, project: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--model", TINY_ANCHOR_FREE, "--imgsz", "64", "--batch-size", "4",
-            "--workers", "0", "--project", str(project), "--name", "exp", "--warmup-epochs", "0",
-            "--no-plots", "--close-mosaic", "0", "--no-rect-val", *extra]
+    return [
+        "--data",
+        str(data),
+        "--model",
+        TINY_ANCHOR_FREE,
+        "--imgsz",
+        "64",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--project",
+        str(project),
+        "--name",
+        "exp",
+        "--warmup-epochs",
+        "0",
+        "--no-plots",
+        "--close-mosaic",
+        "0",
+        "--no-rect-val",
+        *extra,
+    ]
 
 
 def run(cmd: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
@@ -73,9 +105,11 @@ def test_two_processes_train_validate_save_once_and_resume(tiny_demo, tmp_path):
     assert log.count("saved weights/last.safetensors") == 2  # once per epoch, not once per rank
     run_dir = tmp_path / "exp"
     assert sorted(p.name for p in (run_dir / "weights").iterdir()) == [
-        "best.safetensors", "inference.safetensors", "last.safetensors"]
-    proc = run(launch_args(2) + [TRAIN, "--resume", str(run_dir / "weights" / "last.safetensors"),
-                                 "--epochs", "3"])
+        "best.safetensors",
+        "inference.safetensors",
+        "last.safetensors",
+    ]
+    proc = run(launch_args(2) + [TRAIN, "--resume", str(run_dir / "weights" / "last.safetensors"), "--epochs", "3"])
     assert "resuming" in proc.stdout + proc.stderr
     assert (run_dir / "results.csv").read_text().count("\n") == 4  # header + 3 epochs
 
@@ -117,9 +151,32 @@ def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_dem
     save_checkpoint(init, model_state=model.state_dict(), metadata={"model": model.config})
     start = {f"model.{k}": v.numpy() for k, v in model.state_dict().items()}
     # clipping off: a clipped update hides a wrongly scaled gradient
-    no_aug = ["--weights", str(init), "--epochs", "1", "--max-steps-per-epoch", "1", "--lr0", "0.01",
-              "--max-grad-norm", "0", "--mosaic", "0", "--hsv-h", "0", "--hsv-s", "0", "--hsv-v", "0",
-              "--translate", "0", "--scale", "0", "--fliplr", "0"]
+    no_aug = [
+        "--weights",
+        str(init),
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "1",
+        "--lr0",
+        "0.01",
+        "--max-grad-norm",
+        "0",
+        "--mosaic",
+        "0",
+        "--hsv-h",
+        "0",
+        "--hsv-s",
+        "0",
+        "--hsv-v",
+        "0",
+        "--translate",
+        "0",
+        "--scale",
+        "0",
+        "--fliplr",
+        "0",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     model_flag = ["--model", model_name]
     run(launch_args(1) + [TRAIN] + train_flags(data, one, *no_aug, *model_flag, "--batch-size", "4"))
@@ -146,10 +203,13 @@ def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_dem
 @pytest.mark.slow
 def test_two_machines_on_loopback_train(tiny_demo, tmp_path):
     port = free_port()
-    cmds = [launch_args(2, machines=2, rank=r, port=port) + [TRAIN] +
-            train_flags(tiny_demo, tmp_path / f"m{r}", "--epochs", "1") for r in (0, 1)]
-    procs = [subprocess.Popen(c, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for c in cmds]
+    cmds = [
+        launch_args(2, machines=2, rank=r, port=port)
+        + [TRAIN]
+        + train_flags(tiny_demo, tmp_path / f"m{r}", "--epochs", "1")
+        for r in (0, 1)
+    ]
+    procs = [subprocess.Popen(c, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]

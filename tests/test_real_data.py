@@ -32,9 +32,21 @@ def three_classes(tmp_path_factory):
 
 
 def _options(data_yaml, project, **extra):
-    options = dict(data=str(data_yaml), model=TINY_ANCHOR_FREE, imgsz=64, batch_size=4, epochs=1, workers=0,
-                   project=str(project), name="exp", warmup_epochs=0.0, plots=False, rect_val=True, close_mosaic=0,
-                   max_steps_per_epoch=1)
+    options = dict(
+        data=str(data_yaml),
+        model=TINY_ANCHOR_FREE,
+        imgsz=64,
+        batch_size=4,
+        epochs=1,
+        workers=0,
+        project=str(project),
+        name="exp",
+        warmup_epochs=0.0,
+        plots=False,
+        rect_val=True,
+        close_mosaic=0,
+        max_steps_per_epoch=1,
+    )
     options.update(extra)
     return options
 
@@ -71,8 +83,16 @@ def test_single_cls_trains_validates_checks_and_predicts_every_box(three_classes
     assert sum(len(lb) for lb in seen.train_boxes) == sum(len(lb) for lb in seen.val_boxes) == boxes
     assert all((lb[:, 0] == 0).all() for lb in seen.train_boxes)
 
-    out = validate(str(done.last_checkpoint), data=str(data_yaml), imgsz=64, batch_size=4, workers=0, plots=False,
-                   project=str(tmp_path / "val"), verbose=False)
+    out = validate(
+        str(done.last_checkpoint),
+        data=str(data_yaml),
+        imgsz=64,
+        batch_size=4,
+        workers=0,
+        plots=False,
+        project=str(tmp_path / "val"),
+        verbose=False,
+    )
     assert int(out.result.n_instances.sum()) == boxes  # every box validated as 'item'
 
     capsys.readouterr()
@@ -111,8 +131,16 @@ def test_training_reports_every_split_and_writes_data_report_json(tmp_path, capl
     text = caplog.text
     for split in ("train", "val"):
         line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(f"data {split}:"))
-        for words in ("10 images found", "1 corrupt skipped", "1 label missing", "1 empty label",
-                      "2 rows dropped", "1 class >= nc", "1 duplicate", "1 clipped"):
+        for words in (
+            "10 images found",
+            "1 corrupt skipped",
+            "1 label missing",
+            "1 empty label",
+            "2 rows dropped",
+            "1 class >= nc",
+            "1 duplicate",
+            "1 clipped",
+        ):
             assert words in line, (words, line)
     assert "data_report.json" in text
     report = json.loads((done.run_dir / "data_report.json").read_text())
@@ -152,8 +180,10 @@ def test_images_unreadable_during_training_are_replaced_named_and_counted(tmp_pa
     deleted, truncated = folder / "000002.png", folder / "000005.png"
     assert str(deleted) in files and str(truncated) in files
     caplog.set_level(logging.INFO, logger="accelyolo")
-    done = fit(callbacks=[BreakImagesAtStart(deleted, truncated)],
-               **_options(data_yaml, tmp_path / "runs", max_steps_per_epoch=0, rect_val=False))
+    done = fit(
+        callbacks=[BreakImagesAtStart(deleted, truncated)],
+        **_options(data_yaml, tmp_path / "runs", max_steps_per_epoch=0, rect_val=False),
+    )
     assert done.epochs_completed == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for path in (deleted, truncated):
@@ -181,7 +211,6 @@ def test_unreadable_image_flags_reach_the_main_process_from_workers(tmp_path):
     batches = list(loader)
     assert sum(len(b["paths"]) for b in batches) == 4 and torch.is_tensor(batches[0]["images"])
     assert ds2.unreadable_files() == [ds2.im_files[0]]
-
 
 
 def test_an_unreadable_image_in_a_rect_batch_is_replaced_at_the_batch_shape(tmp_path):

@@ -74,9 +74,21 @@ def test_ddp_rect_validation_on_an_odd_mixed_aspect_split_matches_one_process(tm
 @pytest.mark.slow
 def test_ddp_training_validates_rect_batches_of_mixed_shapes(tmp_path):
     data_yaml, _ = write_shapes_set(tmp_path / "data", n=7, seed=6)
-    options = dict(data=str(data_yaml), model=TINY_ANCHOR_FREE, imgsz=64, batch_size=1, epochs=1, workers=0,
-                   project=str(tmp_path / "runs"), name="exp", warmup_epochs=0.0, plots=False, rect_val=True,
-                   close_mosaic=0, max_steps_per_epoch=1)
+    options = dict(
+        data=str(data_yaml),
+        model=TINY_ANCHOR_FREE,
+        imgsz=64,
+        batch_size=1,
+        epochs=1,
+        workers=0,
+        project=str(tmp_path / "runs"),
+        name="exp",
+        warmup_epochs=0.0,
+        plots=False,
+        rect_val=True,
+        close_mosaic=0,
+        max_steps_per_epoch=1,
+    )
     run(launch_args(2) + [_write(tmp_path, "fit", FIT_SCRIPT, OPTIONS=options)])
     rows = (tmp_path / "runs" / "exp" / "results.csv").read_text().splitlines()
     assert len(rows) == 2 and "mAP50-95" in rows[0]
@@ -88,8 +100,10 @@ def test_sharded_batches_partition_the_rect_batches(tmp_path):
     data_yaml, truth = write_shapes_set(tmp_path / "data", n=9, seed=5)
     ds = YoloDataset(sorted(truth), imgsz=64, names=["a", "b", "c"], rect=True, batch_size=2)
     whole = [b["paths"] for b in build_dataloader(ds, batch_size=2, workers=0, shuffle=False)]
-    shards = [[b["paths"] for b in build_dataloader(ds, batch_size=2, workers=0, shuffle=False, num_shards=2, shard=r)]
-              for r in (0, 1)]
+    shards = [
+        [b["paths"] for b in build_dataloader(ds, batch_size=2, workers=0, shuffle=False, num_shards=2, shard=r)]
+        for r in (0, 1)
+    ]
     assert [len(s) for s in shards] == [3, 2]
     assert sorted(shards[0] + shards[1]) == sorted(whole)  # the same batches (one shape each), none padded
     assert shards[0] == whole[0::2] and shards[1] == whole[1::2]

@@ -38,14 +38,30 @@ def test_fit_writes_the_run_folder(tiny_demo, tmp_path):
     result = fit(**tiny_train_options(tiny_demo, tmp_path, plots=True))
     run = result.run_dir
     assert run == tmp_path / "exp"
-    for name in ("args.yaml", "results.csv", "labels.png", "train_batch0.png", "PR_curve.png",
-                 "confusion_matrix.png", "weights/last.safetensors", "weights/best.safetensors",
-                 "weights/inference.safetensors"):
+    for name in (
+        "args.yaml",
+        "results.csv",
+        "labels.png",
+        "train_batch0.png",
+        "PR_curve.png",
+        "confusion_matrix.png",
+        "weights/last.safetensors",
+        "weights/best.safetensors",
+        "weights/inference.safetensors",
+    ):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert {"train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/mAP50", "metrics/mAP50-95",
-            "lr/pg0", "lr/pg1", "lr/pg2"} <= set(rows[0])
+    assert {
+        "train/box_loss",
+        "train/cls_loss",
+        "train/dfl_loss",
+        "metrics/mAP50",
+        "metrics/mAP50-95",
+        "lr/pg0",
+        "lr/pg1",
+        "lr/pg2",
+    } <= set(rows[0])
     assert result.epochs_completed == 2 and result.best_epoch in (1, 2)
     assert set(result.metrics) >= {"precision", "recall", "mAP50", "mAP50-95", "fitness"}
 
@@ -72,8 +88,17 @@ def test_fit_writes_the_run_folder(tiny_demo, tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_is_exact(tiny_demo, tmp_path, workers):
     """A run stopped after epoch 1 and resumed takes, step for step, the losses of one never stopped."""
-    opts = tiny_train_options(tiny_demo, tmp_path, epochs=3, workers=workers, warmup_epochs=1.0,
-                              warmup_min_iters=4, close_mosaic=1, batch_size=4, max_steps_per_epoch=6)
+    opts = tiny_train_options(
+        tiny_demo,
+        tmp_path,
+        epochs=3,
+        workers=workers,
+        warmup_epochs=1.0,
+        warmup_min_iters=4,
+        close_mosaic=1,
+        batch_size=4,
+        max_steps_per_epoch=6,
+    )
     straight = RecordSteps()
     fit(callbacks=[straight], **{**opts, "name": "straight"})
 
@@ -109,8 +134,9 @@ def test_weights_transfer_to_another_class_count(tiny_demo, tmp_path, capsys, ca
     caplog.set_level(logging.INFO, logger="accelyolo")
     done = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1))
     # lr0 0: the transferred parameters must come out of the second run exactly as they went in
-    single = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, single_cls=True, lr0=0.0,
-                                      weights=str(done.last_checkpoint)))
+    single = fit(
+        **tiny_train_options(tiny_demo, tmp_path, epochs=1, single_cls=True, lr0=0.0, weights=str(done.last_checkpoint))
+    )
     source = load_checkpoint_bundle(done.last_checkpoint)
     source_state = source.ema_state or source.model_state
     target_state = load_checkpoint_bundle(single.last_checkpoint).model_state
@@ -161,9 +187,22 @@ def test_multi_scale_save_period_patience_ram_cache_adamw_cosine(tiny_demo, tmp_
         def on_step_end(self, trainer, step):
             sizes.append(step.image_size)
 
-    result = fit(callbacks=[Sizes()], **tiny_train_options(
-        tiny_demo, tmp_path, epochs=4, multi_scale=True, save_period=2, patience=1, val_interval=1,
-        cache="ram", optimizer="AdamW", cos_lr=True, lr0=1e-9))
+    result = fit(
+        callbacks=[Sizes()],
+        **tiny_train_options(
+            tiny_demo,
+            tmp_path,
+            epochs=4,
+            multi_scale=True,
+            save_period=2,
+            patience=1,
+            val_interval=1,
+            cache="ram",
+            optimizer="AdamW",
+            cos_lr=True,
+            lr0=1e-9,
+        ),
+    )
     assert len(set(sizes)) > 1 and all(s % 32 == 0 and 32 <= s <= 96 for s in sizes)  # 64 px +/- 50%
     weights = result.run_dir / "weights"
     assert (weights / "epoch2.safetensors").is_file()

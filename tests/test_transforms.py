@@ -297,10 +297,27 @@ def test_ram_cache_logs_size_and_changes_nothing(tmp_path: Path, caplog):
     with caplog.at_level(logging.INFO, logger="accelyolo"):
         ram = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"), cache="ram", verbose=True)
     messages = [r.getMessage() for r in caplog.records if r.name == "accelyolo.data.dataset"]
-    assert any("caching 4 images in RAM" in m for m in messages)
+    assert any("caching 4 of 4 images in RAM" in m for m in messages)
     assert any(m.startswith("4 images, 0 backgrounds") for m in messages)  # the verbose split summary
     for i in range(4):
         np.testing.assert_array_equal(plain[i]["image"], ram[i]["image"])
+
+
+def test_ram_cache_respects_its_byte_budget(tmp_path: Path, caplog):
+    images = rect_dataset(tmp_path, n=8)  # 64x64 and 64x48 images: 12288 and 9216 bytes decoded at 64 px
+    plain = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"), buffer_mb=0)
+    budget_mb = 40000 / 2**20  # holds the first 3 or 4 of them, not 8
+    with caplog.at_level(logging.INFO, logger="accelyolo"):
+        ram = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"), cache="ram",
+                          cache_budget_mb=budget_mb, buffer_mb=0)  # fmt: skip
+    held = [img for img in ram._ram if img is not None]
+    assert 0 < len(held) < len(images) and ram._ram[len(held)] is None  # filled in order until full
+    assert ram.cache_bytes == sum(img.nbytes for img in held) <= 40000
+    assert ram.cache_bytes + ram.shapes[len(held)].prod() * 3 > 40000  # the next image would not fit
+    assert any(f"caching {len(held)} of 8 images in RAM" in r.getMessage() for r in caplog.records)
+    for i in range(8):  # cached or decoded when used: the same items
+        np.testing.assert_array_equal(plain[i]["image"], ram[i]["image"])
+        np.testing.assert_array_equal(plain[i]["boxes"], ram[i]["boxes"])
 
 
 def test_single_cls_and_bad_arguments(tmp_path: Path):

@@ -30,13 +30,33 @@ def shapes_set(tmp_path_factory):
 @pytest.mark.parametrize("rect", [True, False])
 def test_val_map_equals_pycocotools_on_its_predictions_json(shapes_set, tmp_path, monkeypatch, capsys, imgsz, rect):
     import accelyolo.checkpoint
+
     val_cli = importlib.import_module("accelyolo.validation")
 
     data_yaml, truth = shapes_set
-    monkeypatch.setattr(accelyolo.checkpoint, "load_checkpoint",
-                        lambda *a, **k: (ColourDetector(len(NAMES)), {"names": NAMES, "config": {}}))
-    argv = ["--weights", "colour.safetensors", "--data", str(data_yaml), "--imgsz", str(imgsz), "--batch-size", "4",
-            "--workers", "0", "--save-json", "--no-plots", "--project", str(tmp_path), "--name", "val"]
+    monkeypatch.setattr(
+        accelyolo.checkpoint,
+        "load_checkpoint",
+        lambda *a, **k: (ColourDetector(len(NAMES)), {"names": NAMES, "config": {}}),
+    )
+    argv = [
+        "--weights",
+        "colour.safetensors",
+        "--data",
+        str(data_yaml),
+        "--imgsz",
+        str(imgsz),
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--save-json",
+        "--no-plots",
+        "--project",
+        str(tmp_path),
+        "--name",
+        "val",
+    ]
     assert val_cli.main(argv + ([] if rect else ["--no-rect"])) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     printed = dict(kv.split("=") for kv in line.split())
@@ -49,8 +69,15 @@ def test_val_map_equals_pycocotools_on_its_predictions_json(shapes_set, tmp_path
 def _pixel_boxes(sample) -> np.ndarray:
     h, w = sample["image"].shape[:2]
     b = sample["boxes"]  # (n, 4) normalized cx cy w h
-    return np.stack([(b[:, 0] - b[:, 2] / 2) * w, (b[:, 1] - b[:, 3] / 2) * h,
-                     (b[:, 0] + b[:, 2] / 2) * w, (b[:, 1] + b[:, 3] / 2) * h], 1)
+    return np.stack(
+        [
+            (b[:, 0] - b[:, 2] / 2) * w,
+            (b[:, 1] - b[:, 3] / 2) * h,
+            (b[:, 0] + b[:, 2] / 2) * w,
+            (b[:, 1] + b[:, 3] / 2) * h,
+        ],
+        1,
+    )
 
 
 def _drawn_extent(image: np.ndarray, colour) -> np.ndarray:
@@ -67,8 +94,20 @@ def test_training_samples_without_mosaic_keep_boxes_on_the_drawn_pixels(shapes_s
     from tests.real_data_helpers import COLOURS
 
     data_yaml, truth = shapes_set
-    still = dict(degrees=0.0, translate=0.0, scale=0.0, shear=0.0, perspective=0.0, hsv_h=0.0, hsv_s=0.0,
-                 hsv_v=0.0, fliplr=0.5, flipud=0.0, mosaic=1.0, mixup=0.0)
+    still = dict(
+        degrees=0.0,
+        translate=0.0,
+        scale=0.0,
+        shear=0.0,
+        perspective=0.0,
+        hsv_h=0.0,
+        hsv_s=0.0,
+        hsv_v=0.0,
+        fliplr=0.5,
+        flipud=0.0,
+        mosaic=1.0,
+        mixup=0.0,
+    )
     ds = YoloDataset(sorted(truth), imgsz=imgsz, augment=True, hyp=still, names=NAMES, rect=rect, batch_size=4)
     ds.set_mosaic(False)  # as after close_mosaic
     checked = 0

@@ -28,19 +28,47 @@ def demo96(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(demo96, tmp_path_factory):
     project = tmp_path_factory.mktemp("runs")
-    result = fit(**tiny_train_options(demo96, project, imgsz=96, epochs=20, nbs=8, lr0=0.01, warmup_epochs=1.0,
-                                      warmup_min_iters=6, close_mosaic=3, seed=1))
+    result = fit(
+        **tiny_train_options(
+            demo96,
+            project,
+            imgsz=96,
+            epochs=20,
+            nbs=8,
+            lr0=0.01,
+            warmup_epochs=1.0,
+            warmup_min_iters=6,
+            close_mosaic=3,
+            seed=1,
+        )
+    )
     assert result.metrics["mAP50"] > 0.05  # learned something, so the comparisons below are not of zeros
     return result
 
 
 def test_validate_matches_the_trainers_validation(trained, demo96, tmp_path):
-    out = accelyolo.validate(weights=str(trained.best_checkpoint), data=str(demo96), imgsz=96, batch_size=16,
-                             workers=0, rect=False, project=str(tmp_path), save_json=True)
+    out = accelyolo.validate(
+        weights=str(trained.best_checkpoint),
+        data=str(demo96),
+        imgsz=96,
+        batch_size=16,
+        workers=0,
+        rect=False,
+        project=str(tmp_path),
+        save_json=True,
+    )
     for key in ("mAP50", "mAP50-95", "precision", "recall"):
         assert out.metrics[key] == pytest.approx(trained.metrics[key], abs=1e-6), key
-    for name in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png",
-                 "val_batch0_labels.png", "val_batch0_pred.png", "predictions.json"):
+    for name in (
+        "confusion_matrix.png",
+        "PR_curve.png",
+        "F1_curve.png",
+        "P_curve.png",
+        "R_curve.png",
+        "val_batch0_labels.png",
+        "val_batch0_pred.png",
+        "predictions.json",
+    ):
         assert (out.save_dir / name).is_file(), name
     records = json.loads(out.predictions_json.read_text())
     assert records, "a trained model predicts something at conf 0.001"
@@ -53,9 +81,27 @@ def test_validate_matches_the_trainers_validation(trained, demo96, tmp_path):
 
 
 def test_val_cli_prints_the_last_line(trained, demo96, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "accelyolo", "val", "--weights", str(trained.best_checkpoint),
-                           "--data", str(demo96), "--workers", "0", "--project", str(tmp_path), "--no-plots"],
-                          capture_output=True, text=True, env=env(), timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelyolo",
+            "val",
+            "--weights",
+            str(trained.best_checkpoint),
+            "--data",
+            str(demo96),
+            "--workers",
+            "0",
+            "--project",
+            str(tmp_path),
+            "--no-plots",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("mAP50=") and " mAP50-95=" in last
@@ -65,16 +111,32 @@ def test_val_cli_prints_the_last_line(trained, demo96, tmp_path):
 def test_val_cli_rejects_a_damaged_checkpoint(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)
-    proc = subprocess.run([sys.executable, "-m", "accelyolo", "val", "--weights", str(bad)],
-                          capture_output=True, text=True, env=env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelyolo", "val", "--weights", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "bad.safetensors" in proc.stderr
 
 
 @pytest.mark.slow
 def test_val_under_two_processes_equals_one(trained, demo96, tmp_path):
-    common = ["--weights", str(trained.best_checkpoint), "--data", str(demo96), "--workers", "0",
-              "--no-plots", "--batch-size", "4", "--project", str(tmp_path)]
+    common = [
+        "--weights",
+        str(trained.best_checkpoint),
+        "--data",
+        str(demo96),
+        "--workers",
+        "0",
+        "--no-plots",
+        "--batch-size",
+        "4",
+        "--project",
+        str(tmp_path),
+    ]
     script = f"{REPO}/accelyolo/validation.py"
     one = subprocess.run([sys.executable, script, *common], capture_output=True, text=True, env=env(), timeout=300)
     two = subprocess.run(launch_args(2) + [script, *common], capture_output=True, text=True, env=env(), timeout=300)
@@ -92,8 +154,13 @@ def test_predict_folder_with_a_corrupt_file(trained, demo96, tmp_path, caplog):
     for p in images:
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "broken.jpg").write_text("not an image")
-    results = accelyolo.predict(weights=str(trained.inference_checkpoint), source=str(folder), conf=0.001,
-                                save=True, project=str(tmp_path / "pred"))
+    results = accelyolo.predict(
+        weights=str(trained.inference_checkpoint),
+        source=str(folder),
+        conf=0.001,
+        save=True,
+        project=str(tmp_path / "pred"),
+    )
     assert [r.path.rsplit("/", 1)[-1] for r in results] == [p.name for p in images]
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("accelyolo")]
     assert len(warnings) == 1 and "broken.jpg" in warnings[0].getMessage()

@@ -15,6 +15,7 @@ names the file once per process, and its flag in shared memory lets the trainer 
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,17 @@ from accelyolo.errors import DataError
 
 SINGLE_CLASS_NAMES = ("item",)  # the one class of a `single_cls` run
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
+
+
+def available_memory_mb() -> float:
+    """Memory the system can still give (Linux `MemAvailable`; elsewhere the physical memory), in MB."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class UnreadableImageError(OSError):
@@ -51,15 +63,17 @@ class YoloDataset(torch.utils.data.Dataset):
         hyp: YOLOv5 augmentation names (`transforms.DEFAULT_HYP` for missing keys).
         names: the dataset's class names; `len(names)` is the class count for the class-id check
             (also with `single_cls`: a row of class >= nc is still a bad row).
-        cache: None; "ram" to decode and resize every image once up front; "disk" to store each decoded
-            image as a `.npy` file (beside the image, or in the fallback folder), reused across runs and
-            rewritten when the image changes.
+        cache: None; "ram" to decode and resize the images once up front, as many as `cache_budget_mb`
+            holds; "disk" to store each decoded image as a `.npy` file (beside the image, or in the
+            fallback folder), reused across runs and rewritten when the image changes.
         rect: rectangular per-batch shapes (YOLOv5 rect batches); images are sorted by aspect.
         batch_size: batch size the rect shapes are computed for.
         stride: the model's largest stride; shapes are multiples of it.
         single_cls: every box is kept and becomes class 0; `names` becomes `["item"]`.
         seed: base seed of the augmentation randomness.
         cache_dir: where the label cache goes when the labels folder is read-only.
+        cache_budget_mb: the most the RAM cache holds (MB); the images that do not fit are decoded when
+            used (through the LRU buffer). None: half of the memory available now (`available_memory_mb`).
         buffer_mb: per-process LRU of decoded images (MB; 0 disables). Mosaic reads 4 images per
             item; the buffer makes repeated donors free without changing any pixel.
         mosaic_backend: "fast" (numpy) or "albumentations" (`A.Mosaic`), see `transforms`.
@@ -82,6 +96,7 @@ class YoloDataset(torch.utils.data.Dataset):
         seed: int = 0,
         *,
         cache_dir: str | Path | None = None,
+        cache_budget_mb: float | None = None,
         buffer_mb: float = 256.0,
         mosaic_backend: Literal["fast", "albumentations"] = "fast",
         user_transform: str | Path | None = None,
@@ -127,7 +142,8 @@ class YoloDataset(torch.utils.data.Dataset):
         self._pipelines: dict[bool, Any] = {}
         self._buffer: OrderedDict[int, np.ndarray] = OrderedDict()
         self._buffer_bytes, self.buffer_bytes_max = 0, int(buffer_mb * 2**20)
-        self._ram: list[np.ndarray] | None = None
+        self._ram: list[np.ndarray | None] | None = None  # --cache ram: the decoded images (None: over budget)
+        self.cache_bytes = 0
         self._npy: list[Path] | None = None  # --cache disk: the .npy file of each image
         self._pool: tuple[int, np.ndarray | None] | None = None  # (epoch, donor indices)
         r = self.report
@@ -138,7 +154,7 @@ class YoloDataset(torch.utils.data.Dataset):
             "hit" if hit else "built", cache_file,
         )  # fmt: skip
         if cache == "ram":
-            self._cache_ram()
+            self._cache_ram(cache_budget_mb)
         elif cache == "disk":
             self._cache_disk(Path(cache_dir) if cache_dir else None)
 
@@ -174,13 +190,23 @@ class YoloDataset(torch.utils.data.Dataset):
         grid = np.ceil(np.array(shapes) * self.imgsz / self.stride + pad).astype(np.int64)
         self.batch_shapes = grid * self.stride  # (n_batches, 2) h, w
 
-    def _cache_ram(self) -> None:
-        """Decode and resize every image once; log the memory it takes first."""
+    def _cache_ram(self, budget_mb: float | None) -> None:
+        """Decode and resize the images once, in order, as many as the byte budget holds; log what it takes.
+
+        The size of each decoded image is known from the label cache's shapes, so the images that fit are
+        chosen before any is decoded; the others stay `None` and are decoded when used."""
+        budget = int((available_memory_mb() / 2 if budget_mb is None else budget_mb) * 2**20)
         r = self.imgsz / self.shapes.max(1)
-        nbytes = int((np.round(self.shapes[:, 0] * r) * np.round(self.shapes[:, 1] * r) * 3).sum())
-        LOGGER.info("caching %d images in RAM: %.1f MB", len(self), nbytes / 2**20)
+        sizes = (np.round(self.shapes[:, 0] * r) * np.round(self.shapes[:, 1] * r) * 3).astype(np.int64)
+        fits = int(np.searchsorted(np.cumsum(sizes), budget, side="right"))
+        LOGGER.info(
+            "caching %d of %d images in RAM: %.1f MB (budget %.1f MB)%s", fits, len(self),
+            sizes[:fits].sum() / 2**20, budget / 2**20,
+            "" if fits == len(self) else "; the others are decoded when used (raise cache_budget_mb to hold all)",
+        )  # fmt: skip
         with ThreadPoolExecutor(4) as pool:
-            self._ram = list(pool.map(self._decode, range(len(self))))
+            self._ram = [*pool.map(self._decode, range(fits)), *[None] * (len(self) - fits)]
+        self.cache_bytes = sum(img.nbytes for img in self._ram[:fits])
 
     def _cache_disk(self, fallback_dir: Path | None) -> None:
         """Write the `.npy` of every image that has none yet (no pickle: `allow_pickle=False`)."""
@@ -207,7 +233,7 @@ class YoloDataset(torch.utils.data.Dataset):
 
     def load_image(self, i: int) -> np.ndarray:
         """Image `i` as RGB uint8, long side resized to `imgsz` (RAM cache / LRU buffer / disk)."""
-        if self._ram is not None:
+        if self._ram is not None and self._ram[i] is not None:
             return self._ram[i]
         img = self._buffer.get(i)
         if img is not None:
@@ -231,7 +257,9 @@ class YoloDataset(torch.utils.data.Dataset):
         """
         per_image = self.imgsz * self.imgsz * 9 // 4  # bytes of a decoded 4:3 image
         size = max(16, self.buffer_bytes_max // 2 // per_image)
-        if self._ram is not None or self.buffer_bytes_max == 0 or len(self) <= size:
+        if self._ram is not None and self._ram[-1] is not None:  # the whole dataset is in RAM
+            return None
+        if self.buffer_bytes_max == 0 or len(self) <= size:
             return None
         if self._pool is None or self._pool[0] != epoch:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, 0, 1]))  # not an item stream
