@@ -5,7 +5,8 @@ filtered by NMS and mapped back to original-image pixels. A multi-task model (de
 segmentation) also gives each image's class-id mask at the original size (its logits cropped to the
 letterboxed image and resized, bilinear, before the argmax); with `--save` the colour mask is written
 beside the annotated image (`<stem>_mask.png`), and with `--save-masks` the class-id PNG too
-(`<stem>_classes.png`, single channel, the ids of the checkpoint's `seg_names`).
+(`<stem>_classes.png`, single channel, the ids of the checkpoint's `seg_names`). An exported multi-task
+`.onnx` gives the same masks: `OnnxDetector` answers `model(x, x)` like the PyTorch model.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def predict(
         model = model.to(device).eval()
     names = list(meta.get("names") or [str(i) for i in range(model.nc)])
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
-    segments = hasattr(model, "seg_head")
+    segments = bool(getattr(model, "seg_classes", 0))  # a multi-task model, PyTorch or ONNX: (x, x) -> (det, logits)
     save_dir = None
     if save or save_masks:
         save_dir = create_folder(increment_path(Path(project) / name, exist_ok))

@@ -20,10 +20,11 @@ ort = pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxrun
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _bundle(tmp_path, name: str, nc: int = 3):
-    """A bundle of a model with random weights, BN statistics and class biases (varied, non-trivial scores)."""
+def _bundle(tmp_path, name: str, nc: int = 3, seg_classes: int = 0):
+    """A bundle of a model with random weights, BN statistics and class biases (varied, non-trivial scores);
+    with `seg_classes`, a multi-task model whose `seg_names` are s0, s1, ..."""
     torch.manual_seed(0)
-    model = build_model(name, nc=nc)
+    model = build_model(name, nc=nc, seg_classes=seg_classes)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -35,7 +36,17 @@ def _bundle(tmp_path, name: str, nc: int = 3):
         for branch in getattr(model.head, "box_branches", ()):  # boxes of image size, as a trained model's
             branch[-1].weight.mul_(0.1)
             branch[-1].bias.zero_()
+        if seg_classes:  # centre the logits on the mean feature: pixels differ in their class (several ids)
+            classify = model.seg_head.classify
+            seen = []
+            hook = classify.register_forward_hook(lambda module, args, out: seen.append(args[0].mean((0, 2, 3))))
+            model.eval().segment(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+            hook.remove()
+            classify.weight.normal_(0, 1.0)
+            classify.bias.copy_(-classify.weight.flatten(1) @ seen[0])
     meta = {"model": model.config, "names": [f"c{i}" for i in range(nc)], "config": {"imgsz": 64}}
+    if seg_classes:
+        meta["seg_names"] = [f"s{i}" for i in range(seg_classes)]
     path = save_checkpoint(tmp_path / f"{name}.safetensors", model_state=model.state_dict(), metadata=meta)
     return path, model.eval()
 
@@ -63,9 +74,49 @@ def test_onnxruntime_equals_pytorch(tmp_path, tiny_demo, name):
             expected = model(x).numpy()
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() <= 1e-4
+    assert [o.name for o in session.get_outputs()] == ["output0"]  # a detector: one output, as before
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(props["names"]) == ["c0", "c1", "c2"] and json.loads(props["stride"]) == [8, 16, 32]
     assert json.loads(props["imgsz"]) == 64 and json.loads(props["model"])["name"] == name
+    assert "seg_names" not in props and "seg_logits" not in props
+
+
+def _dims(value_info) -> list:
+    return [d.dim_value or d.dim_param for d in value_info.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize(("name", "dynamic"), [("yolov8t", False), ("yolov5t", True)])
+def test_multitask_export_has_the_seg_logits_output(tmp_path, tiny_demo, name, dynamic):
+    """A multi-task bundle: `output0` as for a detector plus `seg_logits` (B, K, H, W), both equal to the
+    PyTorch model's `model(x, x)`; `seg_names` in the metadata."""
+    from accelyolo.exporter import export
+
+    weights, model = _bundle(tmp_path, name, seg_classes=4)
+    path = export(weights, imgsz=64, dynamic=dynamic)
+    proto = onnx.load(str(path))
+    assert [o.name for o in proto.graph.output] == ["output0", "seg_logits"]
+    if dynamic:
+        assert _dims(proto.graph.output[1]) == ["batch", 4, "height", "width"]
+        assert _dims(proto.graph.output[0])[:2] == ["batch", "boxes"]
+    else:
+        assert _dims(proto.graph.output[1]) == [1, 4, 64, 64] and _dims(proto.graph.output[0]) == [1, 84, 7]
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["seg_names"]) == ["s0", "s1", "s2", "s3"] and json.loads(props["names"]) == [
+        "c0",
+        "c1",
+        "c2",
+    ]
+    assert json.loads(props["model"])["seg_classes"] == 4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = [_real_images(tiny_demo, 1)] + ([_real_images(tiny_demo, 3), torch.rand(2, 3, 96, 128)] if dynamic else [])
+    for x in inputs:
+        detections, logits = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            expected_det, expected_logits = model(x, x)
+        assert logits.shape == (x.shape[0], 4, *x.shape[2:]) and detections.shape == expected_det.shape
+        assert np.allclose(logits, expected_logits.numpy(), atol=1e-4)
+        assert np.allclose(detections, expected_det.numpy(), rtol=1e-5, atol=1e-4)  # boxes reach ~1000 px
+        assert len(np.unique(logits.argmax(1))) > 1  # the comparison covers more than one winning class
 
 
 def test_dynamic_export_takes_other_sizes_and_batches(tmp_path, tiny_demo):
@@ -99,6 +150,72 @@ def test_predict_with_the_onnx_file_finds_the_same_objects(tmp_path, tiny_demo, 
         assert np.array_equal(a.classes[order_a], b.classes[order_b])
         assert np.allclose(a.boxes[order_a], b.boxes[order_b], atol=1e-2)
         assert np.allclose(a.scores[order_a], b.scores[order_b], atol=1e-4)
+
+
+def test_predict_with_a_multitask_onnx_writes_the_masks(tmp_path, tiny_demo):
+    """`accelyolo predict --save --save-masks` on the .onnx: the colour mask and the class-id PNG of each
+    image, the ids those of the PyTorch bundle's prediction."""
+    from PIL import Image
+
+    from accelyolo.exporter import OnnxDetector
+    from accelyolo.prediction import colour_mask, predict
+
+    weights, _ = _bundle(tmp_path, "yolov8t", seg_classes=3)
+    path = tmp_path / "mt.onnx"
+    assert cli_main(["export", "--weights", str(weights), "--imgsz", "64", "-o", str(path)]) == 0
+    source = tiny_demo.parent / "images" / "val"
+    args = ["predict", "--weights", str(path), "--source", str(source), "--imgsz", "64", "--conf", "0.3"]
+    assert cli_main([*args, "--save", "--save-masks", "--project", str(tmp_path / "pred")]) == 0
+    ours = predict(weights=str(weights), source=str(source), imgsz=64, conf=0.3, device="cpu")
+    out = tmp_path / "pred" / "exp"
+    assert len(ours) == 16
+    for result in ours:
+        stem = result.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        ids = np.asarray(Image.open(out / f"{stem}_classes.png"))
+        colour = np.asarray(Image.open(out / f"{stem}_mask.png"))
+        assert ids.shape == result.mask.shape == (64, 64) and colour.shape == (64, 64, 3)
+        assert np.array_equal(ids, result.mask) and np.array_equal(colour, colour_mask(result.mask))
+    assert len(np.unique(np.stack([r.mask for r in ours]))) > 1
+    detector = OnnxDetector(path)
+    assert detector.seg_classes == 3 and detector.metadata()["seg_names"] == ["s0", "s1", "s2"]
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"call model\(x, x\)"):
+        detector(x, torch.rand(1, 3, 64, 64))
+
+
+def test_a_damaged_or_foreign_onnx_is_a_clear_error(tmp_path, tiny_demo, capsys):
+    """Every unusable .onnx is an ExportError naming the file (exit status 2 from the CLI), never a traceback."""
+    from accelyolo.errors import ExportError
+    from accelyolo.exporter import OnnxDetector, export
+
+    source = str(tiny_demo.parent / "images" / "val")
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"\x00not a protobuf" * 8)
+    assert cli_main(["predict", "--weights", str(damaged), "--source", source]) == 2
+    assert "damaged.onnx: onnxruntime cannot load it" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="missing.onnx: no such file"):
+        OnnxDetector(tmp_path / "missing.onnx")
+
+    weights, _ = _bundle(tmp_path, "yolov8t")
+    path = export(weights, imgsz=64, output=tmp_path / "det.onnx")
+    proto = onnx.load(str(path))
+    foreign = tmp_path / "foreign.onnx"
+    del proto.metadata_props[:]  # another tool's model: no accelyolo metadata
+    onnx.save(proto, str(foreign))
+    with pytest.raises(ExportError, match="foreign.onnx: no accelyolo metadata"):
+        OnnxDetector(foreign)
+    entry = proto.metadata_props.add()  # metadata that promises a mask the graph does not have
+    entry.key, entry.value = "names", json.dumps(["c0", "c1", "c2"])
+    for key, value in (("imgsz", "64"), ("seg_names", json.dumps(["a", "b"]))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(foreign))
+    with pytest.raises(ExportError, match=r"lack \['seg_logits'\]"):
+        OnnxDetector(foreign)
+    detector = OnnxDetector(path)  # a detector's export: no mask, and asking for one says so
+    assert detector.seg_classes == 0 and "seg_names" not in detector.metadata()
+    with pytest.raises(ValueError, match="no segmentation output"):
+        detector(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
 
 
 def test_missing_onnx_says_how_to_install(tmp_path, monkeypatch):
