@@ -211,7 +211,7 @@ def train_peer(args: argparse.Namespace, seed: int, out: Path, data_yaml: Path) 
             str(args.imgsz),
             str(args.batch),
             str(run_dir),
-            f"close_mosaic={min(args.close_mosaic, args.epochs)}",  # larger: never closes there
+            f"close_mosaic={args.close_mosaic}",  # 8.4 closes at epoch >= epochs - N, as ours
             "val=False",  # as ours: validated after the last epoch only
         ],
         env,
