@@ -1,0 +1,132 @@
+"""The quality benchmark's data and scoring (benchmarks/varied_set.py, benchmarks/quality.py), no training.
+
+What is checked is behaviour: the generated set is well-formed and varied, and the scoring maps each
+tool's image ids onto one ground truth in original-image pixels, so a perfect prediction scores 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pycocotools")
+from PIL import Image  # noqa: E402
+
+from accelyolo.data import load_data_yaml  # noqa: E402
+from accelyolo.data.checks import check_image_label, img2label_path  # noqa: E402
+from accelyolo.metrics import coco_json_records  # noqa: E402
+from benchmarks.quality import GroundTruth, coco_scores, ground_truth, peer_data_yaml  # noqa: E402
+from benchmarks.varied_set import ASPECTS, WIDTHS, make_varied_set  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    return make_varied_set(tmp_path_factory.mktemp("varied") / "set", n_train=4, n_val=8, seed=5)
+
+
+def _label_rows(image) -> np.ndarray:
+    return np.loadtxt(img2label_path(image), ndmin=2)
+
+
+def _perfect_predictions(spec) -> list[dict]:
+    """One record per labelled box, made as `accelyolo.validate` makes them (file stem as image id)."""
+    records = []
+    for image in spec.splits["val"]:
+        width, height = Image.open(image).size  # read here, independently of the benchmark
+        rows = _label_rows(image)
+        x1 = (rows[:, 1] - rows[:, 3] / 2) * width
+        y1 = (rows[:, 2] - rows[:, 4] / 2) * height
+        dets = np.c_[x1, y1, x1 + rows[:, 3] * width, y1 + rows[:, 4] * height, np.ones(len(rows)), rows[:, 0]]
+        records += coco_json_records(str(image), dets)
+    return records
+
+
+def test_varied_set_is_consistent_and_varied(varied, tmp_path):
+    spec = load_data_yaml(varied)
+    assert spec.names == ["target"] and len(spec.splits["train"]) == 4 and len(spec.splits["val"]) == 8
+    sizes = set()
+    for image in spec.splits["train"] + spec.splits["val"]:
+        assert image.suffix == ".jpg"
+        entry = check_image_label(image, nc=1)
+        assert entry["status"] == "ok" and entry["problems"] == []  # rows in range, inside the image
+        height, width = entry["shape"]
+        sizes.add((height, width))
+        assert WIDTHS[0] <= width <= WIDTHS[1]
+        assert ASPECTS[0] * 0.99 <= width / height <= ASPECTS[1] * 1.01
+        rows = _label_rows(image)
+        assert (rows[:, 0] == 0).all()
+        assert (rows[:, 3:] >= 0.1).all()  # large objects
+        x1, x2 = rows[:, 1] - rows[:, 3] / 2, rows[:, 1] + rows[:, 3] / 2
+        y1, y2 = rows[:, 2] - rows[:, 4] / 2, rows[:, 2] + rows[:, 4] / 2
+        assert (x1 >= 0).all() and (y1 >= 0).all() and (x2 <= 1).all() and (y2 <= 1).all()
+    assert len(sizes) >= 6  # varied sizes, not one letterbox shape
+    again = make_varied_set(tmp_path / "again", n_train=4, n_val=8, seed=5)
+    first = sorted(p.read_text() for p in (varied.parent / "labels").rglob("*.txt"))
+    assert sorted(p.read_text() for p in (again.parent / "labels").rglob("*.txt")) == first  # from the seed
+
+
+def test_ground_truth_in_original_pixels(varied):
+    spec = load_data_yaml(varied)
+    truth = ground_truth(varied)
+    assert [im["file_name"] for im in truth.coco["images"]] == [p.name for p in spec.splits["val"]]
+    for image in spec.splits["val"]:
+        width, height = Image.open(image).size
+        info = truth.coco["images"][truth.ids[image.stem] - 1]
+        assert (info["width"], info["height"]) == (width, height)
+        boxes = [a["bbox"] for a in truth.coco["annotations"] if a["image_id"] == info["id"]]
+        rows = _label_rows(image)
+        expected = np.c_[(rows[:, 1] - rows[:, 3] / 2) * width, (rows[:, 2] - rows[:, 4] / 2) * height]
+        expected = np.c_[expected, rows[:, 3] * width, rows[:, 4] * height]
+        np.testing.assert_allclose(np.array(boxes), expected, atol=1e-3)
+    assert min(a["id"] for a in truth.coco["annotations"]) == 1  # COCOeval reads id 0 as "unmatched"
+
+
+def test_perfect_predictions_score_one_and_shifted_ones_fail_high_iou(varied):
+    spec = load_data_yaml(varied)
+    truth = ground_truth(varied)
+    perfect = _perfect_predictions(spec)
+    assert isinstance(perfect[0]["image_id"], str)  # stems, as both tools write them
+    assert coco_scores(truth, perfect) == pytest.approx({"AP50": 1.0, "AP75": 1.0, "AP50-95": 1.0})
+    # ultralytics' records carry an extra file_name; the ids are the same stems
+    tagged = [{**r, "file_name": f"{r['image_id']}.jpg"} for r in perfect]
+    assert coco_scores(truth, tagged)["AP50-95"] == pytest.approx(1.0)
+    # every box moved right by a fifth of its width: IoU 0.8 / 1.2 = 0.67, a hit at 0.5, a miss at 0.75
+    shifted = [{**r, "bbox": [r["bbox"][0] + r["bbox"][2] / 5, *r["bbox"][1:]]} for r in perfect]
+    scores = coco_scores(truth, shifted)
+    assert scores["AP50"] == pytest.approx(1.0) and scores["AP75"] == 0.0 and 0 < scores["AP50-95"] < 0.5
+    assert coco_scores(truth, []) == {"AP50": 0.0, "AP75": 0.0, "AP50-95": 0.0}
+
+
+def test_all_digit_stems_map_from_int_ids_and_unknown_ids_are_refused():
+    coco = {
+        "images": [{"id": 1, "file_name": "000042.jpg", "height": 100, "width": 200}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 0, "bbox": [10, 20, 50, 40], "area": 2000, "iscrowd": 0}
+        ],
+        "categories": [{"id": 0}],
+    }
+    truth = GroundTruth(coco=coco, ids={"000042": 1, "42": 1})
+    hit = {"category_id": 0, "bbox": [10, 20, 50, 40], "score": 0.9}
+    assert coco_scores(truth, [{**hit, "image_id": 42}])["AP50-95"] == pytest.approx(1.0)
+    assert coco_scores(truth, [{**hit, "image_id": "000042"}])["AP50-95"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="'43'"):
+        coco_scores(truth, [{**hit, "image_id": 43}])
+
+
+def test_ground_truth_of_all_digit_stems(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        Image.new("RGB", (64, 32), (90, 90, 90)).save(tmp_path / "images" / split / "000007.jpg")
+        (tmp_path / "labels" / split / "000007.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames: [thing]\n")
+    truth = ground_truth(tmp_path / "data.yaml")
+    assert truth.ids == {"000007": 1, "7": 1}
+    assert truth.coco["annotations"][0]["bbox"] == [16.0, 8.0, 32.0, 16.0]
+
+
+def test_peer_data_yaml_has_an_absolute_path(varied, tmp_path):
+    copy = peer_data_yaml(varied, tmp_path / "out")
+    spec = load_data_yaml(copy)
+    assert spec.root == varied.parent.resolve()
+    assert spec.splits["val"] == load_data_yaml(varied).splits["val"]
