@@ -1,13 +1,16 @@
 """Augmentation and letterboxing: albumentations pipelines configured from YOLOv5 hyp names.
 
-Train pipeline (one `A.Compose`, boxes in YOLO format with the class id as a 5th column):
-`Mosaic (p=mosaic, decided by the dataset) -> Affine (scale/translate/rotate/shear)
--> Perspective (if > 0) -> HSV gains -> flips`, all at `imgsz x imgsz`; without mosaic the image is
-letterboxed to `imgsz` first, then (probability hyp `crop`, off by default) cropped by
-`A.RandomSizedBBoxSafeCrop` to a region holding every box and resized back. A user's own pipeline
-(`augment: PATH`, an `albumentations.save` yaml) runs right after the mosaic / crop step.
-Mixup (blend of two mosaics, ratio ~ Beta(32, 32)) is done by the
-dataset on two pipeline outputs.
+Train pipeline (one albumentations `Compose`, boxes in YOLO format with the class id as a 5th column),
+all at `imgsz x imgsz`:
+- mosaic sample (p=mosaic, decided by the dataset): `YoloMosaic` (2x2 mosaic on a 2s canvas and the
+  random affine map in one warp, YOLOv5's geometry) -> Perspective (if > 0) -> HSV gains -> flips;
+- other sample: letterboxed to `imgsz` first, then (probability hyp `crop`, off by default) cropped by
+  `A.RandomSizedBBoxSafeCrop` to a region holding every box and resized back -> `A.Affine`
+  (scale/translate/rotate/shear, one scale factor for both axes) -> Perspective -> HSV -> flips.
+A user's own pipeline (`augment: PATH`, an `albumentations.save` yaml) runs right after the mosaic /
+crop step. Mixup (blend of two mosaics, ratio ~ Beta(32, 32)) is done by the dataset on two pipeline
+outputs. When every step is one whose box geometry is known, the Compose runs without albumentations'
+bbox processor and the boxes follow the applied parameters (`BoxFollowingCompose`, same boxes, faster).
 
 Box rules (documented so they can be relied on; YOLOv5's `box_candidates` in spirit):
 - a box is dropped when less than `MIN_VISIBILITY` (10 %) of its area survives a crop or the
@@ -15,14 +18,14 @@ Box rules (documented so they can be relied on; YOLOv5's `box_candidates` in spi
   in the output image, or when its aspect ratio exceeds `MAX_ASPECT` (100);
 - surviving boxes are clipped to the image.
 
-Mosaic backends: `"fast"` (default) is `YoloMosaic` below, a numpy 2x2 mosaic inside the
-Compose (YOLOv5 placement: four images meet at a random centre); `"albumentations"` uses
-`A.Mosaic`, which builds a Compose per cell and costs ~5.5 ms per call at 320 px on this CPU,
-more than the whole per-image budget of the loader.
+Mosaic backends: `"fast"` (default) is `YoloMosaic` below; `"albumentations"` uses `A.Mosaic` (followed
+by `A.Affine`), which builds a Compose per cell and costs ~5.5 ms per call at 320 px on this CPU, more
+than the whole per-image budget of the loader.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -100,68 +103,94 @@ class HsvGain(A.ImageOnlyTransform):
 
 
 class YoloMosaic(A.DualTransform):
-    """2x2 mosaic at `size x size`: the primary image and three donors meet at a random centre.
+    """2x2 mosaic with YOLOv5's geometry, warped once to `size x size`.
+
+    The primary image and three donors meet at a random centre of a `2s x 2s` canvas (uniform in
+    `[s/2, 3s/2]`; top-left, top-right, bottom-left, bottom-right), and one random affine map (YOLOv5's
+    `random_perspective` without perspective: about the canvas centre, scale `1 +/- scale` (one factor for
+    both axes), rotation `+/- degrees`, shear `+/- shear`, then a translation of the centre by
+    `+/- translate` of the output) takes the canvas to the `s x s` output in a single `cv2.warpAffine`.
+    At scale 1 the output is the canvas' central `s x s` window; zooming out shows more of the four
+    images (not grey padding), as in YOLOv5.
 
     The donors come in the Compose call as `mosaic_metadata=[{"image", "bboxes"}] * 3`, boxes in
     YOLO format `(n, 5)` = cx, cy, w, h, class. The primary's boxes are the call's `bboxes` (through
     albumentations' bbox processor) or, in a `BoxFollowingCompose`, its `mosaic_primary` YOLO rows.
-    Geometry as YOLOv5: on a `2s x 2s` canvas the centre is uniform in `[s/2, 3s/2]`, images are
-    placed around it (top-left, top-right, bottom-left, bottom-right), and the central `s x s` window
-    is the output. Boxes are clipped to the visible part of their tile and dropped below
-    `MIN_VISIBILITY` of their area.
+    Boxes are clipped to the visible part of their tile (dropped below `MIN_VISIBILITY` of their area),
+    moved through the warp (hull of the corners) and filtered by `filter_boxes` in the output.
     """
 
-    def __init__(self, size: int, fill: int = PAD_VALUE, p: float = 1.0):
+    def __init__(
+        self,
+        size: int,
+        fill: int = PAD_VALUE,
+        scale: float = 0.0,
+        translate: float = 0.0,
+        degrees: float = 0.0,
+        shear: float = 0.0,
+        p: float = 1.0,
+    ):
         super().__init__(p=p)
         self.size, self.fill = size, fill
+        self.scale, self.translate, self.degrees, self.shear = scale, translate, degrees, shear
 
     @property
     def targets_as_params(self) -> list[str]:
         return ["mosaic_metadata"]
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict:
-        s = self.size
+        s, uniform = self.size, self.py_random.uniform
         rows = data["mosaic_primary"] if "mosaic_primary" in data else _albu_to_yolo(data["bboxes"])
-        primary = {"image": data["image"], "bboxes": rows}
-        items = [primary, *data["mosaic_metadata"][:3]]
-        xc = int(self.py_random.uniform(0.5 * s, 1.5 * s))
-        yc = int(self.py_random.uniform(0.5 * s, 1.5 * s))
-        canvas = np.full((s, s, 3), self.fill, dtype=np.uint8)
-        ox = oy = s // 2  # the output window's corner on the 2s x 2s canvas
-        rows, shifts, windows = [], [], []  # per tile: YOLO rows, px shift, visible window (output px)
+        items = [{"image": data["image"], "bboxes": rows}, *data["mosaic_metadata"][:3]]
+        xc, yc = int(uniform(0.5 * s, 1.5 * s)), int(uniform(0.5 * s, 1.5 * s))
+        canvas = np.full((2 * s, 2 * s, 3), self.fill, dtype=np.uint8)
+        tiles, shifts, windows = [], [], []  # per tile with boxes: YOLO rows, px scale + shift, visible part
         for k, item in enumerate(items):
             img = item["image"]
             h, w = img.shape[:2]
-            x1 = xc - w if k in (0, 2) else xc  # tile corners on the 2s x 2s canvas
+            x1 = xc - w if k in (0, 2) else xc  # tile corners on the canvas
             y1 = yc - h if k in (0, 1) else yc
-            # visible part of the tile inside the output window [s/2, 3s/2)
-            vx1, vy1 = max(x1, ox), max(y1, oy)
-            vx2, vy2 = min(x1 + w, ox + s), min(y1 + h, oy + s)
-            if vx2 <= vx1 or vy2 <= vy1:
-                continue
-            canvas[vy1 - oy : vy2 - oy, vx1 - ox : vx2 - ox] = img[vy1 - y1 : vy2 - y1, vx1 - x1 : vx2 - x1]
+            vx1, vy1, vx2, vy2 = max(x1, 0), max(y1, 0), min(x1 + w, 2 * s), min(y1 + h, 2 * s)  # on the canvas
+            canvas[vy1:vy2, vx1:vx2] = img[vy1 - y1 : vy2 - y1, vx1 - x1 : vx2 - x1]
             b = np.asarray(item["bboxes"], dtype=np.float32).reshape(-1, 5)
             if len(b):
-                rows.append(b)
-                shifts.append(np.tile([w, h, w, h, x1 - ox, y1 - oy, x1 - ox, y1 - oy], (len(b), 1)))
-                windows.append(np.tile([vx1 - ox, vy1 - oy, vx2 - ox, vy2 - oy], (len(b), 1)))
-        if rows:  # all tiles' boxes at once: to output pixels, clipped to their tile's visible window
-            b, shift, window = np.concatenate(rows), np.concatenate(shifts), np.concatenate(windows)
+                tiles.append(b)
+                shifts.append(np.tile([w, h, w, h, x1, y1, x1, y1], (len(b), 1)))
+                windows.append(np.tile([vx1, vy1, vx2, vy2], (len(b), 1)))
+        matrix = self._affine(uniform)
+        out = cv2.warpAffine(canvas, matrix[:2], (s, s), flags=cv2.INTER_LINEAR, borderValue=(self.fill,) * 3)
+        boxes = np.zeros((0, 5), np.float32)
+        if tiles:  # all tiles' boxes at once: canvas pixels, clipped to their tile, through the warp
+            b, shift, window = np.concatenate(tiles), np.concatenate(shifts), np.concatenate(windows)
             xyxy = xywh2xyxy(b[:, :4] * shift[:, :4]) + shift[:, 4:]  # as xywhn2xyxy(b, w, h) + shift
-            out = _clip_visible(xyxy.astype(np.float32), window.astype(np.float32), b[:, 4:5])
-        else:
-            out = np.zeros((0, 5), np.float32)
-        out[:, :4] /= s  # albumentations' internal format: normalized x1, y1, x2, y2
-        return {"canvas": canvas, "mosaic_boxes": out}
+            visible = _clip_visible(xyxy.astype(np.float32), window.astype(np.float32), b[:, 4:5])
+            boxes = filter_boxes(_affine_boxes(visible, matrix), s, s)
+        boxes[:, :4] /= s  # albumentations' internal format: normalized x1, y1, x2, y2
+        return {"mosaic": out, "mosaic_boxes": boxes}
 
-    def apply(self, img: np.ndarray, canvas: np.ndarray, **params: Any) -> np.ndarray:
-        return canvas
+    def _affine(self, uniform: Any) -> np.ndarray:
+        """The 3x3 map from canvas to output pixels (YOLOv5's order: centre, rotate+scale, shear, translate)."""
+        s = self.size
+        centre = np.array([[1, 0, -s], [0, 1, -s], [0, 0, 1]], np.float64)  # canvas centre to the origin
+        rotate = np.eye(3)
+        rotate[:2] = cv2.getRotationMatrix2D((0, 0), uniform(-self.degrees, self.degrees),
+                                             uniform(1 - self.scale, 1 + self.scale))  # fmt: skip
+        shear = np.eye(3)
+        shear[0, 1] = math.tan(math.radians(uniform(-self.shear, self.shear)))
+        shear[1, 0] = math.tan(math.radians(uniform(-self.shear, self.shear)))
+        move = np.eye(3)
+        move[0, 2] = uniform(0.5 - self.translate, 0.5 + self.translate) * s
+        move[1, 2] = uniform(0.5 - self.translate, 0.5 + self.translate) * s
+        return move @ shear @ rotate @ centre
+
+    def apply(self, img: np.ndarray, mosaic: np.ndarray, **params: Any) -> np.ndarray:
+        return mosaic
 
     def apply_to_bboxes(self, bboxes: np.ndarray, mosaic_boxes: np.ndarray, **params: Any) -> np.ndarray:
         return mosaic_boxes  # the primary's boxes are inside; the class column is always kept
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("size", "fill")
+        return ("size", "fill", "scale", "translate", "degrees", "shear")
 
 
 def _albu_to_yolo(bboxes: np.ndarray) -> np.ndarray:
@@ -217,7 +246,7 @@ class BoxFollowingCompose:
         res = self.compose(image=image, **extra)
         for name, params in res["applied_transforms"]:
             if name == "YoloMosaic":
-                boxes = params["mosaic_boxes"] * np.array([*params["canvas"].shape[1::-1]] * 2 + [1], np.float32)
+                boxes = params["mosaic_boxes"] * np.array([*params["mosaic"].shape[1::-1]] * 2 + [1], np.float32)
             elif name == "Affine":
                 boxes = _affine_boxes(boxes, params["bbox_matrix"])
             elif name in ("HorizontalFlip", "VerticalFlip"):
@@ -293,20 +322,23 @@ def build_train_transform(
                 p=1.0,
             )
         )
-    elif mosaic:
-        steps.append(YoloMosaic(imgsz, fill=PAD_VALUE))
+    elif mosaic:  # the mosaic's own warp is the affine step (YOLOv5: random_perspective of the 2s canvas)
+        geometry = {key: h[key] for key in ("scale", "translate", "degrees", "shear")}
+        steps.append(YoloMosaic(imgsz, fill=PAD_VALUE, **geometry))
     if user_transform is not None:
         steps.extend(load_user_transform(user_transform))
-    steps.append(
-        A.Affine(
-            scale=(1 - h["scale"], 1 + h["scale"]),
-            translate_percent=(-h["translate"], h["translate"]),
-            rotate=(-h["degrees"], h["degrees"]),
-            shear=(-h["shear"], h["shear"]),
-            fill=PAD_VALUE,
-            p=1.0,
+    if not (mosaic and backend == "fast"):
+        steps.append(
+            A.Affine(
+                scale=(1 - h["scale"], 1 + h["scale"]),
+                keep_ratio=True,  # one factor for both axes, as YOLOv5 (no aspect distortion)
+                translate_percent=(-h["translate"], h["translate"]),
+                rotate=(-h["degrees"], h["degrees"]),
+                shear=(-h["shear"], h["shear"]),
+                fill=PAD_VALUE,
+                p=1.0,
+            )
         )
-    )
     if h["perspective"] > 0:  # YOLOv5 perspective is per pixel; map to a corner-offset fraction
         steps.append(A.Perspective(scale=(0.0, h["perspective"] * imgsz / 2), fill=PAD_VALUE, p=1.0))
     if h["hsv_h"] or h["hsv_s"] or h["hsv_v"]:
