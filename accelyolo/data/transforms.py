@@ -26,6 +26,7 @@ than the whole per-image budget of the loader.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -233,9 +234,15 @@ class BoxFollowingCompose:
             )
         self.compose = A.Compose(steps, strict=False, save_applied_params=True)
         self.transforms = self.compose.transforms
+        self._unused_generator = np.random.default_rng(0)
 
     def set_random_seed(self, seed: int) -> None:
-        self.compose.set_random_seed(seed)
+        """The random state `A.Compose.set_random_seed(seed)` gives, at half its cost: every step its own
+        `random.Random(seed)`, as there, but one numpy generator for all of them instead of a new
+        `default_rng(seed)` each (~20 us apiece), because none of the `FOLLOWED` steps draws from it."""
+        self.compose.py_random = random.Random(seed)
+        for step in self.compose.transforms:
+            step.set_random_state(self._unused_generator, random.Random(seed))
 
     def __call__(self, *, image: np.ndarray, bboxes: np.ndarray, **extra: Any) -> dict[str, Any]:
         rows = np.asarray(bboxes, dtype=np.float32).reshape(-1, 5)
