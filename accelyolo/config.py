@@ -97,7 +97,12 @@ class TrainConfig:
     )
     # training
     epochs: int = _opt(100, "total epochs", "train")
-    optimizer: str = _opt("SGD", "SGD, Adam, AdamW or RMSProp", "train")
+    optimizer: str = _opt(
+        "auto",
+        "SGD, Adam, AdamW, RMSProp, or auto: AdamW at lr0 0.002*5/(4+nc) for runs of up to 10,000 optimizer "
+        "steps, SGD with the hyp's lr0/momentum beyond (auto ignores lr0, momentum and warmup_bias_lr then)",
+        "train",
+    )
     cos_lr: bool = _opt(False, "one-cycle cosine LR decay instead of linear", "train")
     scheduler: str = _opt(
         "yolo",
@@ -118,7 +123,9 @@ class TrainConfig:
     close_mosaic: int = _opt(10, "turn mosaic/mixup off for the last N epochs", "train")
     ema_decay: float = _opt(0.9999, "EMA decay", "train")
     ema_tau: float = _opt(2000.0, "EMA decay ramp in optimizer steps", "train")
-    warmup_min_iters: int = _opt(100, "fewest warmup iterations when warmup_epochs > 0", "train")
+    warmup_min_iters: int = _opt(
+        0, "fewest warmup iterations when warmup_epochs > 0 (YOLOv5: 100); never past the last epoch's start", "train"
+    )
     seed: int = _opt(0, "global seed", "train")
     deterministic: bool = _opt(False, "use deterministic algorithms", "train")
     mixed_precision: str | None = _opt(None, "no, fp16 or bf16; empty = from the accelerate config", "train")

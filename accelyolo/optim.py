@@ -38,6 +38,7 @@ __all__ = [
     "scaled_weight_decay",
     "set_lr_momentum",
     "warmup_iterations",
+    "auto_optimizer",
     "warmup_values",
 ]
 
@@ -47,6 +48,22 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = tuple(
     layer for layer in (_NormBase, nn.GroupNorm, nn.LayerNorm, getattr(nn, "RMSNorm", None)) if layer is not None
 )
 OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSProp")
+AUTO_MAX_STEPS = 10_000  # `optimizer: auto` picks AdamW up to this many optimizer steps, SGD beyond
+
+
+def auto_optimizer(nc: int, optimizer_steps: int, lr0: float, momentum: float, warmup_bias_lr: float) -> tuple:
+    """What `optimizer: auto` resolves to: `(optimizer, lr0, momentum, warmup_bias_lr)`.
+
+    A run of at most `AUTO_MAX_STEPS` optimizer steps (from scratch on a small dataset, a short fine-tune)
+    gets AdamW at `lr0 = 0.002 * 5 / (4 + nc)` (6 decimals), beta1 0.9 and a bias warm-up from 0: the rule
+    of ultralytics' `optimizer=auto`, which learns far more in few steps than YOLOv5's SGD at lr0 0.01 (see
+    `benchmarks/quality.py`). A longer run keeps SGD with the given lr0, momentum and bias warm-up LR.
+    """
+    if optimizer_steps > AUTO_MAX_STEPS:
+        return "SGD", lr0, momentum, warmup_bias_lr
+    return "AdamW", round(0.002 * 5 / (4 + nc), 6), 0.9, 0.0
+
+
 LR_SCHEDULES = ("cosine", "linear")
 
 
@@ -169,14 +186,18 @@ def scaled_weight_decay(wd: float, total_batch: int, accumulate: int, nbs: int) 
     return wd * total_batch * accumulate / nbs
 
 
-def warmup_iterations(warmup_epochs: float, batches_per_epoch: int, minimum: int = 100) -> int:
-    """Length of the warm-up in iterations: `max(round(warmup_epochs * batches), minimum)`.
+def warmup_iterations(warmup_epochs: float, batches_per_epoch: int, minimum: int = 0, epochs: int | None = None) -> int:
+    """Length of the warm-up in iterations: `max(round(warmup_epochs * batches), minimum)`, and never past
+    the start of the last epoch when `epochs` is given (so a short run has at least one epoch at full LR).
 
     Returns 0 when `warmup_epochs <= 0` (no warm-up at all).
     """
     if warmup_epochs <= 0:
         return 0
-    return max(round(warmup_epochs * batches_per_epoch), minimum)
+    iterations = max(round(warmup_epochs * batches_per_epoch), minimum)
+    if epochs is not None:
+        iterations = min(iterations, max(epochs - 1, 1) * batches_per_epoch)
+    return iterations
 
 
 def warmup_values(

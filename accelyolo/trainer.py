@@ -25,8 +25,10 @@ metadata, `FitResult`); `RunState.epoch` is the number of epochs completed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -60,6 +62,7 @@ from accelyolo.models import freeze_layers, transfer_weights
 from accelyolo.optim import (
     YoloSchedule,
     accumulate_steps,
+    auto_optimizer,
     build_optimizer,
     build_scheduler,
     scaled_weight_decay,
@@ -273,6 +276,7 @@ class Trainer:
         bundle = load_checkpoint_bundle(self.resume_from) if self.resume_from else None
         self.train_dataset, self.val_dataset = self.parts.get("datasets", self) or self.build_datasets()
         self.train_loader, self.val_loader = self.build_dataloaders()
+        self.cfg = cfg = self.resolve_optimizer(cfg)
         model = self.parts.get("model", self) or self.build_model()
         if bundle is not None:
             model.load_state_dict(bundle.model_state)
@@ -441,6 +445,19 @@ class Trainer:
         """The loss of the model's family: `total, items = loss(preds, targets)`, with `.names` for `items`."""
         return family_of(model).build_loss(model, self.cfg.hyp(), self.cfg.imgsz)
 
+    def resolve_optimizer(self, cfg: TrainConfig) -> TrainConfig:
+        """`optimizer: auto` made concrete once the dataset size is known (`optim.auto_optimizer`); the
+        resolved config is what args.yaml and the checkpoints record, so a resumed run rebuilds the same."""
+        if cfg.optimizer.lower() != "auto":
+            return cfg
+        total_batch = cfg.batch_size * self.accelerator.num_processes
+        steps = math.ceil(len(self.train_dataset) / max(total_batch, cfg.nbs)) * cfg.epochs
+        nc = len(self.train_dataset.names or []) or 1
+        name, lr0, momentum, bias_lr = auto_optimizer(nc, steps, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr)
+        LOGGER.info("optimizer: auto -> %s (lr0 %g, momentum %g) for about %d optimizer steps", name, lr0, momentum,
+                    steps)  # fmt: skip
+        return dataclasses.replace(cfg, optimizer=name, lr0=lr0, momentum=momentum, warmup_bias_lr=bias_lr)
+
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         cfg = self.cfg
         self.total_batch = cfg.batch_size * self.accelerator.num_processes
@@ -452,7 +469,7 @@ class Trainer:
         """When the optimizer steps and at which LR/momentum: pure functions of the global iteration."""
         cfg = self.cfg
         total_batch = cfg.batch_size * self.accelerator.num_processes
-        warmup = warmup_iterations(cfg.warmup_epochs, self.batches_per_epoch, cfg.warmup_min_iters)
+        warmup = warmup_iterations(cfg.warmup_epochs, self.batches_per_epoch, cfg.warmup_min_iters, cfg.epochs)
         return YoloSchedule(
             lr0=cfg.lr0,
             lrf=cfg.lrf,

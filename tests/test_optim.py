@@ -8,6 +8,7 @@ from torch import nn
 
 from accelyolo.optim import (
     accumulate_steps,
+    auto_optimizer,
     build_optimizer,
     build_param_groups,
     lr_factor,
@@ -128,8 +129,17 @@ def test_accumulation_and_weight_decay_scaling():
 
 def test_warmup_iterations():
     assert warmup_iterations(3.0, 1000) == 3000
-    assert warmup_iterations(3.0, 8) == 100  # at least 100
+    assert warmup_iterations(3.0, 8) == 24  # no floor by default
+    assert warmup_iterations(3.0, 8, minimum=100) == 100  # YOLOv5's floor of 100 iterations
+    assert warmup_iterations(3.0, 8, minimum=100, epochs=4) == 24  # but never past the last epoch's start
+    assert warmup_iterations(3.0, 8, epochs=1) == 8
     assert warmup_iterations(0.0, 1000) == 0
+
+
+def test_auto_optimizer_rule():
+    assert auto_optimizer(1, 45, 0.01, 0.937, 0.1) == ("AdamW", 0.002, 0.9, 0.0)
+    assert auto_optimizer(80, 10_000, 0.01, 0.937, 0.1) == ("AdamW", round(0.01 / 84, 6), 0.9, 0.0)
+    assert auto_optimizer(80, 10_001, 0.02, 0.95, 0.05) == ("SGD", 0.02, 0.95, 0.05)  # long runs: the hyp's SGD
 
 
 HYP = {"lr0": 0.01, "warmup_bias_lr": 0.1, "warmup_momentum": 0.8, "momentum": 0.937, "nbs": 64}
