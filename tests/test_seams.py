@@ -194,3 +194,20 @@ def test_ddp_stop_on_one_rank_and_lr_sequence(tiny_demo, tmp_path):
     two, one = _read(tmp_path, "two", 0), _read(tmp_path, "one", 0)
     assert two["steps"] == one["steps"] == 12
     assert two["lrs"] == one["lrs"]
+
+
+def test_optimizer_auto_is_resolved_and_recorded(tiny_demo, tmp_path):
+    """The default `optimizer: auto` becomes AdamW at the rule's lr0 for a short run; what args.yaml and the
+    checkpoint record is the resolved choice (so a resume rebuilds the same); an explicit choice is kept."""
+    import yaml
+
+    auto = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, name="auto"))
+    recorded = yaml.safe_load((auto.run_dir / "args.yaml").read_text())
+    nc = len(recorded["names"]) if recorded.get("names") else 4
+    assert recorded["optimizer"] == "AdamW" and recorded["momentum"] == 0.9 and recorded["warmup_bias_lr"] == 0.0
+    assert recorded["lr0"] == round(0.002 * 5 / (4 + nc), 6)
+    config = read_checkpoint_metadata(auto.last_checkpoint)["config"]
+    assert config["optimizer"] == "AdamW" and config["lr0"] == recorded["lr0"]
+    sgd = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, name="sgd", optimizer="SGD"))
+    recorded = yaml.safe_load((sgd.run_dir / "args.yaml").read_text())
+    assert recorded["optimizer"] == "SGD" and recorded["lr0"] == 0.01
