@@ -35,8 +35,8 @@ class StepTimes(Callback):
         self.times: list[float] = []
 
     def on_step_end(self, trainer, step) -> None:
-        if step["optimizer_step"]:
-            self.times.append(step["step_time_s"])
+        if step.optimizer_step:
+            self.times.append(step.step_time_s)
 
 
 def bare_loop(data_yaml: str, model_name: str, imgsz: int, batch: int, steps: int, seed: int) -> list[float]:
