@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,11 +41,18 @@ class Callback:
 
 
 class ProgressCallback(Callback):
-    """A rich progress bar per epoch on the main process: epoch, memory, losses, instances, size."""
+    """A rich progress bar per epoch on the main process: epoch, memory, losses, instances, size.
+
+    Redrawn from `on_step_end`, at most every `refresh_s` seconds and at the epoch's last batch, never by rich's
+    own refresh thread: a thread waking ten times a second takes the GIL and a core from the step's threads.
+    """
+
+    refresh_s = 0.25
 
     def __init__(self) -> None:
         self._progress = None
         self._task = None
+        self._drawn_at = 0.0
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         if not trainer.accelerator.is_main_process:
@@ -59,17 +67,25 @@ class ProgressCallback(Callback):
             TimeElapsedColumn(),
             TextColumn("{task.fields[speed]}"),
             transient=False,
+            auto_refresh=False,
         )
         self._progress.start()
+        self._drawn_at = 0.0
         desc = f"epoch {epoch}/{trainer.cfg.epochs}"
         self._task = self._progress.add_task(desc, total=trainer.batches_per_epoch, info="", speed="")
 
     def on_step_end(self, trainer: Trainer, step: StepOutput) -> None:
         if self._progress is None:
             return
+        now = time.monotonic()
+        if now - self._drawn_at < self.refresh_s and step.batch + 1 < trainer.batches_per_epoch:
+            self._progress.update(self._task, advance=1)
+            return
+        self._drawn_at = now
         losses = " ".join(f"{k}={v:.3f}" for k, v in step.mean_losses.items())
         info = f"{_memory()} {losses} inst={step.instances} size={step.image_size}"
-        self._progress.update(self._task, advance=1, info=info, speed=f"{step.images_per_s:.1f} img/s")
+        speed = f"{step.images_per_s:.1f} img/s"
+        self._progress.update(self._task, advance=1, info=info, speed=speed, refresh=True)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         self.close(trainer)

@@ -228,7 +228,7 @@ class DistillTrainer(Trainer):
             else:
                 self.adapters = self.adapters.to(self.accelerator.device)
             self._student_feats: list[torch.Tensor] | None = None
-            neck = self.accelerator.unwrap_model(self.model).neck
+            neck = self.unwrap(self.model).neck
             self._hook = neck.register_forward_hook(self._keep_student_feats)
 
     def _keep_student_feats(self, module: nn.Module, inputs: Any, output: list[torch.Tensor]) -> None:
@@ -250,7 +250,7 @@ class DistillTrainer(Trainer):
         t_maps, t_feats = teacher_outputs(self.teacher, images)
         feat = self.cfg.distill_feat
         terms = distillation_terms(
-            self.accelerator.unwrap_model(self.model),
+            self.unwrap(self.model),
             preds,
             self.teacher,
             t_maps,
@@ -267,7 +267,7 @@ class DistillTrainer(Trainer):
     def extra_checkpoint_state(self) -> dict[str, Any] | None:
         if not self._adapter_parameters():
             return None
-        return {"distill_adapters": self.accelerator.unwrap_model(self.adapters).state_dict()}
+        return {"distill_adapters": self.unwrap(self.adapters).state_dict()}
 
     def restore(self, bundle: Any) -> None:
         super().restore(bundle)
@@ -278,7 +278,7 @@ class DistillTrainer(Trainer):
                     f"{bundle.path}: this distillation run has feature adapters but the bundle holds none; "
                     "resume with the options it was trained with."
                 )
-            self.accelerator.unwrap_model(self.adapters).load_state_dict(saved)
+            self.unwrap(self.adapters).load_state_dict(saved)
 
     def close(self) -> None:
         hook = getattr(self, "_hook", None)

@@ -146,6 +146,8 @@ def convert_sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> 
 class Trainer:
     """One training run: `fit()` = `setup()`, the epoch loop, `finish()`; `close()` however it ends."""
 
+    compile_backend = "inductor"  # torch.compile backend of `--compile`
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -252,6 +254,11 @@ class Trainer:
         state.best_fitness, state.best_epoch, state.best_metrics = metrics["fitness"], epoch, metrics
         return True
 
+    def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` without Accelerate's wrappers (DDP, and torch.compile's under `--compile`): the module whose
+        state dict has the plain parameter names a checkpoint stores."""
+        return self.accelerator.unwrap_model(module, keep_torch_compile=False)
+
     def request_stop(self) -> None:
         """Ask every rank to stop after the current step (callable from a callback on any one rank)."""
         self.accelerator.set_trigger()
@@ -297,7 +304,7 @@ class Trainer:
             self.batches_per_epoch = min(self.batches_per_epoch, cfg.max_steps_per_epoch)
         self.schedule = self.build_schedule()
         self.scheduler = self.parts.get("scheduler", self, self.optimizer) or self.build_scheduler(self.optimizer)
-        self.ema = ModelEMA(accelerator.unwrap_model(self.model), decay=cfg.ema_decay, tau=cfg.ema_tau)
+        self.ema = ModelEMA(self.unwrap(self.model), decay=cfg.ema_decay, tau=cfg.ema_tau)
         self.evaluator = self.parts.get("evaluator", self) or self.build_evaluator()
         if bundle is not None:
             self.restore(bundle)
@@ -308,6 +315,8 @@ class Trainer:
         kwargs: dict[str, Any] = {}
         if self.cfg.mixed_precision:
             kwargs["mixed_precision"] = self.cfg.mixed_precision
+        if self.cfg.compile:  # prepare() then wraps the (DDP) model in torch.compile, as Accelerate orders them
+            kwargs["dynamo_backend"] = self.compile_backend
         return fresh_accelerator(
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=self.cfg.seed),
             log_with=self._available_trackers(),
@@ -685,7 +694,7 @@ class Trainer:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             self.optimizer.step()
             if not accelerator.optimizer_step_was_skipped:
-                self.ema.update(accelerator.unwrap_model(self.model))
+                self.ema.update(self.unwrap(self.model))
                 self.state.global_step += 1
         self.optimizer.zero_grad(set_to_none=True)
         self._window_has_grads = False
@@ -758,7 +767,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "config": self.cfg.to_dict(),
             "names": self.names,
-            "model": self.accelerator.unwrap_model(self.model).config,
+            "model": self.unwrap(self.model).config,
             "accelyolo_version": __version__,
             **({"class_maps": self.image_sampler.class_maps.tolist()} if self.image_sampler is not None else {}),
         }
@@ -775,7 +784,7 @@ class Trainer:
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             last = save_checkpoint(
                 self.weights_dir / "last.safetensors",
-                model_state=accelerator.unwrap_model(self.model).state_dict(),
+                model_state=self.unwrap(self.model).state_dict(),
                 ema_state=self.ema.state_dict(),
                 optimizer_state=self.optimizer.state_dict(),
                 scaler_state=scaler,

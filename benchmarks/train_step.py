@@ -1,71 +1,82 @@
-"""Median optimizer-step time of the full trainer against a bare PyTorch loop on the same batches.
+"""Optimizer-step time of the full trainer against a bare PyTorch step on the same batches, interleaved.
 
     python benchmarks/train_step.py [DATA_YAML] [--model yolov8n] [--imgsz 320] [--batch 16] [--steps 30]
+                                    [--threads N]
 
-The trainer runs with accumulation 1 (nbs = batch) and no warmup, so every batch is an optimizer step; its
-step time is measured from "batch in hand" to "EMA updated" (data loading excluded on both sides). The bare
-loop is forward, loss, backward, clip, SGD step, zero_grad on batches prefetched into memory (channels-last, as
-the trainer's default): no Accelerate, no EMA.
-Last line: `overhead_ratio=<trainer median / bare median>` (goal <= 1.03).
+The trainer runs as `fit()` runs it (every default callback, the progress bar included) with accumulation 1
+(nbs = batch) and no warmup, so every batch is an optimizer step; its step time is `StepOutput.step_time_s`,
+from "batch in hand" to "EMA updated" (data loading excluded). Right after each trainer step, a callback runs
+the bare step on the very same batch: a copy of the same freshly built model, the same loss and the same
+optimizer (`build_optimizer`), forward, loss, backward, clip, step, zero_grad, channels-last as the trainer's
+default; no Accelerate, no EMA, no callbacks. Interleaving the two step by step puts both under the same
+machine load at the same moment, which matters on a shared machine more than any other choice here.
+`--threads` sets torch's thread count for both (on a loaded 2-core machine one thread gives steadier figures;
+two threads whose cores are taken by other processes wait on each other at every parallel region).
+Last line: `overhead_ratio=<median over steps of trainer time / bare time>` (goal <= 1.03).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from accelyolo.callbacks import Callback
-from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
+from accelyolo.data import demo_data_yaml, load_data_yaml
 from accelyolo.engine import fit
-from accelyolo.families import build_loss, build_model
+from accelyolo.families import build_loss
 from accelyolo.optim import build_optimizer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "data.yaml"
+WARM_STEPS = 5  # left out of the figures: allocator and cache warm-up on both sides
 
 
-class StepTimes(Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
+class BareStep:
+    """The reference step: plain PyTorch over a copy of the trainer's model as it was built."""
+
+    def __init__(self, model: torch.nn.Module, imgsz: int, max_grad_norm: float) -> None:
+        self.model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+        self.loss_fn = build_loss(self.model, imgsz=imgsz)
+        self.optimizer = build_optimizer("SGD", self.model, 0.01, 0.937, 0.0005)
+        self.max_grad_norm = max_grad_norm
+
+    def __call__(self, batch: dict[str, Any]) -> float:
+        t0 = time.perf_counter()
+        images = (batch["images"].float() / 255.0).contiguous(memory_format=torch.channels_last)
+        loss, _ = self.loss_fn(self.model(images), batch["targets"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+
+class Interleave(Callback):
+    """After each trainer optimizer step, the bare step on the same batch; both times recorded."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.bare: BareStep | None = None
+        self.pairs: list[tuple[float, float]] = []
+
+    def on_fit_start(self, trainer) -> None:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        self.bare = BareStep(model, trainer.cfg.imgsz, trainer.cfg.max_grad_norm)
 
     def on_step_end(self, trainer, step) -> None:
-        if step["optimizer_step"]:
-            self.times.append(step["step_time_s"])
-
-
-def bare_loop(data_yaml: str, model_name: str, imgsz: int, batch: int, steps: int, seed: int) -> list[float]:
-    torch.manual_seed(seed)
-    spec = load_data_yaml(data_yaml)
-    dataset = YoloDataset(
-        spec.splits["train"], imgsz=imgsz, augment=True, hyp={}, names=spec.names, batch_size=batch, seed=seed
-    )
-    loader = build_dataloader(dataset, batch_size=batch, workers=0, shuffle=True, seed=seed)
-    batches = []
-    while len(batches) < steps:
-        for b in loader:
-            batches.append(b)
-            if len(batches) == steps:
-                break
-    model = build_model(model_name, nc=len(spec.names)).train().to(memory_format=torch.channels_last)
-    loss_fn = build_loss(model, imgsz=imgsz)
-    optimizer = build_optimizer("SGD", model, 0.01, 0.937, 0.0005)
-    times = []
-    for b in batches:
-        t0 = time.perf_counter()
-        images = (b["images"].float() / 255.0).contiguous(memory_format=torch.channels_last)
-        loss, _ = loss_fn(model(images), b["targets"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    return times
+        if not step.optimizer_step or len(self.pairs) >= self.steps:
+            return
+        self.pairs.append((step.step_time_s, self.bare(trainer.last_batch)))
+        if len(self.pairs) == self.steps:
+            trainer.request_stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for both loops (0: torch's default)")
     args = parser.parse_args(argv)
     data = args.data or (str(DEFAULT_DATA) if DEFAULT_DATA.is_file() else str(demo_data_yaml()))
-    warm = 5
-    bare = bare_loop(data, args.model, args.imgsz, args.batch, args.steps + warm, 0)[warm:]
-    recorder = StepTimes()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    recorder = Interleave(args.steps + WARM_STEPS)
     batches_per_epoch = math.ceil(len(load_data_yaml(data).splits["train"]) / args.batch)
-    epochs = math.ceil((args.steps + warm) / batches_per_epoch)  # small datasets take several epochs
+    epochs = math.ceil((args.steps + WARM_STEPS) / batches_per_epoch) + 1  # small datasets take several epochs
     with tempfile.TemporaryDirectory() as tmp:
         fit(
             data=data,
@@ -94,15 +106,23 @@ def main(argv: list[str] | None = None) -> int:
             workers=0,
             project=tmp,
             plots=False,
-            val_interval=epochs,
+            val_final_only=True,
             callbacks=[recorder],
             close_mosaic=0,
         )
-    trainer = recorder.times[warm:]
-    bare_median, trainer_median = statistics.median(bare), statistics.median(trainer)
-    print(f"data={data} model={args.model} imgsz={args.imgsz} batch={args.batch} steps={len(trainer)}")
-    print(f"bare_median_s={bare_median:.4f} trainer_median_s={trainer_median:.4f}")
-    print(f"overhead_ratio={trainer_median / bare_median:.3f}")
+    pairs = recorder.pairs[WARM_STEPS:]
+    trainer = [t for t, _ in pairs]
+    bare = [b for _, b in pairs]
+    ratios = [t / b for t, b in pairs]
+    print(
+        f"data={data} model={args.model} imgsz={args.imgsz} batch={args.batch} steps={len(pairs)} "
+        f"threads={torch.get_num_threads()}"
+    )
+    print(
+        f"bare_median_s={statistics.median(bare):.4f} trainer_median_s={statistics.median(trainer):.4f} "
+        f"ratio_of_medians={statistics.median(trainer) / statistics.median(bare):.3f}"
+    )
+    print(f"overhead_ratio={statistics.median(ratios):.3f}")
     return 0
 
 

@@ -119,3 +119,52 @@ def test_bad_arguments():
         ModelEMA(tiny_model(), decay=1.0)
     with pytest.raises(ValueError, match="tau"):
         ModelEMA(tiny_model(), tau=0)
+
+
+def reference_update(ema_state: dict[str, torch.Tensor], model: nn.Module, d: float) -> None:
+    """The update written out per tensor: `ema.mul_(d).add_(model, alpha=1 - d)`, integers copied."""
+    for name, value in model.state_dict().items():
+        if ema_state[name].is_floating_point():
+            ema_state[name].mul_(d).add_(value.to(ema_state[name].dtype), alpha=1.0 - d)
+        else:
+            ema_state[name].copy_(value)
+
+
+def test_update_equals_the_per_tensor_formula_bit_for_bit():
+    model = tiny_model()
+    ema = ModelEMA(model, decay=0.99, tau=2)
+    expected = {k: v.clone() for k, v in ema.state_dict().items()}
+    for step in range(1, 6):
+        perturb(model, step)
+        ema.update(model)
+        reference_update(expected, model, ema.decay_at(step))
+        for name, value in ema.state_dict().items():
+            assert torch.equal(value, expected[name]), (step, name)
+
+
+def nudge(model: nn.Module, step: int) -> None:
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            value.add_(0.01 * step if value.is_floating_point() else step)
+
+
+def test_update_sees_replaced_tensors_and_other_dtypes():
+    model = tiny_model()
+    ema = ModelEMA(model, decay=0.5, tau=1e-9)  # decay 0.5 from the first update
+    ema.update(model)
+    model[1].running_mean = torch.full((4,), 8.0)  # a new buffer object, as module.to() would make
+    before = ema.state_dict()["1.running_mean"].clone()
+    ema.update(model)
+    assert torch.equal(ema.state_dict()["1.running_mean"], 0.5 * before + 0.5 * torch.full((4,), 8.0))
+    model.double()  # the model's floats in another dtype: converted to the EMA's float32 at each update
+    nudge(model, 3)
+    expected = {k: v.clone() for k, v in ema.state_dict().items()}
+    ema.update(model)
+    reference_update(expected, model, 0.5)
+    for name, value in ema.state_dict().items():
+        assert value.dtype == expected[name].dtype and torch.equal(value, expected[name]), name
+    nudge(model, 4)  # again: nothing converted is kept from the update before
+    ema.update(model)
+    reference_update(expected, model, 0.5)
+    for name, value in ema.state_dict().items():
+        assert torch.equal(value, expected[name]), name

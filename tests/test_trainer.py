@@ -276,3 +276,39 @@ def test_trackers_are_used_only_when_installed(tiny_demo, tmp_path, caplog, monk
     assert not list(tmp_path.rglob("*tfevents*"))
     with pytest.raises(ConfigError, match="unknown tracker 'tensorbored'"):
         fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, log_with="tensorbored"))
+
+
+class EagerCompileTrainer(Trainer):
+    """`--compile` with dynamo's 'eager' backend: the same wrapping and tracing, without inductor's minutes of
+    code generation on a CPU."""
+
+    compile_backend = "eager"
+
+
+class RecordCompiled(Callback):
+    def on_fit_start(self, trainer):
+        from accelerate.utils import is_compiled_module
+
+        self.compiled = is_compiled_module(trainer.model)
+
+
+def test_compile_trains_and_saves_plain_names(tiny_demo, tmp_path, one_thread):
+    recorder = RecordCompiled()
+    options = tiny_train_options(tiny_demo, tmp_path, compile=True, epochs=1, max_steps_per_epoch=2)
+    result = fit(trainer_class=EagerCompileTrainer, callbacks=[recorder], **options)
+    assert recorder.compiled
+    with safe_open(str(result.last_checkpoint), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("model.") for k in keys)
+    assert not any("_orig_mod" in k for k in keys)  # torch.compile's wrapper never reaches the checkpoint
+    model, _ = accelyolo.load_checkpoint(str(result.inference_checkpoint))
+    assert model.nc == 4
+
+
+def test_compile_is_a_boolean_option():
+    from accelyolo.config import load_config
+
+    assert load_config(None).compile is False
+    assert load_config(None, compile=True).compile is True
+    with pytest.raises(ConfigError, match="compile"):
+        load_config(None, compile="sometimes")
