@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             imgsz=args.imgsz,
             batch_size=args.batch,
             nbs=args.batch,
+            optimizer="SGD",  # the bare step's optimizer (the default 'auto' would pick AdamW here)
             epochs=epochs,
             warmup_epochs=0.0,
             workers=0,
