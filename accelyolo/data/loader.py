@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
@@ -65,13 +64,13 @@ def collate_fn(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Start a loader worker: seed its global RNGs from torch's per-worker seed (only user transforms use
-    them) and keep OpenCV to one thread in it (the workers are the parallelism; OpenCV's own thread pool
-    in each of them would only compete for the same cores)."""
+    """Seed a worker's global RNGs from torch's per-worker seed (only user transforms use them).
+
+    OpenCV's thread count is left alone here: `cv2.setNumThreads` in a forked worker whose parent had
+    already used OpenCV's thread pool deadlocks (seen with 2 workers after a 0-worker pass)."""
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
-    cv2.setNumThreads(1)
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
