@@ -229,8 +229,14 @@ def train_peer(args: argparse.Namespace, seed: int, out: Path, data_yaml: Path) 
     )
     head, _, json_path = val_line.partition(" json=")  # the path last: it may hold spaces
     fields = dict(item.split("=", 1) for item in head.split()[1:])
-    if not json_path:
-        raise RuntimeError(f"peer validation wrote no predictions.json: {val_line}")
+    if not json_path:  # ultralytics writes no predictions.json when its model detects nothing
+        if float(fields["map50_95"]) > 0:
+            raise RuntimeError(f"peer validation wrote no predictions.json: {val_line}")
+        empty = run_dir / "val" / "no-detections.json"
+        empty.parent.mkdir(parents=True, exist_ok=True)
+        empty.write_text("[]")
+        print("  peer model detected nothing on the val split: scored as no predictions", flush=True)
+        return empty, 0.0
     return Path(json_path), float(fields["map50_95"])
 
 
