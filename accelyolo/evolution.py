@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -254,6 +255,9 @@ def evolve(
         raise ConfigError("evolve: 'resume' does not apply; rerun the same evolve command to continue it.")
     overrides.setdefault("project", EVOLVE_PROJECT)
     cfg = load_config(recipe, **overrides)
+    if cfg.optimizer.lower() == "auto":  # auto replaces lr0 and momentum: evolving them would change nothing
+        LOGGER.info("evolve: optimizer auto -> SGD, so that the evolved lr0 and momentum are the ones trained")
+        cfg = dataclasses.replace(cfg, optimizer="SGD")
     cfg_dict = cfg.to_dict()
     keys = evolvable_keys(cfg.model)
     base = base_hyp(cfg)
