@@ -6,9 +6,10 @@
 DATA_YAML defaults to ../shared/datasets/coco128/data.yaml; `--varied` trains instead on the generated
 set of varied image sizes (`varied_set.make_varied_set`, 160 train / 40 val images, written to a temporary
 folder). Both sides train `--epochs` epochs from scratch with mosaic on throughout (close_mosaic 0), the
-same image size, batch, loader workers and torch threads (default: the cores this process may use), and
-validate every epoch; the figure is the last epoch (the first pays for worker start-up and warm-up):
-training, validation and the checkpoint writes, as each tool's own epoch timer sees them.
+same image size, batch, loader workers and torch threads (`--threads`, default: the CPUs this process
+may use; ultralytics' own default would be one less), and validate every epoch. The figure is the last
+epoch (the first pays for worker start-up and warm-up): training, validation and the checkpoint writes, as
+each tool's own epoch timer sees them.
 
 Each run is a child process (ours: this script with `--child`; theirs: `../shared/peer/peer_train.sh` in
 `../peer-venv`, when both exist beside the checkout). While it runs, its process tree (the trainer and its
@@ -49,6 +50,7 @@ class Run:
     train_s: list[float]
     peak_rss_mb: float
     max_process_rss_mb: float
+    threads: str  # torch threads the run used
 
 
 class TreeMemory:
@@ -105,7 +107,9 @@ def _status_kb(pid: int) -> dict[str, int]:
 
 def run_sampled(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
     """Run `cmd`; its output and the peak of its process tree's memory (MB, see the module's docstring)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     sampler = TreeMemory(proc.pid)
     out, _ = proc.communicate()
     peak = sampler.stop()
@@ -124,7 +128,8 @@ def ours(args: argparse.Namespace, data: Path) -> Run:
         out, peak = run_sampled(cmd)
         maxrss_kb = next(int(line.split(":")[1]) for line in time_log if "Maximum resident set size" in line)
     epochs = lines_starting(out, "OURS_EPOCH")
-    return Run([float(e["epoch_s"]) for e in epochs], [float(e["train_s"]) for e in epochs], peak, maxrss_kb / 1024)
+    epoch_s, train_s = [float(e["epoch_s"]) for e in epochs], [float(e["train_s"]) for e in epochs]
+    return Run(epoch_s, train_s, peak, maxrss_kb / 1024, epochs[-1].get("threads", "?"))
 
 
 def theirs(args: argparse.Namespace, data: Path, work: Path) -> Run | None:
@@ -148,6 +153,7 @@ def theirs(args: argparse.Namespace, data: Path, work: Path) -> Run | None:
         [float(e["train_s"]) for e in epochs],
         peak,
         float(final["peak_rss_mb"]),
+        (lines_starting(out, "PEER_INFO") or [{}])[-1].get("torch_threads", "?"),
     )
 
 
@@ -160,16 +166,17 @@ def child(args: argparse.Namespace) -> int:
 
     class EpochTimes(Callback):
         def on_epoch_start(self, trainer, epoch) -> None:
-            self.start = time.perf_counter()
+            self.start, self.threads = time.perf_counter(), torch.get_num_threads()
 
         def on_epoch_end(self, trainer, row) -> None:
             total = time.perf_counter() - self.start
             print(
                 f"OURS_EPOCH epoch={row['epoch']} train_s={row['time_s']:.2f} val_s={total - row['time_s']:.2f} "
-                f"epoch_s={total:.2f}",
+                f"epoch_s={total:.2f} threads={self.threads}",
                 flush=True,
             )
 
+    extra = {"compile": True} if args.compile else {}
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         fit(
@@ -183,7 +190,7 @@ def child(args: argparse.Namespace) -> int:
             project=tmp,
             plots=False,
             callbacks=[EpochTimes()],
-            **({"compile": True} if args.compile else {}),
+            **extra,
         )
     return 0
 
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (both)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads of both")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="alternate ours and theirs this many times")
     parser.add_argument("--compile", action="store_true", help="ours with --compile (torch.compile)")
@@ -245,7 +252,7 @@ def report(side: str, k: int, run: Run) -> None:
     print(
         f"{side} run {k + 1}: last epoch {last:.2f} s ({train:.2f} s training, {last - train:.2f} s validation "
         f"and saving); epochs {' '.join(f'{s:.2f}' for s in run.epoch_s)} s; peak_rss_mb={run.peak_rss_mb:.0f} "
-        f"max_process_rss_mb={run.max_process_rss_mb:.0f}",
+        f"max_process_rss_mb={run.max_process_rss_mb:.0f} threads={run.threads}",
         flush=True,
     )
 
