@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from accelyolo.data import YoloDataset, build_dataloader, collate_fn, to_model_input
+from accelyolo.data.loader import BatchCollate
 from accelyolo.data.checks import img2label_path
-from accelyolo.data.transforms import BoxFollowingCompose, HsvGain, bbox_params, build_train_transform, letterbox
+from accelyolo.data.transforms import (
+    PAD_VALUE,
+    BoxFollowingCompose,
+    HsvGain,
+    YoloMosaic,
+    bbox_params,
+    build_train_transform,
+    letterbox,
+    pixel_centre_map,
+)
 
 # flat, fully saturated colours; blends with black (background), with each other at edges or
 # with the grey padding (114) never land within COLOUR_TOL of another one
@@ -183,6 +195,42 @@ def test_collated_images_are_nhwc_in_memory_and_model_input_keeps_values():
     assert torch.equal(nhwc, nchw) and torch.equal(nchw, images.float() / 255)
 
 
+class _Numbered(torch.utils.data.Dataset):
+    """Item k: a 16x16 image filled with k (mod 256)."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, k: int) -> dict:
+        return {"image": np.full((16, 16, 3), k % 256, np.uint8), "boxes": np.zeros((0, 4), np.float32),
+                "classes": np.zeros(0, np.int64), "path": str(k), "orig_shape": (16, 16),
+                "ratio_pad": ((1, 1), (0, 0))}  # fmt: skip
+
+
+def test_worker_batches_reuse_their_shared_memory_only_once_released():
+    """BatchCollate: a held batch (its tensor, a view, or only its `.numpy()` array) keeps its pixels while
+    the workers go on; released batches free their slot."""
+    collate = BatchCollate(workers=2, slots=2)
+    dl = torch.utils.data.DataLoader(_Numbered(), batch_size=4, num_workers=2, collate_fn=collate,
+                                     persistent_workers=True)  # fmt: skip
+    held: list = []
+    for epoch in range(3):
+        for b, batch in enumerate(dl):
+            assert batch["images"].is_contiguous(memory_format=torch.channels_last)
+            first = int(batch["paths"][0])
+            assert batch["images"][:, 0, 0, 0].tolist() == [first + j for j in range(4)]
+            if epoch == 0:  # hold every batch of the first epoch, in the forms a user may keep
+                held.append((first, [batch["images"], batch["images"][1:], batch["images"].numpy()][b % 3]))
+        for first, pixels in held:  # later batches were stacked elsewhere: nothing held was overwritten
+            values = torch.as_tensor(np.asarray(pixels))
+            assert values[:, 0, 0, 0].tolist() == [first + j for j in range(4)][-len(values) :]
+    assert collate.in_use.sum() > 0  # the held batches keep their slots
+    held.clear()
+    assert collate.in_use.sum() == 0  # ... until released
+    items = [_Numbered()[3], _Numbered()[4]]
+    assert torch.equal(collate(items)["images"], collate_fn(items)["images"])  # in the main process: plain
+
+
 def _random_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     centre, size = rng.uniform(0.05, 0.95, (n, 2)), rng.uniform(0.01, 0.6, (n, 2))
     return np.concatenate([centre, size, rng.integers(0, 5, (n, 1))], 1).astype(np.float32)
@@ -347,3 +395,42 @@ def test_donor_pool_bounds_decodes_on_large_datasets(tmp_path: Path, monkeypatch
     assert len(decodes) <= len(ds) + 16 + 8  # ~one decode per item, not four
     big = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"))
     assert big.donor_pool(0) is None  # the whole dataset fits: donors from everywhere
+
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.9, 0.0])
+def test_axis_aligned_mosaic_is_the_warp_of_the_map_it_reports(scale: float):
+    """Without rotation or shear YoloMosaic resizes the window of the canvas it sees instead of warping the
+    whole canvas: its image is the canvas warped by the map it reports (to interpolation precision), and that
+    map is the drawn one up to a translation of at most half an output pixel."""
+    s = 96
+    rng = np.random.default_rng(1)
+
+    def smooth(h: int, w: int) -> np.ndarray:  # a smooth random image: coarse noise, bilinear upsampled
+        coarse = rng.uniform(0, 255, (h // 8 + 2, w // 8 + 2, 3)).astype(np.float32)
+        return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
+
+    mosaic = YoloMosaic(s, scale=scale, translate=0.2)
+    warped = YoloMosaic(s, scale=scale, translate=0.2, degrees=1e-9)  # the canvas-warp path, same draws
+    resized = 0
+    for seed in range(40):
+        tiles = [smooth(int(rng.integers(40, s + 1)), s) for _ in range(4)]
+        data = {"image": tiles[0], "mosaic_primary": np.zeros((0, 5), np.float32),
+                "mosaic_metadata": [{"image": t, "bboxes": np.zeros((0, 5), np.float32)} for t in tiles[1:]]}  # fmt: skip
+        mosaic.set_random_state(np.random.default_rng(0), random.Random(seed))
+        got = mosaic.get_params_dependent_on_data({}, data)
+        warped.set_random_state(np.random.default_rng(0), random.Random(seed))
+        drawn = warped.get_params_dependent_on_data({}, data)["mosaic_matrix"]
+        m = got["mosaic_matrix"]
+        assert m[0, 1] == m[1, 0] == 0 and m[0, 0] == m[1, 1]
+        assert abs(m[0, 0] - drawn[0, 0]) < 0.02 and np.abs(m[:2, 2] - drawn[:2, 2]).max() <= 0.5 + 0.02 * s
+        resized += m[0, 0] != 1
+        draw = random.Random(seed)  # the mosaic centre: the first two draws
+        xc, yc = int(draw.uniform(0.5 * s, 1.5 * s)), int(draw.uniform(0.5 * s, 1.5 * s))
+        placed = [(t, xc - t.shape[1] if k in (0, 2) else xc, yc - t.shape[0] if k in (0, 1) else yc)
+                  for k, t in enumerate(tiles)]  # fmt: skip
+        canvas = mosaic._canvas(placed, 0, 0, 2 * s, 2 * s)
+        want = cv2.warpAffine(canvas, pixel_centre_map(m), (s, s), flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
+        diff = np.abs(got["mosaic"].astype(int) - want.astype(int))
+        assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, (seed, diff.mean(), np.percentile(diff, 99))
+    assert resized > 30 if scale else resized == 0
