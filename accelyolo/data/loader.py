@@ -17,7 +17,9 @@ scaling (`optim`) derive from `batch_size`, and YOLOv5 describes it as useful on
 
 from __future__ import annotations
 
+import math
 import random
+import weakref
 from typing import Any
 
 import numpy as np
@@ -37,16 +39,24 @@ def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.T
     return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def collate_fn(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_fn(items: list[dict[str, Any]], images_out: torch.Tensor | None = None) -> dict[str, Any]:
     """Stack items into a batch.
 
+    Args:
+        items: dataset items (`image` HWC arrays of one shape and dtype, `boxes`, `classes`, ...).
+        images_out: an NHWC tensor `(B, H, W, 3)` of the images' dtype to stack the pixels into (a reused
+            shared-memory buffer, `BatchCollate`); a new one by default.
+
     Returns:
-        `images` uint8 `(B, 3, H, W)`, NHWC in memory (channels-last strides: one copy of the pixels, and
-        the model input of a channels-last model needs no other); `targets` float32 `(N, 6)` = image
-        index, class, cx, cy, w, h (normalized to the letterboxed image); `paths`, `orig_shapes`,
-        `ratio_pads` lists.
+        `images` `(B, 3, H, W)` of the items' dtype (uint8), NHWC in memory (channels-last strides: one copy
+        of the pixels, and the model input of a channels-last model needs no other); `targets` float32
+        `(N, 6)` = image index, class, cx, cy, w, h (normalized to the letterboxed image); `paths`,
+        `orig_shapes`, `ratio_pads` lists.
     """
-    images = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2)  # (B, 3, H, W) view
+    first = items[0]["image"]
+    if images_out is None:
+        images_out = torch.from_numpy(np.empty((len(items), *first.shape), first.dtype))
+    np.stack([it["image"] for it in items], out=images_out.numpy())
     rows = []
     for b, it in enumerate(items):
         n = len(it["classes"])
@@ -55,12 +65,76 @@ def collate_fn(items: list[dict[str, Any]]) -> dict[str, Any]:
         rows.append(t)
     targets = torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, 6), np.float32))
     return {
-        "images": images,
+        "images": images_out.permute(0, 3, 1, 2),  # (B, 3, H, W) view
         "targets": targets,
         "paths": [it["path"] for it in items],
         "orig_shapes": [it["orig_shape"] for it in items],
         "ratio_pads": [it["ratio_pad"] for it in items],
     }
+
+
+class BatchCollate:
+    """`collate_fn` for loader workers that reuses the shared memory the images travel in.
+
+    A worker's batch goes to the main process in shared memory. A new segment per batch costs its
+    allocation, a page fault per 4 KiB on the way in and its release on the way out: measured ~370 us per
+    320 px image here, about a third of the whole per-image cost of the training loader. Each worker
+    therefore keeps `slots` segments and stacks a batch into a free one. A slot is free again when the
+    main process no longer holds the batch's pixels: the batch arrives there as a plain dict whose images'
+    storage carries a finalizer (`weakref.finalize` on the storage, which fires only when the storage itself
+    is gone: views, `.numpy()` arrays and the storage object all keep it), and that finalizer marks the slot
+    free in a small shared table. When every slot is busy (a consumer holding many batches), the worker
+    allocates a new segment as before; nothing waits. Items in the main process (0 workers) are collated
+    by `collate_fn` unchanged.
+    """
+
+    def __init__(self, workers: int, slots: int = 3) -> None:
+        self.workers, self.slots = int(workers), int(slots)
+        self.in_use = torch.zeros(max(self.workers, 1) * self.slots, dtype=torch.uint8).share_memory_()
+        self._buffers: dict[int, torch.UntypedStorage] = {}  # this worker's segments, by slot
+
+    def __getstate__(self) -> dict[str, Any]:  # a spawned worker starts with no segments of its own
+        return {**self.__dict__, "_buffers": {}}
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        info = torch.utils.data.get_worker_info()
+        if info is None or info.id >= self.workers:
+            return collate_fn(items)
+        first = items[0]["image"]
+        shape, dtype = (len(items), *first.shape), torch.from_numpy(first[:0]).dtype
+        nbytes = math.prod(shape) * first.itemsize
+        flags = self.in_use.numpy()
+        slot = next((k for k in range(info.id * self.slots, (info.id + 1) * self.slots) if not flags[k]), None)
+        if slot is None:  # all busy: a segment of its own, as torch's default_collate allocates it
+            storage = torch.UntypedStorage._new_shared(nbytes)
+        else:
+            storage = self._buffers.get(slot)
+            if storage is None or storage.nbytes() < nbytes:  # first use, or a larger batch shape
+                storage = self._buffers[slot] = torch.UntypedStorage._new_shared(nbytes)
+            flags[slot] = 1
+        batch = collate_fn(items, torch.empty(0, dtype=dtype).set_(storage, 0, shape))
+        return batch if slot is None else _LeasedBatch(batch, self.in_use, slot)
+
+
+class _LeasedBatch(dict):
+    """A worker's batch in a reused segment: unpickled in the main process as a plain dict whose images'
+    storage frees the slot when it is gone."""
+
+    def __init__(self, batch: dict[str, Any], in_use: torch.Tensor, slot: int) -> None:
+        super().__init__(batch)
+        self.in_use, self.slot = in_use, slot
+
+    def __reduce__(self):
+        return _received, (dict(self), self.in_use, self.slot)
+
+
+def _received(batch: dict[str, Any], in_use: torch.Tensor, slot: int) -> dict[str, Any]:
+    weakref.finalize(batch["images"].untyped_storage(), _release, in_use, slot)
+    return batch
+
+
+def _release(in_use: torch.Tensor, slot: int) -> None:
+    in_use[slot] = 0
 
 
 def seed_worker(worker_id: int) -> None:
@@ -129,7 +203,7 @@ def build_dataloader(
         dataset,
         **batching,
         num_workers=workers,
-        collate_fn=collate_fn,
+        collate_fn=BatchCollate(workers) if workers > 0 else collate_fn,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(int(seed) + 1),
         persistent_workers=workers > 0,
