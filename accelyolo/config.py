@@ -119,6 +119,12 @@ class TrainConfig:
     nbs: int = _opt(64, "nominal batch size reached by gradient accumulation", "train")
     max_grad_norm: float = _opt(10.0, "clip the gradient norm once per optimizer step", "train")
     channels_last: bool = _opt(True, "NHWC memory format for model and images (faster convolutions)", "train")
+    retain_memory: bool = _opt(
+        True,
+        "on a CPU device under glibc (Linux), keep the memory a step frees for the next step instead of returning "
+        "it to the OS and page-faulting it back (accelyolo.memory; ~8% of a CPU epoch, ~5% more peak RSS)",
+        "train",
+    )
     multi_scale: bool = _opt(False, "random image size in [0.5, 1.5] x imgsz per batch", "train")
     close_mosaic: int = _opt(10, "turn mosaic/mixup off for the last N epochs", "train")
     ema_decay: float = _opt(0.9999, "EMA decay", "train")
@@ -474,6 +480,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(section)
         for f in fields_in_section(section):
             flag = "--" + f.name.replace("_", "-")
+            text = f.metadata["help"].replace("%", "%%")  # argparse %-formats help strings
             kind = types_[f.name]
             allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
             base = next(a for a in allowed if a is not type(None))
@@ -485,7 +492,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                     dest=f.name,
                     default=argparse.SUPPRESS,
                     action=argparse.BooleanOptionalAction,
-                    help=f.metadata["help"],
+                    help=text,
                 )
             else:
                 # `--resume` alone means `--resume auto`, as in YOLOv5.
@@ -497,7 +504,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                     default=argparse.SUPPRESS,
                     type=_parse_optional(base),
                     metavar=base.__name__.upper(),
-                    help=f"{f.metadata['help']} (default: {f.default})",
+                    help=f"{text} (default: {f.default})",
                     **more,
                 )
 

@@ -58,6 +58,7 @@ from accelyolo.evaluation import DetectionValidator
 from accelyolo.failure import close_process_group_at_exit, share_failure
 from accelyolo.families import build_model, family_of, get_family, model_spec
 from accelyolo.logs import setup_logging
+from accelyolo.memory import give_back_freed_memory, retain_freed_memory
 from accelyolo.models import freeze_layers, transfer_weights
 from accelyolo.optim import (
     YoloSchedule,
@@ -168,6 +169,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.last_result: Any = None  # the last validation's DetectionResult
         self._stop_aug_improved = False  # this epoch's validation set a new best_stop_aug
+        self._val_workers_started = False  # the validation loader forks its persistent workers at first use
         self.image_sampler: ImageWeightSampler | None = None  # --image-weights
 
     # ------------------------------------------------------------------------------------ fit
@@ -276,6 +278,8 @@ class Trainer:
         if self.parts.model is None:  # an unknown model name or another family's option fails before any work
             get_family(model_spec(cfg.model).family).check_options(cfg.hyp())
         self.accelerator = accelerator = self.build_accelerator()
+        if cfg.retain_memory and accelerator.device.type == "cpu":
+            retain_freed_memory()  # before the loader workers fork: they inherit it
         setup_logging(main_process=accelerator.is_main_process)
         set_seed(cfg.seed, device_specific=True)  # seed + rank: ranks draw different augmentations
         if cfg.deterministic:
@@ -746,6 +750,9 @@ class Trainer:
 
     def validate(self) -> Any:
         """Validate a fused copy of the EMA model: each rank its shard, metrics computed on every rank."""
+        if self.val_loader.num_workers > 0 and not self._val_workers_started:
+            give_back_freed_memory()  # the validation workers fork now: they would share (and count) it
+            self._val_workers_started = True
         model = copy.deepcopy(self.ema.ema).fuse()  # BatchNorm folded: the same outputs, ~15% faster
         self.last_result = self.evaluator.evaluate(model)
         if self.image_sampler is not None:

@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "accelyolo.logs",
             "accelyolo.hyp",
             "accelyolo.config",
+            "accelyolo.memory",
         ),
     ),
     (
