@@ -398,6 +398,27 @@ def test_donor_pool_bounds_decodes_on_large_datasets(tmp_path: Path, monkeypatch
 
 
 
+
+def test_mosaic_zoomed_far_out_and_away_keeps_its_contract():
+    """Scale down to 0.05 and translations that leave slivers of the canvas in view: every output is s x s,
+    its boxes inside the image."""
+    s = 64
+    rng = np.random.default_rng(3)
+    mosaic = YoloMosaic(s, scale=0.95, translate=0.9)
+    for seed in range(300):
+        tiles = [rng.integers(0, 255, (int(rng.integers(8, s + 1)), s, 3), dtype=np.uint8) for _ in range(4)]
+        data = {"image": tiles[0], "mosaic_primary": _random_rows(rng, 3),
+                "mosaic_metadata": [{"image": t, "bboxes": _random_rows(rng, 2)} for t in tiles[1:]]}  # fmt: skip
+        mosaic.set_random_state(np.random.default_rng(0), random.Random(seed))
+        got = mosaic.get_params_dependent_on_data({}, data)
+        assert got["mosaic"].shape == (s, s, 3)
+        assert ((got["mosaic_boxes"][:, :4] >= 0) & (got["mosaic_boxes"][:, :4] <= 1)).all()
+    placed = [(rng.integers(0, 255, (s, s, 3), dtype=np.uint8), x, y) for x in (0, s) for y in (0, s)]
+    for edge in (0.2, 0.5, 0.8):  # only the canvas' last column in view, at a scale that shrinks it to nothing
+        sliver = np.array([[0.05, 0, edge - 0.1 * s], [0, 0.05, 10.0], [0, 0, 1]])
+        image, applied = mosaic._resized_window(placed, sliver)
+        assert image.shape == (s, s, 3) and applied.shape == (3, 3)
+
 @pytest.mark.parametrize("scale", [0.5, 0.9, 0.0])
 def test_axis_aligned_mosaic_is_the_warp_of_the_map_it_reports(scale: float):
     """Without rotation or shear YoloMosaic resizes the window of the canvas it sees instead of warping the

@@ -201,6 +201,8 @@ class YoloMosaic(A.DualTransform):
             return out, matrix
         window = self._canvas(placed, x0, y0, x1, y1)
         h, w = window.shape[:2]
+        if round(w * a) == 0 or round(h * a) == 0:  # the part of the canvas in view is under a pixel wide
+            return out, matrix
         if round(w * a) == w and round(h * a) == h:
             a, resized = 1.0, window  # cv2.resize would copy the window as it is: the scale it applies is 1
         else:  # with fx/fy (no dsize) the scale applied is exactly `a`, output pixel u <- input (u + .5) / a - .5
