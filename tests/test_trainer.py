@@ -314,3 +314,16 @@ def test_compile_is_a_boolean_option():
     assert load_config(None, compile=True).compile is True
     with pytest.raises(ConfigError, match="compile"):
         load_config(None, compile="sometimes")
+
+
+def test_loader_workers_change_nothing_in_a_run(tiny_demo, tmp_path):
+    """Two loader workers (reused shared-memory batches, validation workers forked before the first step and
+    their early batches dropped at the first validation) train and validate exactly as the main process alone."""
+    runs = {}
+    for workers in (0, 2):
+        result = fit(**tiny_train_options(tiny_demo, tmp_path / f"w{workers}", epochs=2, workers=workers))
+        runs[workers] = [
+            {k: v for k, v in row.items() if k != "time_s"} for row in result.history
+        ]  # every loss, metric and learning rate of both epochs
+    assert runs[2] == runs[0]
+    assert runs[0][-1]["metrics/mAP50-95"] is not None
