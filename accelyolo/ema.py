@@ -56,7 +56,7 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Blend the model's current weights into the average.
+        """Blend the model's current weights into the average (`model` may be wrapped: DDP, torch.compile).
 
         Floating-point parameters and buffers (BatchNorm running statistics included) become
         `d * ema + (1 - d) * model`; integer buffers (`num_batches_tracked`) are copied.
@@ -78,7 +78,8 @@ class ModelEMA:
         objects (checked by identity at each call: a replaced buffer or a loaded copy is matched again).
         `keep_vars`: the tensors themselves, not a detached alias made per entry on every call.
         """
-        ema_values = tuple(self.ema.state_dict(keep_vars=True).values())
+        ema_state = self.ema.state_dict(keep_vars=True)
+        ema_values = tuple(ema_state.values())
         model_state = extract_model_from_parallel(model, keep_torch_compile=False).state_dict(keep_vars=True)
         model_values = tuple(model_state.values())
         cached = self._cache
@@ -92,7 +93,7 @@ class ModelEMA:
             return cached[2]
         pairing: tuple[list[torch.Tensor], ...] = ([], [], [], [])
         converted = False
-        for name, ema_value in self.ema.state_dict(keep_vars=True).items():
+        for name, ema_value in ema_state.items():
             value = model_state.get(name)
             if value is None:
                 raise KeyError(

@@ -221,8 +221,11 @@ class Trainer:
         trainer writes afterwards is copied once, so a fork in mid-run (the trainer then holds its optimizer
         state and retained step memory) cost ~80,000 page copies, ~0.3 s, in the next epoch's first steps; forked
         beside the training workers, before any step, those copies are made once for both. The batches the
-        workers prepare meanwhile are dropped by the first validation's reset (a few letterboxed batches)."""
+        workers prepare meanwhile are dropped by the first validation's reset (a few letterboxed batches).
+        Memory the trainer keeps free for its steps (`retain_memory`) is given back first: the workers would
+        share it and the kernel would count it in each of them."""
         if self.val_loader.num_workers > 0 and not self._val_workers_started:
+            give_back_freed_memory()
             iter(self.val_loader)
             self._val_workers_started = True
 
@@ -710,7 +713,7 @@ class Trainer:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             self.optimizer.step()
             if not accelerator.optimizer_step_was_skipped:
-                self.ema.update(self.unwrap(self.model))
+                self.ema.update(self.model)  # unwraps it itself
                 self.state.global_step += 1
         self.optimizer.zero_grad(set_to_none=True)
         self._window_has_grads = False
@@ -762,9 +765,7 @@ class Trainer:
 
     def validate(self) -> Any:
         """Validate a fused copy of the EMA model: each rank its shard, metrics computed on every rank."""
-        if self.val_loader.num_workers > 0 and not self._val_workers_started:
-            give_back_freed_memory()  # the validation workers fork now: they would share (and count) it
-            self._val_workers_started = True
+        self.start_val_workers()  # already done by train_epochs, unless validate() is called on its own
         model = copy.deepcopy(self.ema.ema).fuse()  # BatchNorm folded: the same outputs, ~15% faster
         self.last_result = self.evaluator.evaluate(model)
         if self.image_sampler is not None:

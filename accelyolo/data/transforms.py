@@ -3,7 +3,7 @@
 Train pipeline (one albumentations `Compose`, boxes in YOLO format with the class id as a 5th column),
 all at `imgsz x imgsz`:
 - mosaic sample (p=mosaic, decided by the dataset): `YoloMosaic` (2x2 mosaic on a 2s canvas and the
-  random affine map in one warp, YOLOv5's geometry) -> Perspective (if > 0) -> HSV gains -> flips;
+  random affine map in one resize or warp, YOLOv5's geometry) -> Perspective (if > 0) -> HSV gains -> flips;
 - other sample: letterboxed to `imgsz` first, then (probability hyp `crop`, off by default) cropped by
   `A.RandomSizedBBoxSafeCrop` to a region holding every box and resized back -> `A.Affine`
   (scale/translate/rotate/shear, one scale factor for both axes) -> Perspective -> HSV -> flips.
@@ -103,21 +103,23 @@ class HsvGain(A.ImageOnlyTransform):
 
 
 class YoloMosaic(A.DualTransform):
-    """2x2 mosaic with YOLOv5's geometry, warped once to `size x size`.
+    """2x2 mosaic with YOLOv5's geometry, mapped once to `size x size`.
 
     The primary image and three donors meet at a random centre of a `2s x 2s` canvas (uniform in
     `[s/2, 3s/2]`; top-left, top-right, bottom-left, bottom-right), and one random affine map (YOLOv5's
     `random_perspective` without perspective: about the canvas centre, scale `1 +/- scale` (one factor for
     both axes), rotation `+/- degrees`, shear `+/- shear`, then a translation of the centre by
-    `+/- translate` of the output) takes the canvas to the `s x s` output in a single `cv2.warpAffine`.
-    At scale 1 the output is the canvas' central `s x s` window; zooming out shows more of the four
+    `+/- translate` of the output) takes the canvas to the `s x s` output in one step: a `cv2.resize` of the
+    part of the canvas in view when there is no rotation or shear (the default hyps; `_resized_window`),
+    else a `cv2.warpAffine` of the canvas (`pixel_centre_map`). At scale 1 the output is the canvas' central `s x s` window; zooming out shows more of the four
     images (not grey padding), as in YOLOv5.
 
     The donors come in the Compose call as `mosaic_metadata=[{"image", "bboxes"}] * 3`, boxes in
     YOLO format `(n, 5)` = cx, cy, w, h, class. The primary's boxes are the call's `bboxes` (through
     albumentations' bbox processor) or, in a `BoxFollowingCompose`, its `mosaic_primary` YOLO rows.
     Boxes are clipped to the visible part of their tile (dropped below `MIN_VISIBILITY` of their area),
-    moved through the warp (hull of the corners) and filtered by `filter_boxes` in the output.
+    moved through the map applied (hull of the corners; returned as `mosaic_matrix`) and filtered by
+    `filter_boxes` in the output.
     """
 
     def __init__(
