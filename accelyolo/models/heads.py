@@ -31,8 +31,9 @@ def make_anchor_points(
     """
     points, stride_list = [], []
     for (h, w), s in zip(shapes, strides):
-        ys = torch.arange(h, device=device, dtype=dtype) + 0.5
-        xs = torch.arange(w, device=device, dtype=dtype) + 0.5
+        # counted in float32 and then cast: the ONNX exporter has no float16 `arange` (a `--half` export)
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5).to(dtype)
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5).to(dtype)
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         points.append(torch.stack((gx, gy), -1).view(-1, 2))
         stride_list.append(torch.full((h * w, 1), float(s), device=device, dtype=dtype))
@@ -41,8 +42,8 @@ def make_anchor_points(
 
 def make_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Cell indices of one level as (1, 1, H, W, 2) x, y, for the anchor-based decode."""
-    ys = torch.arange(h, device=device, dtype=dtype)
-    xs = torch.arange(w, device=device, dtype=dtype)
+    ys = torch.arange(h, device=device, dtype=torch.float32).to(dtype)  # float32 first, as above
+    xs = torch.arange(w, device=device, dtype=torch.float32).to(dtype)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack((gx, gy), -1).view(1, 1, h, w, 2)
 
