@@ -70,7 +70,7 @@ def evaluate(
     model.eval()
     local = DetectionEvaluator(nc=nc, names=names)
     for batch in loader:
-        images = to_model_input(batch["images"].to(accelerator.device), channels_last)  # (B, 3, H, W) in [0, 1]
+        images = to_model_input(batch["images"].to(accelerator.device, non_blocking=True), channels_last)  # (B, 3, H, W) in [0, 1]
         with accelerator.autocast():
             out = model(images)
         if isinstance(out, (tuple, list)):

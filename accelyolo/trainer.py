@@ -337,7 +337,10 @@ class Trainer:
         if self.cfg.compile:  # prepare() then wraps the (DDP) model in torch.compile, as Accelerate orders them
             kwargs["dynamo_backend"] = self.compile_backend
         return fresh_accelerator(
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=self.cfg.seed),
+            # non_blocking: on a GPU the next batch's copy from pinned memory overlaps the step (a no-op on CPU)
+            dataloader_config=DataLoaderConfiguration(
+                use_seedable_sampler=True, data_seed=self.cfg.seed, non_blocking=True
+            ),
             log_with=self._available_trackers(),
             project_dir=self.cfg.project,  # trackers write to <project>/<run name>: the run folder
             **kwargs,
@@ -420,6 +423,7 @@ class Trainer:
     def build_dataloaders(self) -> tuple[Any, Any]:
         cfg = self.cfg
         self.image_sampler = ImageWeightSampler(self.train_dataset, seed=cfg.seed) if cfg.image_weights else None
+        pin = self.accelerator.device.type == "cuda"  # page-locked batches: asynchronous host-to-GPU copies
         train = build_dataloader(
             self.train_dataset,
             batch_size=cfg.batch_size,
@@ -427,6 +431,7 @@ class Trainer:
             shuffle=True,
             seed=cfg.seed,
             sampler=self.image_sampler,
+            pin_memory=pin,
         )
         val = build_dataloader(  # this rank's whole (rect) batches; not passed to prepare(), see data.loader
             self.val_dataset,
@@ -436,6 +441,7 @@ class Trainer:
             seed=cfg.seed,
             num_shards=self.accelerator.num_processes,
             shard=self.accelerator.process_index,
+            pin_memory=pin,
         )
         return train, val
 
