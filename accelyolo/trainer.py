@@ -73,6 +73,7 @@ from accelyolo.pictures import ResultsPlotCallback, TrackerImagesCallback
 from accelyolo.records import FitResult, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
 from accelyolo.runs import make_run_dir
+from accelyolo.threads import use_available_cores
 from accelyolo.weights.importers import is_foreign_weights, weights_for_fine_tuning
 
 LOGGER = logging.getLogger("accelyolo")
@@ -293,6 +294,7 @@ class Trainer:
         if self.parts.model is None:  # an unknown model name or another family's option fails before any work
             get_family(model_spec(cfg.model).family).check_options(cfg.hyp())
         self.accelerator = accelerator = self.build_accelerator()
+        self.threads_line = use_available_cores(accelerator.device)  # before any work or loader worker
         if cfg.retain_memory and accelerator.device.type == "cpu":
             retain_freed_memory()  # before the loader workers fork: they inherit it
         setup_logging(main_process=accelerator.is_main_process)
@@ -581,6 +583,7 @@ class Trainer:
             accelerator.mixed_precision,
             accelerator.device,
         )
+        LOGGER.info("%s", self.threads_line)
         LOGGER.info(
             "training %s on %s for epochs %d..%d: %d batches/epoch, global batch %d, accumulate %d, run folder %s",
             cfg.model,

@@ -64,6 +64,7 @@ def validate(
     from accelyolo.logs import render_text, setup_logging
     from accelyolo.metrics import coco_json_records
     from accelyolo.runs import make_run_dir
+    from accelyolo.threads import use_available_cores
     from accelyolo.weights.importers import load_weights
 
     if imgsz is not None and (imgsz < 32 or imgsz % 32):
@@ -71,6 +72,7 @@ def validate(
     accelerator = Accelerator()
     close_process_group_at_exit()  # a clean exit under accelerate launch (see accelyolo.failure)
     setup_logging(main_process=accelerator.is_main_process)
+    LOGGER.info("%s", use_available_cores(accelerator.device))
     model, meta = load_weights(weights)  # a bundle (EMA preferred), or a YOLOv5/v8/11 .pt imported
     trained = meta.get("config", {})
     imgsz = imgsz or int(trained.get("imgsz", 640))

@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "accelyolo.hyp",
             "accelyolo.config",
             "accelyolo.memory",
+            "accelyolo.threads",
         ),
     ),
     (
