@@ -210,14 +210,16 @@ def test_fitness_weights() -> None:
 
 
 def test_coco_json_records() -> None:
-    dets = np.array([[10.12345, 20.0, 30.5, 60.25, 0.123456789, 3.0]])
+    dets = np.array([[10.12345, 20.0, 30.5, 60.25, 0.123456789, 3.0]], dtype=np.float32)
     (rec,) = coco_json_records("/data/images/000000000139.jpg", dets)
-    assert rec == {
+    x1, x2 = float(np.float32(10.12345)), float(np.float32(30.5))
+    assert rec == {  # unrounded: the float32 values, and w, h as exact differences (x + w == x2)
         "image_id": 139,
         "category_id": 3,
-        "bbox": [10.123, 20.0, 20.377, 40.25],
-        "score": 0.12346,
+        "bbox": [x1, 20.0, x2 - x1, 40.25],
+        "score": float(np.float32(0.123456789)),
     }
+    assert rec["bbox"][0] + rec["bbox"][2] == x2
     assert isinstance(rec["category_id"], int)
     (rec,) = coco_json_records("pics/cat_01.png", torch.tensor(dets))
     assert rec["image_id"] == "cat_01"
