@@ -58,6 +58,7 @@ class DetectionResult:
     n_instances: np.ndarray  # (nc,) ground-truth boxes of the class
     seen: int  # images evaluated
     best_conf: float  # confidence of maximum mean F1
+    max_score: float = 0.0  # highest detection score over all images (0: no detection); see `Trainer.why_not_best`
     conf_grid: np.ndarray = field(default_factory=lambda: CONF_GRID.copy())  # (C,)
     p_curve: np.ndarray = field(default_factory=lambda: np.zeros((0, CONF_GRID.size)))  # (K, C)
     r_curve: np.ndarray = field(default_factory=lambda: np.zeros((0, CONF_GRID.size)))  # (K, C)
@@ -74,6 +75,7 @@ class DetectionResult:
             "mAP50": float(self.map50),
             "mAP50-95": float(self.map),
             "fitness": float(self.fitness),
+            "max_score": float(self.max_score),
         }
 
 
@@ -216,7 +218,9 @@ class DetectionEvaluator:
         matched = _greedy_match(d, gts[:, :4], gt_cls, gt_img, self.nc)  # (T, N)
         classes = np.flatnonzero(n_instances)
         acc = _accumulate(d, matched, classes, n_instances)
-        return _summarise(acc, classes, n_images, n_instances, len(recs), confusion)
+        result = _summarise(acc, classes, n_images, n_instances, len(recs), confusion)
+        result.max_score = float(dets[:, 4].max()) if len(dets) else 0.0
+        return result
 
 
 def _to_numpy(x: Any) -> np.ndarray:
