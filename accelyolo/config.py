@@ -39,6 +39,11 @@ def _recipes_dir() -> Path:
 RECIPES_DIR = _recipes_dir()
 
 
+# `accelyolo predict`'s default confidence threshold: the score at which a detection is shown to a user. A
+# trained model whose highest validation score stays below it is not taken as `best` (`best_min_score`).
+PREDICT_CONF = 0.25
+
+
 class ConfigError(AccelyoloError, ValueError):
     """A recipe, flag or keyword that does not fit `TrainConfig`."""
 
@@ -161,6 +166,12 @@ class TrainConfig:
     iou_thres: float = _opt(0.7, "validation NMS IoU threshold", "val")
     max_det: int = _opt(300, "validation detections per image", "val")
     patience: int = _opt(100, "stop after N epochs without fitness improvement (0 = never)", "val")
+    best_min_score: float = _opt(
+        PREDICT_CONF,
+        "an epoch is taken as best (and counts for patience) only when its highest detection score on the "
+        "validation set reaches this (predict's default conf), besides having left the warm-up; 0 = no score floor",
+        "val",
+    )
     # run folder and logging
     project: str = _opt("runs/train", "parent folder of run folders", "run")
     name: str = _opt("exp", "run folder name (incremented unless exist_ok)", "run")
@@ -415,6 +426,8 @@ def check_values(cfg: TrainConfig) -> None:
             f"'mixed_precision' must be {', '.join(MIXED_PRECISION)} or empty (the accelerate config's), "
             f"got {cfg.mixed_precision!r}"
         )
+    if not 0.0 <= cfg.best_min_score <= 1.0:
+        problems.append(f"'best_min_score' must lie in [0, 1], got {cfg.best_min_score}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         problems.append(f"'label_smoothing' must lie in [0, 1), got {cfg.label_smoothing}")
     if cfg.scheduler != "yolo":

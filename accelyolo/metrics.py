@@ -14,6 +14,7 @@ the (smoothed) mean F1 over classes at IoU 0.5, as YOLOv5 reports them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class DetectionResult:
     n_instances: np.ndarray  # (nc,) ground-truth boxes of the class
     seen: int  # images evaluated
     best_conf: float  # confidence of maximum mean F1
+    max_score: float = 0.0  # highest detection score over all images (0: no detection); see `Trainer.why_not_best`
     conf_grid: np.ndarray = field(default_factory=lambda: CONF_GRID.copy())  # (C,)
     p_curve: np.ndarray = field(default_factory=lambda: np.zeros((0, CONF_GRID.size)))  # (K, C)
     r_curve: np.ndarray = field(default_factory=lambda: np.zeros((0, CONF_GRID.size)))  # (K, C)
@@ -73,6 +75,7 @@ class DetectionResult:
             "mAP50": float(self.map50),
             "mAP50-95": float(self.map),
             "fitness": float(self.fitness),
+            "max_score": float(self.max_score),
         }
 
 
@@ -103,22 +106,28 @@ def coco_json_records(image_path: str, dets_xyxy: Any) -> list[dict[str, Any]]:
         dets_xyxy: (n, 6) x1 y1 x2 y2 conf cls in the image's original pixels (numpy or tensor).
 
     Returns:
-        One dict per detection: `image_id`, `category_id` (the class index), `bbox` as
-        `[x, y, w, h]` rounded to 3 decimals, `score` rounded to 5.
+        One dict per detection: `image_id`, `category_id` (the class index), `bbox` as `[x, y, w, h]`
+        and `score`, none of them rounded. The file is for evaluators, which rank detections by the score
+        they read: scores rounded to 5 decimals tied most detections of a low-confidence model (all scores in
+        0.001..0.013) and COCOeval then scored them 0.025 mAP50-95 where ours, on the float32 scores, said
+        0.152. `w` and `h` are kept exact too, so that COCO's `x + w` lands on our `x2` (see `coco_iou`).
     """
     stem = Path(image_path).stem
     image_id: int | str = int(stem) if stem.isascii() and stem.isdigit() else stem
     dets = _to_numpy(dets_xyxy).astype(np.float64).reshape(-1, 6)
-    xywh = np.concatenate([dets[:, :2], dets[:, 2:4] - dets[:, :2]], axis=1)  # (n, 4)
+    xywh = np.concatenate([dets[:, :2], dets[:, 2:4] - dets[:, :2]], axis=1)  # (n, 4), exact differences
     return [
-        {
-            "image_id": image_id,
-            "category_id": int(cls),
-            "bbox": [round(float(v), 3) for v in box],
-            "score": round(float(score), 5),
-        }
+        {"image_id": image_id, "category_id": int(cls), "bbox": [float(v) for v in box], "score": float(score)}
         for box, score, cls in zip(xywh, dets[:, 4], dets[:, 5], strict=True)
     ]
+
+
+def write_coco_results(path: str | Path, records: list[dict[str, Any]]) -> Path:
+    """Write `coco_json_records` output as a COCO results file (`predictions.json`). Python's JSON writes
+    each float as the shortest text that reads back as the same double, so nothing is lost on the way."""
+    path = Path(path)
+    path.write_text(json.dumps(records))
+    return path
 
 
 class DetectionEvaluator:
@@ -209,7 +218,9 @@ class DetectionEvaluator:
         matched = _greedy_match(d, gts[:, :4], gt_cls, gt_img, self.nc)  # (T, N)
         classes = np.flatnonzero(n_instances)
         acc = _accumulate(d, matched, classes, n_instances)
-        return _summarise(acc, classes, n_images, n_instances, len(recs), confusion)
+        result = _summarise(acc, classes, n_images, n_instances, len(recs), confusion)
+        result.max_score = float(dets[:, 4].max()) if len(dets) else 0.0
+        return result
 
 
 def _to_numpy(x: Any) -> np.ndarray:

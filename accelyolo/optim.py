@@ -298,6 +298,11 @@ class YoloSchedule:
         """Batches per optimizer step at iteration `ni` (ramped from 1 during the warmup)."""
         return self._warmup(ni)["accumulate"]
 
+    def warmup_over_by(self, epoch: int) -> bool:
+        """Whether the warm-up has ended when epoch `epoch` (1-based) ends. Always true of the last epoch,
+        since `warmup_iterations` never passes its start (and true of every epoch without a warm-up)."""
+        return epoch * self.batches_per_epoch >= self.warmup_iters
+
     def lrs(self, ni: int) -> list[float]:
         """[weights, norm, bias] learning rates of a step taken at iteration `ni`."""
         return self._warmup(ni)["lrs"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelyolo.config import PREDICT_CONF
 from accelyolo.errors import SourceError
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo", whose handler the CLI sets up
@@ -64,7 +65,7 @@ def predict(
     weights: str,
     source: str,
     imgsz: int | None = None,
-    conf: float = 0.25,
+    conf: float = PREDICT_CONF,
     iou: float = 0.45,
     max_det: int = 300,
     agnostic: bool = False,
@@ -177,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--source", required=True, help="an image file or a folder of images")
     parser.add_argument("--imgsz", type=int, default=None, help="inference size (default: the training size)")
-    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    parser.add_argument("--conf", type=float, default=PREDICT_CONF, help="confidence threshold")
     parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     parser.add_argument("--max-det", type=int, default=300)
     parser.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")

@@ -145,6 +145,22 @@ def convert_sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> 
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
+def ineligible_reason(warmup_over: bool, max_score: float | None, min_score: float) -> str:
+    """Why a validated model may not become `best` (DESIGN decision 20: a model someone can deploy), or "".
+
+    A model validated before the warm-up ended is not taken, whatever its fitness: at the warm-up's low LR a
+    model can rank boxes well while scoring them all near 0 (a yolov8n run's epoch 1: mAP50-95 0.152 at the
+    validation's conf 0.001, above every later epoch but the last, with no score above 0.013). A model whose
+    highest score over the whole validation set is below `min_score` (predict's default conf) would detect
+    nothing where it is used. `max_score` None (an evaluator that does not report it) skips that check.
+    """
+    if not warmup_over:
+        return "validated before the warm-up ended"
+    if max_score is not None and max_score < min_score:
+        return f"its highest score on the validation set, {max_score:.4g}, is below best_min_score {min_score:g}"
+    return ""
+
+
 class Trainer:
     """One training run: `fit()` = `setup()`, the epoch loop, `finish()`; `close()` however it ends."""
 
@@ -201,8 +217,10 @@ class Trainer:
             improved = False
             if self.should_validate(epoch):
                 metrics = self.validate().as_dict()
-                improved = self.update_best(epoch, metrics)
+                why_not = self.why_not_best(epoch, metrics)
+                improved = self.update_best(epoch, metrics, why_not)
                 row.update(self.metric_columns(metrics))
+                row["best_eligible"] = int(not why_not)
             self.state.epoch = epoch
             self.save(epoch, improved)
             self.history.append(row)
@@ -235,11 +253,13 @@ class Trainer:
         a subclass that measures more (a second task) adds its columns here."""
         keys = ("precision", "recall", "mAP50", "mAP50-95")
         row: dict[str, Any] = {f"metrics/{k}": metrics[k] if metrics else None for k in keys}
+        row["metrics/max_score"] = metrics.get("max_score") if metrics else None
         row["fitness"] = metrics["fitness"] if metrics else None
         return row
 
     def patience_exhausted(self, epoch: int) -> bool:
-        """Early stopping: `patience` epochs without improvement by the end of `epoch`."""
+        """Early stopping: `patience` epochs without improvement by the end of `epoch`, counted from the best
+        eligible epoch (`why_not_best`): a run with none yet does not stop early."""
         patience, best = self.cfg.patience, self.state.best_epoch
         return bool(patience and best and epoch - best >= patience)
 
@@ -258,12 +278,23 @@ class Trainer:
         """Whether mosaic (and with it mixup) is on in `epoch`: off for the last `close_mosaic` epochs."""
         return epoch <= self.cfg.epochs - self.cfg.close_mosaic
 
-    def update_best(self, epoch: int, metrics: dict[str, float]) -> bool:
-        """Record the epoch's metrics; True when its fitness is the best so far. Also tracks the best after
-        strong augmentation stopped (`best_stop_aug`, YOLOv6), which `save` writes when it improves."""
+    def why_not_best(self, epoch: int, metrics: dict[str, float]) -> str:
+        """Why the model validated at the end of `epoch` may not become `best`, `best_stop_aug` or patience's
+        best, or "" when it may (`ineligible_reason`). A function of the epoch, the schedule and the metrics
+        only, so a resumed run judges each epoch as the run never stopped would."""
+        return ineligible_reason(self.schedule.warmup_over_by(epoch), metrics.get("max_score"), self.cfg.best_min_score)
+
+    def update_best(self, epoch: int, metrics: dict[str, float], why_not: str | None = None) -> bool:
+        """Record the epoch's metrics; True when the epoch is eligible (`why_not` empty; None: ask
+        `why_not_best`) and its fitness the best so far. Also tracks the best eligible epoch after strong
+        augmentation stopped (`best_stop_aug`, YOLOv6), which `save` writes when it improves."""
         state = self.state
         state.last_metrics = metrics
         self._stop_aug_improved = False
+        why_not = self.why_not_best(epoch, metrics) if why_not is None else why_not
+        if why_not:
+            LOGGER.info("epoch %d: not eligible for best: %s", epoch, why_not)
+            return False
         if not self.strong_augmentation(epoch) and metrics["fitness"] > state.best_stop_aug_fitness:
             state.best_stop_aug_fitness, state.best_stop_aug_epoch = metrics["fitness"], epoch
             self._stop_aug_improved = True
@@ -772,6 +803,7 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch}
         row.update({f"train/{name}_loss": value for name, value in zip(names, mean.tolist())})
         row.update(self.metric_columns(None))
+        row["best_eligible"] = None  # 1 or 0 once validated: whether the epoch may be best (`why_not_best`)
         row.update({f"lr/pg{j}": lr for j, lr in enumerate(lrs)})  # of the epoch's last optimizer step
         row["time_s"] = seconds
         return row
@@ -861,26 +893,45 @@ class Trainer:
         last = self.weights_dir / "last.safetensors"
         best = self.weights_dir / "best.safetensors"
         inference = self.weights_dir / "inference.safetensors"
+        best_epoch, best_metrics = self.state.best_epoch, self.state.best_metrics
+        if not best_epoch and last.exists():  # no eligible epoch: best is the last epoch's model
+            best_epoch, best_metrics = self.state.epoch, self.state.last_metrics
+            self.fall_back_to_last()
         if self.accelerator.is_main_process and (best.exists() or last.exists()):
             strip_checkpoint(best if best.exists() else last, inference)
         self.accelerator.wait_for_everyone()
         self.fire("on_fit_end")
-        state = self.state
-        if state.best_metrics:
-            LOGGER.info(
-                "best epoch %d: %s", state.best_epoch, " ".join(f"{k}={v:.4f}" for k, v in state.best_metrics.items())
-            )
+        if best_metrics:
+            LOGGER.info("best epoch %d: %s", best_epoch, " ".join(f"{k}={v:.4f}" for k, v in best_metrics.items()))
         return FitResult(
             run_dir=self.run_dir,
-            best_epoch=state.best_epoch,
-            metrics=state.best_metrics,
+            best_epoch=best_epoch,
+            metrics=best_metrics,
             last_checkpoint=last,
             best_checkpoint=best if best.exists() else None,
             inference_checkpoint=inference if inference.exists() else None,
-            epochs_completed=state.epoch,
+            epochs_completed=self.state.epoch,
             stopped_early=stopped_early,
             history=self.history,
         )
+
+    def fall_back_to_last(self) -> None:
+        """No epoch was eligible for best (`why_not_best`): best.safetensors is the last epoch's model, and so
+        is best_stop_aug.safetensors when the last epoch trained without strong augmentation. The log says why."""
+        state = self.state
+        if not self.accelerator.is_main_process:
+            return
+        LOGGER.warning(
+            "no epoch was eligible for best: each was validated before the warm-up ended, or scored below "
+            "best_min_score %g everywhere, or was not validated (see the log and results.csv's best_eligible); "
+            "weights/best.safetensors is the last epoch's model (epoch %d).",
+            self.cfg.best_min_score,
+            state.epoch,
+        )
+        last = self.weights_dir / "last.safetensors"
+        copy_checkpoint(last, self.weights_dir / "best.safetensors")
+        if not self.strong_augmentation(state.epoch):
+            copy_checkpoint(last, self.weights_dir / "best_stop_aug.safetensors")
 
     def close(self) -> None:
         """Close the progress display and the trackers, however the run ended (each callback's `close`)."""

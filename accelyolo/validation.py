@@ -9,7 +9,6 @@ measured on the data.yaml's `seg_val` split.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ def validate(
     from accelyolo.evaluation import evaluate
     from accelyolo.failure import close_process_group_at_exit
     from accelyolo.logs import render_text, setup_logging
-    from accelyolo.metrics import coco_json_records
+    from accelyolo.metrics import coco_json_records, write_coco_results
     from accelyolo.runs import make_run_dir
     from accelyolo.threads import use_available_cores
     from accelyolo.weights.importers import load_weights
@@ -171,8 +170,7 @@ def validate(
             merged.setdefault(path, records)
         json_records = [record for records in merged.values() for record in records]
         if accelerator.is_main_process:
-            json_path = save_dir / "predictions.json"
-            json_path.write_text(json.dumps(json_records))
+            json_path = write_coco_results(save_dir / "predictions.json", json_records)
     metrics = result.as_dict()
     if segments:
         metrics.update(_segmentation_metrics(model, spec.yaml_path, meta, imgsz, batch_size, workers, accelerator))

@@ -42,6 +42,7 @@ def test_last_n_epoch_bundles_best_stop_aug_and_the_close_mosaic_epoch(tiny_demo
     opts = tiny_train_options(
         tiny_demo, tmp_path, epochs=4, close_mosaic=2, val_interval=2, save_last_n=2, max_steps_per_epoch=2
     )
+    opts["best_min_score"] = 0.0  # the tiny model scores far below predict's conf; every epoch may be best here
     with caplog.at_level(logging.INFO, logger="accelyolo"):
         result = fit(**opts)
     weights = result.run_dir / "weights"

@@ -36,7 +36,7 @@ def test_perfect_predictions_score_one() -> None:
     assert res.classes.tolist() == [0, 1]
     assert res.n_instances.tolist() == [1, 2] and res.n_images.tolist() == [1, 2]
     assert res.seen == 2
-    assert set(res.as_dict()) == {"precision", "recall", "mAP50", "mAP50-95", "fitness"}
+    assert set(res.as_dict()) == {"precision", "recall", "mAP50", "mAP50-95", "fitness", "max_score"}
 
 
 def test_hand_computed_ap_with_interpolation() -> None:
@@ -145,12 +145,27 @@ def test_no_images_or_no_ground_truth_gives_zeros() -> None:
         "mAP50": 0.0,
         "mAP50-95": 0.0,
         "fitness": 0.0,
+        "max_score": 0.0,
     }
     ev = DetectionEvaluator(nc=2)
     ev.add("fp-only", np.array([det(A, 0.9, 0)]), np.zeros((0, 4)), np.zeros(0))
     res = ev.compute()
     assert res.classes.size == 0 and res.map == 0.0
     assert res.confusion[0, 2] == 1  # a false positive against background
+
+
+def test_max_score_is_the_highest_score_over_every_image_and_class() -> None:
+    """The trainer's degenerate-model check reads it: every detection counts, matched or not, on images with or
+    without ground truth, beyond the 100 per image and class that AP keeps."""
+    ev = DetectionEvaluator(nc=2)
+    ev.add("1", np.array([det(A, 0.004, 0), det(B, 0.012, 1)]), np.array([A]), np.array([0]))
+    ev.add("2", np.array([det(B, 0.0123, 1)]), np.zeros((0, 4)), np.zeros(0))  # a false positive, no labels
+    ev.add("3", np.zeros((0, 6)), np.array([B]), np.array([1]))
+    res = ev.compute()
+    assert res.max_score == pytest.approx(0.0123) and res.as_dict()["max_score"] == res.max_score
+    empty = DetectionEvaluator(nc=1)
+    empty.add("1", np.zeros((0, 6)), np.array([A]), np.array([0]))
+    assert empty.compute().max_score == 0.0
 
 
 def test_precision_recall_at_best_f1() -> None:
@@ -210,14 +225,16 @@ def test_fitness_weights() -> None:
 
 
 def test_coco_json_records() -> None:
-    dets = np.array([[10.12345, 20.0, 30.5, 60.25, 0.123456789, 3.0]])
+    dets = np.array([[10.12345, 20.0, 30.5, 60.25, 0.123456789, 3.0]], dtype=np.float32)
     (rec,) = coco_json_records("/data/images/000000000139.jpg", dets)
-    assert rec == {
+    x1, x2 = float(np.float32(10.12345)), float(np.float32(30.5))
+    assert rec == {  # unrounded: the float32 values, and w, h as exact differences (x + w == x2)
         "image_id": 139,
         "category_id": 3,
-        "bbox": [10.123, 20.0, 20.377, 40.25],
-        "score": 0.12346,
+        "bbox": [x1, 20.0, x2 - x1, 40.25],
+        "score": float(np.float32(0.123456789)),
     }
+    assert rec["bbox"][0] + rec["bbox"][2] == x2
     assert isinstance(rec["category_id"], int)
     (rec,) = coco_json_records("pics/cat_01.png", torch.tensor(dets))
     assert rec["image_id"] == "cat_01"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accelyolo.metrics import DetectionEvaluator
+from accelyolo.metrics import DetectionEvaluator, coco_json_records, write_coco_results
 
 pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
@@ -23,11 +24,10 @@ TOL = 1e-4
 Image = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # id, gt xyxy (m,4), gt cls (m,), preds (n,6)
 
 
-def coco_maps(images: list[Image], nc: int) -> tuple[float, float]:
-    """mAP50-95 and mAP50 from COCOeval, fed the same floats our evaluator stores (float32)."""
+def coco_ground_truth(images: list[Image], nc: int) -> dict:
+    """COCO's ground-truth dataset of `images`, boxes as the float32 values our evaluator stores."""
     gt = {"images": [], "annotations": [], "categories": [{"id": c} for c in range(nc)]}
-    dt = []
-    for image_id, boxes, classes, preds in images:
+    for image_id, boxes, classes, _ in images:
         gt["images"].append({"id": image_id})
         for box, cls in zip(boxes.astype(np.float32).astype(np.float64), classes, strict=True):
             w, h = box[2] - box[0], box[3] - box[1]
@@ -41,6 +41,32 @@ def coco_maps(images: list[Image], nc: int) -> tuple[float, float]:
                     "iscrowd": 0,
                 }
             )
+    return gt
+
+
+def cocoeval_maps(gt: dict, results: list[dict] | str) -> tuple[float, float]:
+    """mAP50-95 and mAP50 from COCOeval; `results` is a list of detections or a results file's path."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # loadRes refuses an empty list; an empty result set is what COCOeval should see
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0]), float(ev.stats[1])
+
+
+def coco_maps(images: list[Image], nc: int) -> tuple[float, float]:
+    """mAP50-95 and mAP50 from COCOeval, fed the same floats our evaluator stores (float32)."""
+    dt = []
+    for image_id, _, _, preds in images:
         for row in preds.astype(np.float32).astype(np.float64):
             x1, y1, x2, y2, score, cls = row
             dt.append(
@@ -51,21 +77,7 @@ def coco_maps(images: list[Image], nc: int) -> tuple[float, float]:
                     "score": score,
                 }
             )
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        if dt:
-            coco_dt = coco_gt.loadRes(dt)
-        else:  # loadRes refuses an empty list; an empty result set is what COCOeval should see
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
-            coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[0]), float(ev.stats[1])
+    return cocoeval_maps(coco_ground_truth(images, nc), dt)
 
 
 def ours(images: list[Image], nc: int, shuffle_seed: int | None = None):
@@ -265,3 +277,46 @@ def test_equal_iou_goes_to_the_later_gt_as_in_cocoeval() -> None:
     # IoU .8 and up: d1 misses, d2 matches g1 second (recall .5 at precision .5)
     expected = [1.0] * 6 + [51 * 0.5 / 101] * 4
     assert ours(images, nc=1).ap_per_iou[0].tolist() == pytest.approx(expected)
+
+
+def test_predictions_json_of_a_low_confidence_model_gives_cocoeval_our_map(tmp_path) -> None:
+    """Issue 21: a model still in warm-up scores every box below 0.013 yet ranks them well. Here every hit scores
+    a little above every false positive of its class, all within one 5-decimal value per class (0.012, 0.0045),
+    and each image lists its false positives first. Written unrounded, predictions.json gives COCOeval the
+    float32 scores our evaluator ranks, and the two agree; rounded to 5 decimals, as it was, the scores tie and
+    COCOeval breaks the ties by file order, false positives first."""
+    rng = np.random.default_rng(21)
+    band = np.array([0.012, 0.0045])  # the 5-decimal value of each class's scores
+    step = 1e-8  # 10+ float32 steps apart: every score distinct
+    miss_offsets, hit_offsets = iter(rng.permutation(np.arange(10, 200))), iter(rng.permutation(np.arange(250, 450)))
+    images, records = [], []
+    for image_id in range(1, 31):
+        m = int(rng.integers(1, 6))
+        xy = rng.uniform(0, 400, (m, 2))
+        boxes = np.c_[xy, xy + rng.uniform(20, 120, (m, 2))]
+        classes = rng.integers(0, 2, m)
+        hits = boxes + rng.normal(0, 2, (m, 4))
+        fp_xy = rng.uniform(0, 400, (m, 2))
+        misses = np.c_[fp_xy, fp_xy + rng.uniform(20, 120, (m, 2))]
+        miss_scores = band[classes] + step * np.array([next(miss_offsets) for _ in range(m)])
+        hit_scores = band[classes] + step * np.array([next(hit_offsets) for _ in range(m)])
+        preds = np.r_[np.c_[misses, miss_scores, classes], np.c_[hits, hit_scores, classes]].astype(np.float32)
+        images.append((image_id, boxes, classes, preds))
+        records += coco_json_records(f"images/{image_id:012d}.jpg", preds)
+    path = write_coco_results(tmp_path / "predictions.json", records)
+
+    written = json.loads(path.read_text())
+    assert [r["score"] for r in written] == [float(s) for _, _, _, p in images for s in p[:, 4]]  # float32, exact
+    assert len({r["score"] for r in written}) == len(written) and max(r["score"] for r in written) < 0.013
+    gt = coco_ground_truth(images, nc=2)
+    coco_map, coco_map50 = cocoeval_maps(gt, str(path))
+    res = ours(images, nc=2)
+    assert res.map == pytest.approx(coco_map, abs=1e-9) and res.map50 == pytest.approx(coco_map50, abs=1e-9)
+    assert coco_map50 > 0.9  # the hits, ranked first, carry the AP
+
+    for r in written:  # the file as it was written before: scores rounded to 5 decimals
+        r["score"] = round(r["score"], 5)
+    assert {r["score"] for r in written} == set(band)
+    rounded = tmp_path / "rounded.json"
+    rounded.write_text(json.dumps(written))
+    assert cocoeval_maps(gt, str(rounded))[1] < coco_map50 - 0.2  # the ties broken against the hits

@@ -89,7 +89,9 @@ def test_a_run_that_fails_before_training_leaves_no_run_folder(tmp_path):
 
 
 def test_checkpoint_holds_run_state_and_scheduler_state(tiny_demo, tmp_path):
-    result = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=2, warmup_epochs=1.0, warmup_min_iters=4, nbs=8))
+    # best_min_score 0: the tiny model scores far below predict's conf; the best epoch's state is what is checked
+    opts = tiny_train_options(tiny_demo, tmp_path, epochs=2, warmup_epochs=1.0, warmup_min_iters=4, nbs=8)
+    result = fit(**opts, best_min_score=0.0)
     meta = read_checkpoint_metadata(result.last_checkpoint)
     state = RunState.from_metadata(meta)
     assert state.epoch == 2 == result.epochs_completed and state.best_epoch == result.best_epoch >= 1
