@@ -80,9 +80,13 @@ def test_mixed_precision_trains_on_cuda(tiny_demo, tmp_path, precision):
 
     initial, start = _start_weights(tmp_path)
     record = RecordSteps()
-    result = fit(callbacks=[record], **tiny_train_options(tiny_demo, tmp_path, mixed_precision=precision, weights=start))
+    # nbs = batch: an optimizer step per batch (12), so that some are taken after the GradScaler has
+    # skipped the first ones (its scale starts at 65536 and halves on each overflow)
+    options = tiny_train_options(tiny_demo, tmp_path, mixed_precision=precision, weights=start, nbs=8)
+    result = fit(callbacks=[record], **options)
     assert record.device.type == "cuda"
     assert record.steps and all(math.isfinite(v) for _, _, losses, _ in record.steps for v in losses)
+    assert record.taken + record.skipped == len(record.steps) and record.taken > 0, (record.taken, record.skipped)
     bundle = load_checkpoint_bundle(result.last_checkpoint)
     assert _changed_fraction(initial, bundle.model_state) > 0.5  # trained, not just loaded
     assert all(torch.isfinite(v).all() for v in bundle.model_state.values() if v.is_floating_point())
