@@ -442,7 +442,15 @@ def load_checkpoint(
         )
     if model_factory is None:
         from accelyolo.families import build_model as model_factory
-    model = model_factory(**model_kwargs)
+    try:
+        model = model_factory(**model_kwargs)
+    except (TypeError, ValueError) as error:  # an unknown name, a keyword or value no registered model takes
+        raise CheckpointError(
+            path,
+            f"its metadata['model'] {model_kwargs} builds no model ({error})",
+            "Pass a bundle written by accelyolo (a run's weights/*.safetensors), or convert other weights with "
+            "`accelyolo import`",
+        ) from None
     use_ema = prefer_ema and bundle.ema_state is not None
     weights = bundle.ema_state if use_ema else bundle.model_state
     try:
