@@ -43,7 +43,14 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import gather_object, set_seed
 
 from accelyolo import __version__
-from accelyolo.callbacks import Callback, CSVLogger, PlotsCallback, ProgressCallback, TrackerCallback
+from accelyolo.callbacks import (
+    Callback,
+    CSVLogger,
+    PlotsCallback,
+    ProgressCallback,
+    TrackerCallback,
+    write_results_csv,
+)
 from accelyolo.checkpoint import (
     CheckpointError,
     copy_checkpoint,
@@ -170,7 +177,6 @@ class Trainer:
         self.iteration = 0  # global batch index of the current / next batch
         self.last_step_iteration = -1  # iteration of the last optimizer step (-1: none yet)
         self._window_has_grads = False
-        self.history: list[dict[str, Any]] = []
         self.last_result: Any = None  # the last validation's DetectionResult
         self._stop_aug_improved = False  # this epoch's validation set a new best_stop_aug
         self._val_workers_started = False  # the validation loader's persistent workers exist (start_val_workers)
@@ -207,8 +213,8 @@ class Trainer:
                 improved = self.update_best(epoch, metrics)
                 row.update(self.metric_columns(metrics))
             self.state.epoch = epoch
+            self.state.history.append(dict(row))  # saved with the checkpoint, before results.csv gets the row
             self.save(epoch, improved)
-            self.history.append(row)
             self.fire("on_epoch_end", row)
             if self.patience_exhausted(epoch):
                 LOGGER.info(
@@ -292,7 +298,8 @@ class Trainer:
 
     def setup(self) -> None:
         """Accelerator, data, model, loss, optimizer, scheduler, EMA, evaluator; restores a resumed run; then
-        the run folder, made only once all of these are known to be good (a mistake leaves none behind)."""
+        the run folder, made only once all of these are known to be good (a mistake leaves none behind), whose
+        results.csv a resume rewrites from the checkpoint's rows."""
         cfg = self.cfg
         if self.parts.model is None:  # an unknown model name or another family's option fails before any work
             get_family(model_spec(cfg.model).family).check_options(cfg.hyp())
@@ -332,6 +339,8 @@ class Trainer:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "args.yaml")
             self.write_data_report(self.run_dir / "data_report.json")
+            if bundle is not None:
+                write_results_csv(self.run_dir / "results.csv", self.state.history, self.state.epoch)
         self.callbacks = self.build_callbacks()
         self.start_trackers()
         self.describe()
@@ -575,7 +584,7 @@ class Trainer:
             ) from None
 
     def restore(self, bundle: Any) -> None:
-        """Optimizer, EMA, scaler, scheduler, RNG and run state of a resumed run."""
+        """Optimizer, EMA, scaler, scheduler, RNG and run state (results rows included) of a resumed run."""
         meta = bundle.metadata
         self.optimizer.load_state_dict(bundle.optimizer_state)
         if bundle.ema_state:
@@ -900,7 +909,7 @@ class Trainer:
             inference_checkpoint=inference if inference.exists() else None,
             epochs_completed=state.epoch,
             stopped_early=stopped_early,
-            history=self.history,
+            history=list(self.state.history),
         )
 
     def close(self) -> None:
