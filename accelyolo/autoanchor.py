@@ -151,6 +151,9 @@ def check_anchors(
     say(f"autoanchor: {aat:.2f} anchors/target, best possible recall {bpr:.4f} with anchors {_fmt(current)}")
     if bpr >= BPR_THRESHOLD:
         return {"bpr_before": bpr, "bpr_after": bpr, "replaced": False}
+    if not (wh >= 2.0).any():  # k-means fits boxes of 2 px or more: nothing to fit to
+        say("autoanchor: no label box is 2 px or larger at this image size; anchors kept (check the labels)")
+        return {"bpr_before": bpr, "bpr_after": bpr, "replaced": False}
     new = kmean_anchors(wh, len(current), thr=thr, gen=gen, seed=seed)
     new_bpr, new_aat = anchor_metrics(new, wh, thr)
     if new_bpr <= bpr:

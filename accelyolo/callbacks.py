@@ -10,11 +10,14 @@ wants the run to stop calls `trainer.request_stop()`: every rank stops after the
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from accelyolo.fileio import write_bytes_atomically
 
 if TYPE_CHECKING:  # pragma: no cover
     from accelyolo.records import StepOutput
@@ -111,10 +114,12 @@ def _memory() -> str:
 
 
 class CSVLogger(Callback):
-    """Appends one row per epoch to `results.csv` (kept and continued on resume).
+    """Appends one row per epoch to `results.csv` (continued on resume, after `write_results_csv`).
 
     The columns are those of the first row written (a resumed run keeps its file's header); an epoch that
-    was not validated leaves its metric cells empty, so every row lines up with the header.
+    was not validated leaves its metric cells empty, so every row lines up with the header. The row is
+    appended after the epoch's checkpoint is saved, and the checkpoint holds the rows of every epoch so far
+    (`RunState.history`): a crash between the two loses nothing that a resume does not write back.
     """
 
     def __init__(self, path: Path) -> None:
@@ -135,6 +140,38 @@ class CSVLogger(Callback):
             if new:
                 writer.writeheader()
             writer.writerow({k: _fmt(row.get(k)) for k in self._columns})
+
+
+def write_results_csv(path: Path, rows: list[dict[str, Any]], epoch: int) -> None:
+    """Make `results.csv` hold the rows of epochs 1..`epoch`, each once (replaced atomically): what a resume
+    from a checkpoint of `epoch` does first. `rows` are the checkpoint's own (`RunState.history`), so a row
+    that a crash kept from being written comes back, and a row written after the checkpoint (an epoch the
+    resumed run trains again) goes. A bundle from before the rows were saved holds none: then the file keeps
+    its own rows up to `epoch`."""
+    path = Path(path)
+    if len(rows) >= epoch:
+        rows = [row for row in rows if int(row["epoch"]) <= epoch]
+        columns = list(rows[0]) if rows else []
+    elif path.is_file():
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            rows = [row for row in reader if _epoch_of(row) <= epoch]
+    else:
+        return
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: _fmt(row.get(k)) for k in columns} for row in rows)
+    write_bytes_atomically(path, text.getvalue().encode())
+
+
+def _epoch_of(row: dict[str, str]) -> float:
+    """The epoch of a row read back from results.csv; a damaged row counts as past every epoch (dropped)."""
+    try:
+        return float(row.get("epoch") or "inf")
+    except ValueError:
+        return math.inf
 
 
 def _fmt(value: Any) -> Any:

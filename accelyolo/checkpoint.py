@@ -52,7 +52,7 @@ _SECTIONS = ("model", "ema", "optimizer", "scaler", "rng", "extra")
 # Metadata keys only a resumed training run needs; a stripped inference file drops them. "schedule" is
 # written by the current trainer, "scheduler" (LR scheduler state) by the refactored one. Optimizer,
 # scaler and RNG state are tensor sections, not metadata keys: stripping drops those sections.
-_TRAINING_ONLY_METADATA = ("scheduler", "schedule", "ema_updates")
+_TRAINING_ONLY_METADATA = ("scheduler", "schedule", "ema_updates", "history")
 _MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers too
 
 
@@ -394,8 +394,8 @@ def load_checkpoint_bundle(path: str | os.PathLike[str], device: str | torch.dev
 def strip_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], half: bool = False) -> Path:
     """Write an inference-only file: the EMA weights (or the model's when there is no EMA).
 
-    The weights are stored as `model.*`; optimizer, scaler, RNG and resume-only metadata
-    (LR schedule or scheduler state, EMA counter) are dropped, and `metadata["stripped"]` records the source.
+    The weights are stored as `model.*`; optimizer, scaler, RNG and resume-only metadata (LR schedule or
+    scheduler state, EMA counter, results.csv rows) are dropped, and `metadata["stripped"]` records the source.
     With `half=True` floating-point tensors are stored as float16 (half the size; load them
     into a float32 model as usual, `load_state_dict` casts).
     """
@@ -442,7 +442,15 @@ def load_checkpoint(
         )
     if model_factory is None:
         from accelyolo.families import build_model as model_factory
-    model = model_factory(**model_kwargs)
+    try:
+        model = model_factory(**model_kwargs)
+    except (TypeError, ValueError) as error:  # an unknown name, a keyword or value no registered model takes
+        raise CheckpointError(
+            path,
+            f"its metadata['model'] {model_kwargs} builds no model ({error})",
+            "Pass a bundle written by accelyolo (a run's weights/*.safetensors), or convert other weights with "
+            "`accelyolo import`",
+        ) from None
     use_ema = prefer_ema and bundle.ema_state is not None
     weights = bundle.ema_state if use_ema else bundle.model_state
     try:

@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def exit_status(prog: str, error: AccelyoloError) -> int:
-    """What every entry point does with a user's mistake: print `prog: message` on stderr (once per
-    distributed run: not where another process already printed it) and return the exit status 2."""
+    """What every entry point does with a user's mistake: print `prog: message` on stderr as one line (once
+    per distributed run: not where another process already printed it) and return the exit status 2. A
+    message that quotes another library's (yaml's, torch's) spans lines; it is joined into one."""
     if not error.reported_elsewhere:
-        print(f"{prog}: {error}", file=sys.stderr)
+        print(f"{prog}: {' '.join(str(error).split())}", file=sys.stderr)
     return 2
 
 

@@ -298,10 +298,18 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} '{path}' is not valid yaml: {exc}") from exc
+        raise ConfigError(f"{what} '{path}' is not valid yaml: {yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{what} '{path}' must hold a mapping of option: value, not {type(data).__name__}.")
     return data
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: where (line, column, 1-based) and what, without yaml's quoted snippet."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
 
 
 def resolve_recipe(recipe: str | Path) -> Path:
@@ -403,10 +411,10 @@ def check_values(cfg: TrainConfig) -> None:
     problems = []
     if cfg.imgsz < 32 or cfg.imgsz % 32:
         problems.append(f"'imgsz' must be a positive multiple of 32, got {cfg.imgsz}")
-    for key in ("epochs", "batch_size", "nbs", "val_interval"):
+    for key in ("epochs", "batch_size", "nbs", "val_interval", "max_det"):
         if getattr(cfg, key) < 1:
             problems.append(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
-    for key in ("workers", "heavy_eval_range", "save_last_n", "distill_weight", "det_gain", "seg_gain"):
+    for key in ("workers", "heavy_eval_range", "save_last_n", "distill_weight", "det_gain", "seg_gain", "freeze"):
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.temperature <= 0:
@@ -430,32 +438,85 @@ def check_values(cfg: TrainConfig) -> None:
         problems.append(f"'best_min_score' must lie in [0, 1], got {cfg.best_min_score}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         problems.append(f"'label_smoothing' must lie in [0, 1), got {cfg.label_smoothing}")
-    if cfg.scheduler != "yolo":
-        from torch.optim import lr_scheduler
-
-        known = sorted(
-            n
-            for n in dir(lr_scheduler)
-            if isinstance(getattr(lr_scheduler, n), type)
-            and issubclass(getattr(lr_scheduler, n), lr_scheduler.LRScheduler)
-            and n not in ("LRScheduler", "_LRScheduler")
-        )
-        if cfg.scheduler not in known:
-            problems.append(
-                f"'scheduler' must be 'yolo' or a torch.optim.lr_scheduler class, got "
-                f"{cfg.scheduler!r}.{_suggest(cfg.scheduler, ['yolo', *known])} Known: {', '.join(known)}"
-            )
-    elif cfg.scheduler_args:
-        problems.append(
-            "'scheduler_args' apply to a torch scheduler; the 'yolo' schedule reads lr0, lrf, cos_lr "
-            "and the warmup_* hyperparameters"
-        )
-    problems += _multitask_problems(cfg)
-    for key in ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup", "crop", "crop_erosion"):
-        if not 0.0 <= getattr(cfg, key) <= 1.0:
-            problems.append(f"'{key}' must lie in [0, 1], got {getattr(cfg, key)}")
+    problems += _scheduler_problems(cfg) + _training_problems(cfg) + _multitask_problems(cfg)
+    fractions = ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup", "crop", "crop_erosion")
+    problems += unit_interval_problems({f"'{key}'": getattr(cfg, key) for key in fractions})
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
+
+
+def _scheduler_problems(cfg: TrainConfig) -> list[str]:
+    """'scheduler' names a torch scheduler (or 'yolo'), and 'scheduler_args' are arguments it takes."""
+    if cfg.scheduler == "yolo":
+        if cfg.scheduler_args:
+            return [
+                "'scheduler_args' apply to a torch scheduler; the 'yolo' schedule reads lr0, lrf, cos_lr "
+                "and the warmup_* hyperparameters"
+            ]
+        return []
+    import inspect
+
+    from torch.optim import lr_scheduler
+
+    known = sorted(
+        n
+        for n in dir(lr_scheduler)
+        if isinstance(getattr(lr_scheduler, n), type)
+        and issubclass(getattr(lr_scheduler, n), lr_scheduler.LRScheduler)
+        and n not in ("LRScheduler", "_LRScheduler")
+    )
+    if cfg.scheduler not in known:
+        return [
+            f"'scheduler' must be 'yolo' or a torch.optim.lr_scheduler class, got "
+            f"{cfg.scheduler!r}.{_suggest(cfg.scheduler, ['yolo', *known])} Known: {', '.join(known)}"
+        ]
+    parameters = inspect.signature(getattr(lr_scheduler, cfg.scheduler)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    takes = [name for name in parameters if name != "optimizer"]
+    unknown = [repr(key) for key in (cfg.scheduler_args or {}) if key not in takes]
+    if unknown:
+        return [f"'scheduler_args': {cfg.scheduler} takes no {', '.join(unknown)}; it takes {', '.join(takes)}"]
+    return []
+
+
+def _training_problems(cfg: TrainConfig) -> list[str]:
+    """Ranges of the EMA, the validation thresholds and the loss hyperparameters: values the model's parts
+    would refuse only once the run folder exists (or at the first validation)."""
+    problems = []
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        problems.append(f"'ema_decay' must lie in [0, 1), got {cfg.ema_decay}")
+    if not cfg.ema_tau > 0:
+        problems.append(f"'ema_tau' must be > 0 (optimizer steps), got {cfg.ema_tau}")
+    problems += unit_interval_problems({"'conf_thres'": cfg.conf_thres, "'iou_thres'": cfg.iou_thres})
+    for key in ("cls_pw", "obj_pw"):
+        if not getattr(cfg, key) > 0:
+            problems.append(f"'{key}' must be > 0 (a BCE positive weight), got {getattr(cfg, key)}")
+    if not cfg.fl_gamma >= 0:
+        problems.append(f"'fl_gamma' must be >= 0 (0 = plain BCE), got {cfg.fl_gamma}")
+    return problems
+
+
+def unit_interval_problems(values: dict[str, float]) -> list[str]:
+    """A message for each value (keyed by the option's name as the user wrote it) outside [0, 1]."""
+    return [f"{name} must lie in [0, 1], got {value}" for name, value in values.items() if not 0.0 <= value <= 1.0]
+
+
+def check_detection_flags(
+    imgsz: int | None, conf: float, iou: float, max_det: int, batch_size: int = 1, workers: int = 0
+) -> None:
+    """The flags of `accelyolo val` and `predict`, checked before any file is read or written: a
+    `ConfigError` naming each flag out of range (the thresholds would fail only inside NMS)."""
+    if imgsz is not None and (imgsz < 32 or imgsz % 32):
+        raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
+    problems = unit_interval_problems({"--conf": conf, "--iou": iou})
+    for flag, value in (("--max-det", max_det), ("--batch-size", batch_size)):
+        if value < 1:
+            problems.append(f"{flag} must be at least 1, got {value}")
+    if workers < 0:
+        problems.append(f"--workers must be >= 0, got {workers}")
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
 
 
 def _multitask_problems(cfg: TrainConfig) -> list[str]:

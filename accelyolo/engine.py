@@ -86,7 +86,13 @@ def config_for_resume(resume: str, overrides: dict[str, Any]) -> tuple[TrainConf
             "use --weights instead."
         )
     path = find_resume_checkpoint(resume, overrides.get("project", "runs/train"))
-    saved = read_checkpoint_metadata(path).get("config")
+    metadata = read_checkpoint_metadata(path)
+    if "stripped" in metadata:
+        raise ResumeError(
+            f"--resume: '{path}' is an inference file (optimizer and run state stripped); resume from its run's "
+            "weights/last.safetensors, or train anew from its weights with --weights."
+        )
+    saved = metadata.get("config")
     if not isinstance(saved, dict):
         raise ResumeError(
             f"--resume: '{path}' holds no training run's options (not a weights/last.safetensors of a run); "

@@ -81,15 +81,14 @@ def predict(
     import torch
 
     from accelyolo.boxes import non_max_suppression, scale_boxes
-    from accelyolo.config import ConfigError
+    from accelyolo.config import check_detection_flags
     from accelyolo.data.checks import load_rgb
     from accelyolo.data.loader import to_model_input
     from accelyolo.data.transforms import letterbox
     from accelyolo.runs import create_folder, increment_path
     from accelyolo.weights.importers import load_weights
 
-    if imgsz is not None and (imgsz < 32 or imgsz % 32):
-        raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
+    check_detection_flags(imgsz, conf, iou, max_det)
     images = list_images(source)  # a wrong --source fails before the model is loaded
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

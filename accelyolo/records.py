@@ -59,6 +59,9 @@ class RunState:
     ema_updates: int = 0
     best_stop_aug_fitness: float = -1.0  # best fitness after strong augmentation (mosaic, mixup) stopped
     best_stop_aug_epoch: int = 0
+    # the results.csv row of each completed epoch, in order: a resume rewrites results.csv from these, so
+    # the file agrees with the checkpoint however the run ended (see `callbacks.write_results_csv`)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_metadata(self) -> dict[str, Any]:
         out = asdict(self)
@@ -79,4 +82,5 @@ class RunState:
             ema_updates=int(meta.get("ema_updates", 0)),
             best_stop_aug_fitness=float(meta.get("best_stop_aug_fitness", -1.0)),
             best_stop_aug_epoch=int(meta.get("best_stop_aug_epoch", 0)),
+            history=[dict(row) for row in meta.get("history", [])],  # none in bundles older than the rows
         )

@@ -30,7 +30,8 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,16 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import gather_object, set_seed
 
 from accelyolo import __version__
-from accelyolo.callbacks import Callback, CSVLogger, PlotsCallback, ProgressCallback, TrackerCallback
+from accelyolo.callbacks import (
+    Callback,
+    CSVLogger,
+    PlotsCallback,
+    ProgressCallback,
+    TrackerCallback,
+    write_results_csv,
+)
 from accelyolo.checkpoint import (
+    CheckpointError,
     copy_checkpoint,
     load_checkpoint_bundle,
     save_checkpoint,
@@ -54,6 +63,7 @@ from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_d
 from accelyolo.data.dataset import report_summary
 from accelyolo.data.loader import ImageWeightSampler, class_maps
 from accelyolo.ema import ModelEMA
+from accelyolo.errors import AccelyoloError
 from accelyolo.evaluation import DetectionValidator
 from accelyolo.failure import close_process_group_at_exit, share_failure
 from accelyolo.families import build_model, family_of, get_family, model_spec
@@ -61,6 +71,7 @@ from accelyolo.logs import setup_logging
 from accelyolo.memory import give_back_freed_memory, retain_freed_memory
 from accelyolo.models import freeze_layers, transfer_weights
 from accelyolo.optim import (
+    OPTIMIZERS,
     YoloSchedule,
     accumulate_steps,
     auto_optimizer,
@@ -183,7 +194,6 @@ class Trainer:
         self.iteration = 0  # global batch index of the current / next batch
         self.last_step_iteration = -1  # iteration of the last optimizer step (-1: none yet)
         self._window_has_grads = False
-        self.history: list[dict[str, Any]] = []
         self.last_result: Any = None  # the last validation's DetectionResult
         self._stop_aug_improved = False  # this epoch's validation set a new best_stop_aug
         self._val_workers_started = False  # the validation loader's persistent workers exist (start_val_workers)
@@ -222,8 +232,8 @@ class Trainer:
                 row.update(self.metric_columns(metrics))
                 row["best_eligible"] = int(not why_not)
             self.state.epoch = epoch
+            self.state.history.append(dict(row))  # saved with the checkpoint, before results.csv gets the row
             self.save(epoch, improved)
-            self.history.append(row)
             self.fire("on_epoch_end", row)
             if self.patience_exhausted(epoch):
                 LOGGER.info(
@@ -319,8 +329,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------ set-up
 
     def setup(self) -> None:
-        """Accelerator, data, model, loss, run folder, optimizer, scheduler, EMA, evaluator; restores a
-        resumed run. The run folder is made only once data and model are known to be good."""
+        """Accelerator, data, model, loss, optimizer, scheduler, EMA, evaluator; restores a resumed run; then
+        the run folder, made only once all of these are known to be good (a mistake leaves none behind), whose
+        results.csv a resume rewrites from the checkpoint's rows."""
         cfg = self.cfg
         if self.parts.model is None:  # an unknown model name or another family's option fails before any work
             get_family(model_spec(cfg.model).family).check_options(cfg.hyp())
@@ -344,15 +355,9 @@ class Trainer:
         self.cfg = cfg = self.resolve_optimizer(cfg)
         model = self.parts.get("model", self) or self.build_model()
         if bundle is not None:
-            model.load_state_dict(bundle.model_state)
+            with self.resuming():
+                model.load_state_dict(bundle.model_state)
         self.loss_fn = self.parts.get("loss", self, model) or self.build_loss(model)
-        self.run_dir = make_run_dir(accelerator, Path(cfg.project) / cfg.name, cfg.exist_ok, self.resume_from)
-        self.weights_dir = self.run_dir / "weights"
-        if accelerator.is_main_process:
-            self.weights_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "args.yaml")
-            self.write_data_report(self.run_dir / "data_report.json")
-        self.callbacks = self.build_callbacks()
         optimizer = self.parts.get("optimizer", self, model) or self.build_optimizer(model)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -365,7 +370,17 @@ class Trainer:
         self.ema = ModelEMA(self.unwrap(self.model), decay=cfg.ema_decay, tau=cfg.ema_tau)
         self.evaluator = self.parts.get("evaluator", self) or self.build_evaluator()
         if bundle is not None:
-            self.restore(bundle)
+            with self.resuming():
+                self.restore(bundle)
+        self.run_dir = make_run_dir(accelerator, Path(cfg.project) / cfg.name, cfg.exist_ok, self.resume_from)
+        self.weights_dir = self.run_dir / "weights"
+        if accelerator.is_main_process:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "args.yaml")
+            self.write_data_report(self.run_dir / "data_report.json")
+            if bundle is not None:
+                write_results_csv(self.run_dir / "results.csv", self.state.history, self.state.epoch)
+        self.callbacks = self.build_callbacks()
         self.start_trackers()
         self.describe()
 
@@ -501,6 +516,12 @@ class Trainer:
             moved, total = transfer_weights(model, source_state)
             LOGGER.info("weights: transferred %d/%d tensors from %s", moved, total, cfg.weights)
         if cfg.freeze:
+            layers, backbone = len(model.stages()), len(model.backbone.stages)
+            if cfg.freeze > layers:
+                raise ConfigError(
+                    f"'freeze' = {cfg.freeze}, but {cfg.model} has {layers} layers ({backbone} backbone stages, "
+                    f"then neck blocks); pass at most {layers} ({backbone} freezes the backbone)."
+                )
             LOGGER.info("freeze: %d parameter tensors frozen", len(freeze_layers(model, cfg.freeze)))
         if cfg.sync_bn:
             model = convert_sync_batchnorm(model, self.accelerator)
@@ -522,6 +543,10 @@ class Trainer:
         """`optimizer: auto` made concrete once the dataset size is known (`optim.auto_optimizer`); the
         resolved config is what args.yaml and the checkpoints record, so a resumed run rebuilds the same."""
         if cfg.optimizer.lower() != "auto":
+            if cfg.optimizer.lower() not in {name.lower() for name in OPTIMIZERS}:
+                raise ConfigError(
+                    f"'optimizer' must be auto or one of {', '.join(OPTIMIZERS)} (any case), got {cfg.optimizer!r}."
+                )
             return cfg
         total_batch = cfg.batch_size * self.accelerator.num_processes
         steps = math.ceil(len(self.train_dataset) / max(total_batch, cfg.nbs)) * cfg.epochs
@@ -558,7 +583,11 @@ class Trainer:
         )
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        return build_scheduler(self.cfg.scheduler, optimizer, self.schedule, self.cfg.scheduler_args)
+        cfg = self.cfg
+        try:
+            return build_scheduler(cfg.scheduler, optimizer, self.schedule, cfg.scheduler_args)
+        except (TypeError, ValueError) as error:  # torch refuses a value of scheduler_args
+            raise ConfigError(f"'scheduler_args' {cfg.scheduler_args} do not make a {cfg.scheduler}: {error}") from None
 
     def build_evaluator(self) -> DetectionValidator:
         cfg = self.cfg
@@ -583,8 +612,24 @@ class Trainer:
             *self.user_callbacks,
         ]
 
+    @contextmanager
+    def resuming(self) -> Iterator[None]:
+        """A resumed bundle whose saved state does not fit the run its own options build (a damaged or edited
+        file) ends in a `CheckpointError` naming the file, not in a traceback from inside torch."""
+        try:
+            yield
+        except (AccelyoloError, torch.cuda.OutOfMemoryError):
+            raise
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            detail = " ".join(f"{type(error).__name__}: {error}".split())  # torch's messages span lines
+            raise CheckpointError(
+                self.resume_from,
+                f"its saved state does not fit the run its options describe ({detail[:300]})",
+                "Resume from a run's own weights/last.safetensors, or train anew from its weights with --weights",
+            ) from None
+
     def restore(self, bundle: Any) -> None:
-        """Optimizer, EMA, scaler, scheduler, RNG and run state of a resumed run."""
+        """Optimizer, EMA, scaler, scheduler, RNG and run state (results rows included) of a resumed run."""
         meta = bundle.metadata
         self.optimizer.load_state_dict(bundle.optimizer_state)
         if bundle.ema_state:
@@ -912,7 +957,7 @@ class Trainer:
             inference_checkpoint=inference if inference.exists() else None,
             epochs_completed=self.state.epoch,
             stopped_early=stopped_early,
-            history=self.history,
+            history=list(self.state.history),
         )
 
     def fall_back_to_last(self) -> None:

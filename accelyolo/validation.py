@@ -54,7 +54,7 @@ def validate(
     from accelerate.utils import gather_object
 
     from accelyolo.boxes import scale_boxes
-    from accelyolo.config import ConfigError
+    from accelyolo.config import check_detection_flags
     from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
     from accelyolo.data.demo import demo_multitask_yaml
     from accelyolo.errors import DataError
@@ -66,8 +66,7 @@ def validate(
     from accelyolo.threads import use_available_cores
     from accelyolo.weights.importers import load_weights
 
-    if imgsz is not None and (imgsz < 32 or imgsz % 32):
-        raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
+    check_detection_flags(imgsz, conf, iou, max_det, batch_size, workers)
     accelerator = Accelerator()
     close_process_group_at_exit()  # a clean exit under accelerate launch (see accelyolo.failure)
     setup_logging(main_process=accelerator.is_main_process)
@@ -101,6 +100,8 @@ def validate(
             stride=32,
             single_cls=single_cls,
         )
+        # a multi-task model's segmentation split, checked before the run folder exists
+        seg_data = _segmentation_data(model, weights, spec.yaml_path, meta, imgsz) if segments else None
     loader = build_dataloader(  # this rank's whole batches (see accelyolo.data.loader), not prepared
         dataset,
         batch_size=batch_size,
@@ -172,8 +173,8 @@ def validate(
         if accelerator.is_main_process:
             json_path = write_coco_results(save_dir / "predictions.json", json_records)
     metrics = result.as_dict()
-    if segments:
-        metrics.update(_segmentation_metrics(model, spec.yaml_path, meta, imgsz, batch_size, workers, accelerator))
+    if seg_data is not None:
+        metrics.update(_segmentation_metrics(model, seg_data, batch_size, workers, accelerator))
     if accelerator.is_main_process:
         from accelyolo.reports import per_class_table, plot_confusion_matrix, plot_curves
 
@@ -186,25 +187,37 @@ def validate(
     return ValResult(metrics=metrics, result=result, save_dir=save_dir, predictions_json=json_path)
 
 
+def _segmentation_data(model: Any, weights: str, yaml_path: Path, meta: dict[str, Any], imgsz: int) -> Any:
+    """The `SegmentationDataset` of the data.yaml's `seg_val` split for a multi-task model; a `DataError`
+    when the data.yaml has no segmentation split or other segmentation classes than the model."""
+    from accelyolo.data.segmentation import SegmentationDataset, load_seg_spec
+    from accelyolo.data.spec import DataConfigError
+    from accelyolo.errors import DataError
+
+    spec = load_seg_spec(yaml_path)
+    if spec is None:
+        raise DataConfigError(
+            f"{yaml_path}: the model {weights} also segments ({model.seg_classes} classes), but the data.yaml has "
+            "no 'seg_train'; add seg_train, seg_val and seg_names, or pass --data with them"
+        )
+    names = list(meta.get("seg_names") or spec.names)
+    if not model.seg_classes == len(names) == len(spec.names):
+        raise DataError(
+            f"{weights}: the model has {model.seg_classes} segmentation classes, the dataset {yaml_path} "
+            f"{len(spec.names)} (key 'seg_names'); pass the data.yaml the model was trained on."
+        )
+    return SegmentationDataset(spec.splits["seg_val"], names, imgsz, augment=False, ignore=spec.ignore)
+
+
 def _segmentation_metrics(
-    model: Any, yaml_path: Path, meta: dict[str, Any], imgsz: int, batch_size: int, workers: int, accelerator: Any
+    model: Any, dataset: Any, batch_size: int, workers: int, accelerator: Any
 ) -> dict[str, float]:
-    """Pixel accuracy and mIoU of a multi-task model on the data.yaml's `seg_val` split (table logged)."""
-    from accelyolo.data.segmentation import SegmentationDataset, build_seg_dataloader, load_seg_spec
+    """Pixel accuracy and mIoU of a multi-task model on its segmentation split (table logged)."""
+    from accelyolo.data.segmentation import build_seg_dataloader
     from accelyolo.multitask import evaluate_segmentation
 
-    with accelerator.main_process_first():
-        spec = load_seg_spec(yaml_path)
-        if spec is None:
-            raise ValueError(f"{yaml_path}: the model segments, but the data.yaml has no seg_train/seg_val/seg_names")
-        names = list(meta.get("seg_names") or spec.names)
-        if len(names) != model.seg_classes:
-            raise ValueError(
-                f"the model has {model.seg_classes} segmentation classes, {yaml_path} {len(names)} (seg_names)"
-            )
-        dataset = SegmentationDataset(spec.splits["seg_val"], names, imgsz, augment=False, ignore=spec.ignore)
     loader = accelerator.prepare(build_seg_dataloader(dataset, batch_size, workers, shuffle=False))
-    seg = evaluate_segmentation(model, loader, accelerator, names, spec.ignore, channels_last=True)
+    seg = evaluate_segmentation(model, loader, accelerator, dataset.names, dataset.ignore, channels_last=True)
     if accelerator.is_main_process:
         LOGGER.info("segmentation (%d pixels):\n%s", seg.pixels, seg.table())
     return seg.as_dict()

@@ -74,3 +74,15 @@ def test_check_anchors_needs_an_anchor_based_model_and_matching_shapes():
         check_anchors(build_model("yolov8t", nc=2), [np.zeros((0, 5))], None, 64)
     with pytest.raises(ValueError, match=r"shapes must be \(N, 2\)"):
         check_anchors(build_model("yolov5t", nc=2), [np.zeros((0, 5))], np.zeros((3, 2)), 64)
+
+
+def test_boxes_all_under_2_px_keep_the_anchors():
+    """Labels no k-means can fit (every box under 2 px at the training size) keep the anchors, said once,
+    instead of failing the run inside kmean_anchors."""
+    labels = _labels(10, (0.001, 0.002), (0.001, 0.002))  # under 1.3 px at 640
+    model = build_model("yolov5t", nc=2)
+    lines = []
+    report = check_anchors(model, labels, None, 640, print_fn=lines.append)
+    assert report["replaced"] is False and report["bpr_before"] < 0.98
+    assert torch.equal(model.head.anchors, torch.tensor(COCO_ANCHORS, dtype=torch.float32))
+    assert "no label box is 2 px or larger" in lines[-1]

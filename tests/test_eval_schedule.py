@@ -59,9 +59,11 @@ def test_last_n_epoch_bundles_best_stop_aug_and_the_close_mosaic_epoch(tiny_demo
         rows = list(csv.DictReader(handle))
     assert [bool(r["metrics/mAP50-95"]) for r in rows] == [False, True, False, True]
     assert meta["best_stop_aug_fitness"] == pytest.approx(float(rows[3]["fitness"]), rel=1e-5)
-    # An epoch bundle resumes: from epoch 3 the run trains epoch 4 again.
+    # An epoch bundle resumes: from epoch 3 the run trains epoch 4 again, and epoch 4's first row goes.
     again = fit(resume=str(weights / "epoch3.safetensors"))
     assert again.epochs_completed == 4
+    with (result.run_dir / "results.csv").open() as handle:
+        assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3", "4"]
 
 
 def test_best_stop_aug_waits_for_strong_augmentation_to_stop(tiny_demo, tmp_path):

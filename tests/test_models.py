@@ -12,6 +12,7 @@ import yaml
 
 from accelyolo.families import COCO_ANCHORS, build_model, list_models, model_spec
 from accelyolo.models import freeze_layers, model_info, transfer_weights
+from tests.conftest import assert_close_to_scale
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "models"
 
@@ -157,7 +158,7 @@ def test_fuse_keeps_outputs(name):
         before = model(x)
         after = model.fuse()(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    assert_close_to_scale(after, before, rel=1e-5, dim=-1)  # folding rounds ~1e-7 of each column's largest value
 
 
 @pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])

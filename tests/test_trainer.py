@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
 import accelyolo
-from accelyolo.callbacks import Callback
+from accelyolo.callbacks import Callback, write_results_csv
+from accelyolo.checkpoint import read_checkpoint_metadata
 from accelyolo.config import ConfigError
 from accelyolo.engine import fit
 from accelyolo.trainer import NonFiniteLossError, Trainer
 from tests.conftest import TINY_ANCHOR_FREE, tiny_train_options
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class RecordSteps(Callback):
@@ -126,6 +135,70 @@ def test_resume_finished_run_and_extend(tiny_demo, tmp_path, caplog):
         fit(resume=str(done.last_checkpoint), lr0=0.5)
     auto = fit(resume="auto", project=str(tmp_path), epochs=2)  # newest last.safetensors under project
     assert auto.run_dir == done.run_dir
+
+
+# Run in a child process: fit() whose trainer dies by SIGKILL (no handler, no `finally`, nothing flushed) the
+# instant epoch 1's checkpoint is committed, before results.csv gets epoch 1's row; one thread, as the test runs.
+KILLED_AFTER_THE_CHECKPOINT = """
+import json, os, signal, sys
+import torch
+from accelyolo.engine import fit
+from accelyolo.trainer import Trainer
+
+class KilledAfterTheCheckpoint(Trainer):
+    def save(self, epoch, improved):
+        super().save(epoch, improved)
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+torch.set_num_threads(1)
+fit(trainer_class=KilledAfterTheCheckpoint, **json.loads(sys.argv[1]))
+"""
+
+
+def _csv_rows(run_dir) -> list[dict[str, str]]:
+    with (run_dir / "results.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_kill_right_after_the_checkpoint_loses_no_results_row(tiny_demo, tmp_path, one_thread):
+    """results.csv after a SIGKILL between epoch 1's checkpoint and its row, then --resume: every epoch's row
+    once, the same as an uninterrupted run's (the rows travel in the checkpoint; a resume rewrites the file)."""
+    opts = tiny_train_options(tiny_demo, tmp_path, epochs=2, max_steps_per_epoch=2)
+    reference = fit(**{**opts, "name": "reference"})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_THE_CHECKPOINT, json.dumps({**opts, "name": "killed"})],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    run = tmp_path / "killed"
+    assert read_checkpoint_metadata(run / "weights" / "last.safetensors")["epoch"] == 1
+    assert not (run / "results.csv").exists()  # epoch 1's row died with the process
+    resumed = fit(resume=str(run / "weights" / "last.safetensors"))
+    assert resumed.run_dir == run and resumed.epochs_completed == 2
+    rows, expected = _csv_rows(run), _csv_rows(reference.run_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == list(expected[0])  # the same columns, in the same order
+    for row, want in zip(rows, expected, strict=True):  # every loss, metric and LR, as written
+        assert {k: v for k, v in row.items() if k != "time_s"} == {k: v for k, v in want.items() if k != "time_s"}
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+
+
+def test_results_csv_is_rewritten_from_the_checkpoint_rows(tmp_path):
+    """A resume's rewrite: the checkpoint's rows, formatted as the logger writes them; a bundle from before
+    the rows were saved keeps the file's own rows up to its epoch (a torn last line goes too)."""
+    path = tmp_path / "results.csv"
+    rows = [{"epoch": e, "train/box_loss": 1 / e, "metrics/mAP50": None if e % 2 else 0.25} for e in (1, 2, 3)]
+    path.write_text("epoch,train/box_loss,metrics/mAP50\r\n2,0.5,0.25\r\n2,0.5,0.25\r\n3,0.3")
+    write_results_csv(path, rows, 2)
+    assert path.read_bytes() == b"epoch,train/box_loss,metrics/mAP50\r\n1,1,\r\n2,0.5,0.25\r\n"  # %.6g
+    path.write_text("epoch,train/box_loss\r\n1,1.0\r\n2,0.5\r\n3,0.333333\r\n4,0.2")
+    write_results_csv(path, [], 3)
+    assert path.read_bytes() == b"epoch,train/box_loss\r\n1,1.0\r\n2,0.5\r\n3,0.333333\r\n"
 
 
 def test_weights_transfer_to_another_class_count(tiny_demo, tmp_path, capsys, caplog):

@@ -23,6 +23,7 @@ from accelyolo.checkpoint import load_checkpoint
 from accelyolo.families import build_model
 from accelyolo.weights.importers import WeightsImportError, import_weights, save_imported
 from accelyolo.weights.pt_reader import PtReadError, Stub, read_pt, stub_state_dict
+from tests.conftest import assert_close_to_scale
 
 # -------------------------------------------------------------------- stand-in source models
 
@@ -247,7 +248,9 @@ def test_ultralytics_v8_imports_exactly(tmp_path, monkeypatch, half, entry):
     with torch.no_grad():
         got = model(x)
     assert got.shape == expected.shape == (2, 126, 7)
-    assert (got - expected).abs().max() <= 1e-4
+    # the reference's very weights: bit-equal outputs here; 1e-6 of each column's largest value (boxes reach
+    # hundreds of px) leaves room only for kernels that sum in another order, as do the other import tests
+    assert_close_to_scale(got, expected, rel=1e-6, dim=-1)
 
 
 def test_ultralytics_yolo11_imports_exactly(tmp_path, monkeypatch):
@@ -258,7 +261,7 @@ def test_ultralytics_yolo11_imports_exactly(tmp_path, monkeypatch):
     imported = import_weights(path)
     assert imported.model.config["name"] == "yolo11t" and imported.names == ["eleven0", "eleven1", "eleven2"]
     with torch.no_grad():
-        assert (imported.model(x) - expected).abs().max() <= 1e-4
+        assert_close_to_scale(imported.model(x), expected, rel=1e-6, dim=-1)
 
 
 def test_yolov5_repository_imports_with_its_anchors(tmp_path, monkeypatch):
@@ -273,7 +276,7 @@ def test_yolov5_repository_imports_with_its_anchors(tmp_path, monkeypatch):
     # anchors come along, back in pixels (the file keeps them in cells of each level)
     assert torch.allclose(model.head.anchors, ours.head.anchors.half().float(), atol=1e-2)
     with torch.no_grad():
-        assert (model(x) - expected).abs().max() <= 1e-4
+        assert_close_to_scale(model(x), expected, rel=1e-6, dim=-1)
 
 
 @pytest.mark.parametrize("make", [ultralytics_v8, ultralytics_11, yolov5_repo])
@@ -288,7 +291,7 @@ def test_plain_state_dicts_import(tmp_path, monkeypatch, make):
         imported = import_weights(path)
         assert imported.source == "state_dict"
         with torch.no_grad():
-            assert (imported.model(x) - expected).abs().max() <= 1e-4
+            assert_close_to_scale(imported.model(x), expected, rel=1e-6, dim=-1)
     assert import_weights(st).names == ["a", "b", "c"]
     assert import_weights(pt).names == ["class0", "class1", "class2"]
 

@@ -27,7 +27,7 @@ import torch
 
 from accelyolo.data.cache import image_npy_path, load_or_build, save_npy
 from accelyolo.data.checks import check_image_label, load_rgb
-from accelyolo.data.transforms import build_train_transform, letterbox, mixup, resolve_hyp
+from accelyolo.data.transforms import build_train_transform, letterbox, load_user_transform, mixup, resolve_hyp
 from accelyolo.errors import DataError
 
 SINGLE_CLASS_NAMES = ("item",)  # the one class of a `single_cls` run
@@ -108,6 +108,8 @@ class YoloDataset(torch.utils.data.Dataset):
             raise ValueError(f"cache={cache!r}: expected None, 'ram' or 'disk'")
         if not images:
             raise DataError("YoloDataset got no images; check the split's folder or .txt list")
+        if user_transform is not None:  # read once here: a bad file fails now, not at the first training batch
+            load_user_transform(user_transform)
         self.imgsz, self.augment, self.rect, self.stride = imgsz, augment, rect, stride
         self.hyp = resolve_hyp(hyp)
         self.names = list(names) if names is not None else None

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 
 from accelyolo.data.spec import DataConfigError, _names, _root, _split_images
 from accelyolo.data.transforms import PAD_VALUE, HsvGain, resolve_hyp
+from accelyolo.errors import DataError
 
 __all__ = [
     "SegmentationDataset",
@@ -223,7 +224,10 @@ class SegmentationDataset(Dataset):
         for problem in self.problems:
             LOGGER.warning("segmentation: skipped %s", problem)
         if not good:
-            raise ValueError(f"no usable segmentation image among {len(images)}: {self.problems[0]}")
+            raise DataError(
+                f"no usable segmentation image among {len(images)}: {self.problems[0]}; "
+                "`accelyolo data check DATA_YAML` lists every problem"
+            )
         self.files = good
         self.shape = seg_shape(imgsz, aspect) if augment else (imgsz, imgsz)
         self.transform = build_seg_transform(imgsz, self.shape if augment else None, self.ignore, hyp, scale)

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from accelyolo.config import yaml_problem
 from accelyolo.data.checks import IMG_SUFFIXES
 from accelyolo.errors import AccelyoloError
 
@@ -63,7 +64,7 @@ def load_data_yaml(path: str | Path) -> DataSpec:
     try:
         cfg = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise DataConfigError(f"{yaml_path}: not valid YAML ({err})") from err
+        raise DataConfigError(f"{yaml_path}: not valid YAML ({yaml_problem(err)})") from err
     if not isinstance(cfg, dict):
         raise DataConfigError(f"{yaml_path}: expected a mapping with keys path/train/val/names")
     root = _root(cfg, yaml_path)

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from accelyolo.boxes import xywh2xyxy, xywhn2xyxy, xyxy2xywh
+from accelyolo.config import ConfigError
 from accelyolo.hyp import augmentation_defaults
 
 DEFAULT_HYP: dict[str, float] = augmentation_defaults()  # YOLOv5 hyp.scratch-low (accelyolo.hyp)
@@ -421,22 +422,23 @@ def build_train_transform(
 
 def load_user_transform(path: str | Path) -> list[A.BasicTransform]:
     """The transforms of a pipeline saved by `albumentations.save(..., data_format="yaml")` (a Compose or
-    a single transform). Its own bbox parameters, if any, are replaced by accelyolo's."""
+    a single transform). Its own bbox parameters, if any, are replaced by accelyolo's. A missing or unusable
+    file is a `ConfigError` naming it and the `augment` option."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"augment: the albumentations pipeline '{path}' does not exist")
+        raise ConfigError(f"'augment': the albumentations pipeline '{path}' does not exist")
     try:
         loaded = A.load(path, data_format="yaml")
     except Exception as exc:  # albumentations raises ValueError/KeyError/yaml errors for a bad file
-        raise ValueError(
-            f"augment: '{path}' is not an albumentations pipeline saved with "
+        raise ConfigError(
+            f"'augment': '{path}' is not an albumentations pipeline saved with "
             f"albumentations.save(pipeline, path, data_format='yaml'): {exc}"
         ) from exc
     if isinstance(loaded, A.BaseCompose):
         return list(loaded.transforms)
     if isinstance(loaded, A.BasicTransform):
         return [loaded]
-    raise ValueError(f"augment: '{path}' holds a {type(loaded).__name__}, not an albumentations transform")
+    raise ConfigError(f"'augment': '{path}' holds a {type(loaded).__name__}, not an albumentations transform")
 
 
 def bbox_params() -> A.BboxParams:

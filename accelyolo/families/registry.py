@@ -207,6 +207,8 @@ def build_model(
             f"build_model: {', '.join(unknown)} do not apply to {name!r} (family {spec.family}; "
             f"it takes {', '.join(sorted(spec.extra)) or 'no extra keywords'})"
         )
+    if int(nc) < 1 or (width is not None and width <= 0) or (depth is not None and depth <= 0):
+        raise ValueError(f"build_model: nc must be >= 1 and width, depth > 0; got {nc=}, {width=}, {depth=}")
     keywords = {**spec.extra, **{k: v for k, v in extra.items() if v is not None}}
     config = {
         "name": name,
