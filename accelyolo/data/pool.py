@@ -44,10 +44,6 @@ class PoolSlots:
         self.pixels = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (self.count, self.slot_bytes))
         self.meta = torch.full((self.count, 3), -1, dtype=torch.int64).share_memory_()
 
-    @property
-    def nbytes(self) -> int:
-        return self.count * self.slot_bytes
-
     def get(self, k: int, epoch: int) -> np.ndarray | None:
         """The image of slot `k` as a read-only `(h, w, 3)` view when the slot holds epoch `epoch`."""
         meta = self.meta.numpy()  # numpy views are made per call: a spawned worker gets the tensors, not them
@@ -66,7 +62,7 @@ class PoolSlots:
         meta = self.meta.numpy()
         if meta[k, 0] == epoch:  # another process filled it meanwhile
             return
-        meta[k, 0] = -1  # invalid while the pixels change (only a slot of an older epoch gets here)
+        meta[k, 0] = -1  # invalid while the pixels change (a slot of an older epoch, or one being filled)
         self.pixels.numpy()[k, : img.nbytes] = img.reshape(-1)
         meta[k, 1], meta[k, 2] = img.shape[:2]
         meta[k, 0] = epoch  # last: a reader that sees the epoch sees the pixels
