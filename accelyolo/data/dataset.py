@@ -27,6 +27,7 @@ import torch
 
 from accelyolo.data.cache import image_npy_path, load_or_build, save_npy
 from accelyolo.data.checks import check_image_label, load_rgb
+from accelyolo.data.pool import PoolSlots, shared_pool_slots
 from accelyolo.data.transforms import build_train_transform, letterbox, load_user_transform, mixup, resolve_hyp
 from accelyolo.errors import DataError
 
@@ -75,7 +76,11 @@ class YoloDataset(torch.utils.data.Dataset):
         cache_budget_mb: the most the RAM cache holds (MB); the images that do not fit are decoded when
             used (through the LRU buffer). None: half of the memory available now (`available_memory_mb`).
         buffer_mb: per-process LRU of decoded images (MB; 0 disables). Mosaic reads 4 images per
-            item; the buffer makes repeated donors free without changing any pixel.
+            item; the buffer makes repeated donors free without changing any pixel. When the decoded
+            dataset does not fit in half of it, donors come from a pool per epoch (`donor_pool`) whose
+            images are held once for all loader workers in shared memory, reserved here: pool size x
+            imgsz^2 x 3 bytes, about 2/3 of `buffer_mb` (170 MB at the default 256), on top
+            of each process' buffer (see `accelyolo.data.pool`).
         mosaic_backend: "fast" (numpy) or "albumentations" (`A.Mosaic`), see `transforms`.
         user_transform: an albumentations pipeline yaml inserted after the mosaic step (`augment: PATH`).
         verbose: log the split summary at INFO (DEBUG otherwise) to the `accelyolo` logger.
@@ -148,6 +153,7 @@ class YoloDataset(torch.utils.data.Dataset):
         self.cache_bytes = 0
         self._npy: list[Path] | None = None  # --cache disk: the .npy file of each image
         self._pool: tuple[int, np.ndarray | None] | None = None  # (epoch, donor indices)
+        self._pool_slots: PoolSlots | None = None  # the pool's images, shared by the loader workers
         r = self.report
         LOGGER.log(
             logging.INFO if verbose else logging.DEBUG,
@@ -159,6 +165,9 @@ class YoloDataset(torch.utils.data.Dataset):
             self._cache_ram(cache_budget_mb)
         elif cache == "disk":
             self._cache_disk(Path(cache_dir) if cache_dir else None)
+        if augment and not rect and self.hyp["mosaic"] > 0 and self._pool_size() is not None:
+            # here, before any DataLoader forks its workers, so that they all see the same slots
+            self._pool_slots = shared_pool_slots(self._pool_size(), imgsz * imgsz * 3)
 
     def __len__(self) -> int:
         return len(self.im_files)
@@ -174,6 +183,12 @@ class YoloDataset(torch.utils.data.Dataset):
     @property
     def mosaic_enabled(self) -> bool:
         return bool(self._state[1])
+
+    @property
+    def pool_slots(self) -> PoolSlots | None:
+        """The donor pool's images shared by the loader workers; None without a pool (or without room in
+        shared memory)."""
+        return self._pool_slots
 
     def _make_rect_shapes(self, batch_size: int) -> None:
         """Sort by aspect ratio and give every batch the smallest stride-multiple shape (YOLOv5)."""
@@ -234,14 +249,39 @@ class YoloDataset(torch.utils.data.Dataset):
         return [self.im_files[i] for i in torch.nonzero(self._unreadable).flatten().tolist()]
 
     def load_image(self, i: int) -> np.ndarray:
-        """Image `i` as RGB uint8, long side resized to `imgsz` (RAM cache / LRU buffer / disk)."""
+        """Image `i` as RGB uint8, long side resized to `imgsz` (RAM cache / LRU buffer / shared donor pool /
+        disk).
+
+        While mosaic is on, an image of the epoch's donor pool that this process has not buffered is copied
+        from its shared slot, where the first process that needed it in this epoch put it: the loader
+        workers together decode each pool image about once per epoch instead of once each. The buffer keeps
+        what it kept before, so a process never decodes more than it did without the slots."""
         if self._ram is not None and self._ram[i] is not None:
             return self._ram[i]
+        slot = self._pool_slot(i)
         img = self._buffer.get(i)
         if img is not None:
             self._buffer.move_to_end(i)
-            return img
-        img = self._decode(i)
+        elif slot is not None and (shared := self._pool_slots.get(*slot)) is not None:
+            img = self._buffered(i, shared.copy())  # a copy: the slot holds another image next epoch
+        else:
+            img = self._buffered(i, self._decode(i))
+        if slot is not None:
+            self._pool_slots.put(*slot, img)  # nothing to do when the slot already holds this epoch
+        return img
+
+    def _pool_slot(self, i: int) -> tuple[int, int] | None:
+        """`(slot, epoch)` of image `i` in the current epoch's shared donor pool; None when it is not in it,
+        there is no shared pool, or mosaic is off (no donors drawn)."""
+        if self._pool_slots is None or not self.mosaic_enabled:
+            return None
+        epoch = int(self._state[0])  # read once: the slot is filled and marked for this epoch's pool
+        pool = self.donor_pool(epoch)
+        k = int(np.searchsorted(pool, i))
+        return (k, epoch) if k < len(pool) and pool[k] == i else None
+
+    def _buffered(self, i: int, img: np.ndarray) -> np.ndarray:
+        """`img` (image `i`) after putting it in this process' LRU buffer (when it fits)."""
         if img.nbytes <= self.buffer_bytes_max:
             self._buffer[i] = img
             self._buffer_bytes += img.nbytes
@@ -249,19 +289,29 @@ class YoloDataset(torch.utils.data.Dataset):
                 self._buffer_bytes -= self._buffer.popitem(last=False)[1].nbytes
         return img
 
+    def _pool_size(self) -> int | None:
+        """Size of the donor pool; None when donors come from the whole dataset (it is in RAM, or its
+        decoded images fit in half the LRU buffer, or there is no buffer)."""
+        per_image = self.imgsz * self.imgsz * 9 // 4  # bytes of a decoded 4:3 image
+        size = max(16, self.buffer_bytes_max // 2 // per_image)
+        if self._ram is not None and self._ram[-1] is not None:  # the whole dataset is in RAM
+            return None
+        if self.buffer_bytes_max == 0 or len(self) <= size:
+            return None
+        return size
+
     def donor_pool(self, epoch: int) -> np.ndarray | None:
         """Indices the mosaic donors of `epoch` are drawn from; None means the whole dataset.
 
         When the decoded dataset does not fit in half the LRU buffer, donors come from a pool of
         images chosen per (seed, epoch) that does, so an item costs about one decode instead
         of four (the role of ultralytics' recent-image buffer, but deterministic). Every image
-        is still a primary once per epoch, and the pool changes every epoch.
+        is still a primary once per epoch, and the pool changes every epoch. The pool's images are
+        held in shared memory (`accelyolo.data.pool`), so that all loader workers together decode
+        each about once per epoch.
         """
-        per_image = self.imgsz * self.imgsz * 9 // 4  # bytes of a decoded 4:3 image
-        size = max(16, self.buffer_bytes_max // 2 // per_image)
-        if self._ram is not None and self._ram[-1] is not None:  # the whole dataset is in RAM
-            return None
-        if self.buffer_bytes_max == 0 or len(self) <= size:
+        size = self._pool_size()
+        if size is None:
             return None
         if self._pool is None or self._pool[0] != epoch:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, 0, 1]))  # not an item stream
