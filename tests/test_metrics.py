@@ -239,3 +239,37 @@ def test_coco_json_records() -> None:
     (rec,) = coco_json_records("pics/cat_01.png", torch.tensor(dets))
     assert rec["image_id"] == "cat_01"
     assert coco_json_records("1.jpg", np.zeros((0, 6))) == []
+
+
+class _FixedOutput(torch.nn.Module):
+    """A 'model' whose eval output is one box (centre 32, 32, size 20 px) unsure between two classes."""
+
+    def forward(self, images):
+        box = torch.tensor([32.0, 32.0, 20.0, 20.0, 0.6, 0.4])
+        return box.expand(images.shape[0], 1, 6).clone()  # (B, N=1, 4 + nc=2)
+
+
+def test_evaluation_keeps_every_class_of_a_box_above_the_floor():
+    """The box's best class is 0 (0.6) but the truth is class 1 (0.4): evaluation counts the class-1 candidate
+    (multi-label, as YOLOv5's val.py), so mAP50 is 1; keeping only the best class would give 0."""
+    import contextlib
+    import types
+
+    from accelyolo.evaluation import MULTI_LABEL, evaluate
+
+    accelerator = types.SimpleNamespace(
+        device=torch.device("cpu"), num_processes=1, is_main_process=True, autocast=contextlib.nullcontext
+    )
+    batch = {
+        "images": torch.zeros(1, 3, 64, 64, dtype=torch.uint8),
+        "targets": torch.tensor([[0.0, 1.0, 0.5, 0.5, 20 / 64, 20 / 64]]),  # img, cls, cx, cy, w, h (normalized)
+        "paths": ["a.jpg"],
+        "orig_shapes": [(64, 64)],
+        "ratio_pads": [((1.0, 1.0), (0.0, 0.0))],
+    }
+    names = ["zero", "one"]
+    assert MULTI_LABEL
+    result = evaluate(_FixedOutput(), [batch], accelerator, nc=2, names=names)
+    assert result.map50 == pytest.approx(1.0)
+    single = evaluate(_FixedOutput(), [batch], accelerator, nc=2, names=names, multi_label=False)
+    assert single.map50 == pytest.approx(0.0)
