@@ -6,10 +6,18 @@
 # Made for a bare GPU machine that has Python with torch, torchvision, accelerate, opencv and onnx but not
 # albumentations (and its needs) nor ultralytics: wheels of those in .whl/ are installed first, ours into
 # /tmp/site (on PYTHONPATH) and ultralytics' into /tmp/peer-site (only on the peer run's path). Without .whl/
-# (or with --dry-run) the installed packages are used, and PEER_PATH names ultralytics' packages. DATA_YAML defaults to .gpudata/coco128/data.yaml (a copy carried along),
-# else ../shared/datasets/coco128/data.yaml. Everything is logged to $OUT (default: a new temporary folder):
-# gpu.log, pytest_gpu.log, gpu_epoch.json. `--dry-run` checks the script on a machine without a GPU: the gpu
-# tests are collected (and skip), and the benchmark runs at toy size.
+# (or with --dry-run) the installed packages are used, and PEER_PATH names ultralytics' packages.
+# DATA_YAML defaults to .gpudata/coco128/data.yaml (a copy carried along), else ../shared/datasets/coco128.
+# Everything is logged to $OUT (default: a new temporary folder): gpu.log, pytest_gpu.log, gpu_epoch.json.
+# `--dry-run` checks the script on a machine without a GPU: the gpu tests are collected (and skip), and the
+# benchmark runs at toy size. Preparing the carried folders (both ignored through .git/info/exclude; ~53 MB):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     albumentations==2.0.8 albucore==0.0.24 simsimd stringzilla pydantic pydantic_core annotated-types \
+#     typing-inspection ultralytics==8.4.190 ultralytics-thop
+#   mkdir -p .gpudata/coco128/labels && cp -r ../shared/datasets/coco128/{images,data.yaml} .gpudata/coco128/ \
+#     && cp -r ../shared/datasets/coco128/labels/{train,val} .gpudata/coco128/labels/
+# (polars, which ultralytics wants for one results table, is 54 MB: benchmarks/peer_gpu_train.py does without.)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DRY=0
