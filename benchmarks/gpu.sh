@@ -5,7 +5,8 @@
 #
 # Made for a bare GPU machine that has Python with torch, torchvision, accelerate, opencv and onnx but not
 # albumentations (and its needs) nor ultralytics: wheels of those in .whl/ are installed first, ours into
-# /tmp/site (on PYTHONPATH) and ultralytics' into /tmp/peer-site (only on the peer run's path). Without .whl/
+# .gpu-site/ours (on PYTHONPATH) and ultralytics' into .gpu-site/peer (only on the peer run's path), both in
+# the checkout and ignored by git. Without .whl/
 # (or with --dry-run) the installed packages are used, and PEER_PATH names ultralytics' packages.
 # DATA_YAML defaults to .gpudata/coco128/data.yaml (a copy carried along), else ../shared/datasets/coco128.
 # Everything is logged to $OUT (default: a new temporary folder): gpu.log, pytest_gpu.log, gpu_epoch.json.
@@ -30,6 +31,7 @@ START=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - START )) s: $*"; }
 
 PEER_SITE=""
+SITE="$PWD/.gpu-site"  # installed wheels, inside the checkout (ignored by git)
 if [ "$DRY" = 0 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   stamp "installing wheels"
   ours=() peer=()
@@ -39,11 +41,11 @@ if [ "$DRY" = 0 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
       *) ours+=("$w") ;;
     esac
   done
-  [ ${#ours[@]} -gt 0 ] && "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${ours[@]}"
+  [ ${#ours[@]} -gt 0 ] && "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE/ours" "${ours[@]}"
   if [ ${#peer[@]} -gt 0 ]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/peer-site "${peer[@]}" && PEER_SITE=/tmp/peer-site
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE/peer" "${peer[@]}" && PEER_SITE="$SITE/peer"
   fi
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$SITE/ours${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -z "$PEER_SITE" ] && [ -n "${PEER_PATH:-}" ] && PEER_SITE="$PEER_PATH"
