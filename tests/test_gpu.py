@@ -16,9 +16,9 @@ import torch
 from safetensors import safe_open
 
 import accelyolo
-from accelyolo.callbacks import Callback
 from accelyolo.engine import fit
 from tests.conftest import TINY_ANCHOR_FREE, tiny_train_options
+from tests.test_trainer import RecordSteps as TrainerRecordSteps
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,20 +28,20 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[1]
 
 
-class RecordSteps(Callback):
-    """Every step's losses and LRs, the GradScaler's skipped steps, the device; can stop after an epoch."""
+class RecordSteps(TrainerRecordSteps):
+    """The trainer tests' recorder (losses and LRs per step, stop after an epoch), plus the device, the
+    GradScaler, its skipped and taken optimizer steps, the EMA's update count and the scaler state at a stop."""
 
     def __init__(self, stop_after_epoch: int | None = None) -> None:
-        self.steps: list[tuple] = []
+        super().__init__(stop_after_epoch)
         self.skipped = self.taken = 0
-        self.stop_after_epoch = stop_after_epoch
 
     def on_fit_start(self, trainer):
         self.device = trainer.accelerator.device
         self.scaler = trainer.accelerator.scaler
 
     def on_step_end(self, trainer, step):
-        self.steps.append((step.epoch, step.batch, list(step.losses.values()), step.lrs))
+        super().on_step_end(trainer, step)
         if step.optimizer_step:
             if trainer.accelerator.optimizer_step_was_skipped:
                 self.skipped += 1
@@ -50,9 +50,9 @@ class RecordSteps(Callback):
 
     def on_epoch_end(self, trainer, row):
         self.ema_updates = trainer.ema.updates
-        if self.stop_after_epoch is not None and row["epoch"] == self.stop_after_epoch:
+        if row["epoch"] == self.stop_after_epoch:
             self.scaler_at_stop = trainer.accelerator.scaler.state_dict()
-            trainer.request_stop()
+        super().on_epoch_end(trainer, row)
 
 
 def _tensor_keys(path: Path) -> list[str]:
