@@ -140,8 +140,9 @@ def _release(in_use: torch.Tensor, slot: int) -> None:
 def sequential_opencv_in_workers(workers: int) -> None:
     """With loader workers, OpenCV runs sequentially (`cv2.setNumThreads(1)`), set in this process before
     the workers fork so that they inherit it: the workers are the parallelism. Left at OpenCV's default,
-    each worker ran a pool of one thread per core: on a 16-core GPU machine 16 workers fought with 256
-    threads and delivered 566 images/s at 640 px, half of what the same loader does per core alone.
+    each worker runs a pool of one thread per core (16 workers on a 16-core machine: 256 threads). On the
+    one GPU machine measured (H200, 16 cores, 640 px) the loader's throughput was the same either way
+    (566 and 504 images/s, within the run-to-run spread); the setting stays because it cannot oversubscribe.
     Not in the worker itself: `cv2.setNumThreads` in a forked worker whose parent had already used
     OpenCV's thread pool deadlocks (seen with 2 workers after a 0-worker pass). Without workers the
     loader runs in this process, and OpenCV keeps its threads."""
