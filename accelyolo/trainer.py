@@ -339,12 +339,6 @@ class Trainer:
         self.threads_line = use_available_cores(accelerator.device)  # before any work or loader worker
         if cfg.retain_memory and accelerator.device.type == "cpu":
             retain_freed_memory()  # before the loader workers fork: they inherit it
-        if accelerator.device.type == "cpu":
-            # Subnormal floats (below 1.2e-38) cost a CPU ~100x per operation. AdamW's second moments of
-            # parameters with vanishing gradients (class biases of absent classes) decay into that range:
-            # a yolov8n epoch on coco128 at 64 px took 41 s instead of 0.95 s. Flushed to zero, they cost
-            # nothing and change no result above 1e-38. (GPUs handle them at full speed.)
-            torch.set_flush_denormal(True)
         setup_logging(main_process=accelerator.is_main_process)
         set_seed(cfg.seed, device_specific=True)  # seed + rank: ranks draw different augmentations
         if cfg.deterministic:
