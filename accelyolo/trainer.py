@@ -61,7 +61,7 @@ from accelyolo.checkpoint import (
 from accelyolo.config import ConfigError, TrainConfig, save_config
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
 from accelyolo.data.dataset import report_summary
-from accelyolo.data.loader import ImageWeightSampler, class_maps
+from accelyolo.data.loader import ImageWeightSampler, class_maps, start_next_pass
 from accelyolo.ema import ModelEMA
 from accelyolo.errors import AccelyoloError
 from accelyolo.evaluation import DetectionValidator
@@ -694,11 +694,7 @@ class Trainer:
         strong = self.strong_augmentation(epoch)
         if not strong and (epoch == 1 or self.strong_augmentation(epoch - 1)):
             LOGGER.info("epoch %d: strong augmentation (mosaic, mixup) off from here on (close_mosaic)", epoch)
-        self.train_dataset.set_mosaic(strong)
-        self.train_dataset.set_epoch(epoch - 1)
-        if self.image_sampler is not None:
-            self.image_sampler.set_epoch(epoch - 1)
-        self.train_loader.set_epoch(epoch - 1)
+        self.set_epoch_data(epoch)  # already done, with the loading started, when the last epoch ran ahead
         self.fire("on_epoch_start", epoch)
         names = list(self.loss_fn.names)
         loss_sum, counted, nonfinite_run = torch.zeros(len(names)), 0, 0
@@ -708,6 +704,8 @@ class Trainer:
         for i, batch in enumerate(self.train_loader):
             if i >= self.batches_per_epoch:
                 break
+            if i == self.batches_per_epoch - 1:
+                self.load_ahead(epoch + 1)
             self.iteration = (epoch - 1) * self.batches_per_epoch + i
             step = self.train_step(batch)
             step.epoch, step.batch, step.data_time_s = epoch, i, time.perf_counter() - t_data - step.step_time_s
@@ -727,6 +725,29 @@ class Trainer:
             t_data = time.perf_counter()
         self.report_unreadable(epoch)
         return self.epoch_row(epoch, names, loss_sum / max(counted, 1), last_lrs, time.perf_counter() - t_epoch)
+
+    def set_epoch_data(self, epoch: int) -> None:
+        """Point the training data at `epoch` (1-based): its augmentation randomness, mosaic on or off
+        (`strong_augmentation`) and the samplers' order."""
+        self.train_dataset.set_mosaic(self.strong_augmentation(epoch))
+        self.train_dataset.set_epoch(epoch - 1)
+        if self.image_sampler is not None:
+            self.image_sampler.set_epoch(epoch - 1)
+        self.train_loader.set_epoch(epoch - 1)
+
+    def load_ahead(self, epoch: int) -> bool:
+        """Called when the batch before `epoch` (the previous epoch's last) has arrived: the loader workers
+        start on `epoch`'s batches now, while that batch trains and the validation runs
+        (`data.loader.start_next_pass`); True when they did. Not with image weights (the next draw needs
+        this epoch's validation), past the last epoch, or when an epoch stops short of the loader's end
+        (`max_steps_per_epoch`). `on_epoch_start` callbacks therefore see an epoch whose first batches
+        are already being built: a callback that changes the training data takes effect one epoch later."""
+        if epoch > self.cfg.epochs or self.image_sampler is not None:
+            return False
+        if self.batches_per_epoch < len(self.train_loader):
+            return False
+        self.set_epoch_data(epoch)
+        return start_next_pass(self.train_loader)
 
     def report_unreadable(self, epoch: int) -> None:
         """Warn with the count of training images that stopped decoding (replaced by other samples)."""

@@ -390,14 +390,29 @@ def test_compile_is_a_boolean_option():
         load_config(None, compile="sometimes")
 
 
-def test_loader_workers_change_nothing_in_a_run(tiny_demo, tmp_path):
+def test_loader_workers_change_nothing_in_a_run(tiny_demo, tmp_path, monkeypatch):
     """Two loader workers (reused shared-memory batches, validation workers forked before the first step and
-    their early batches dropped at the first validation) train and validate exactly as the main process alone."""
+    their early batches dropped at the first validation, each next epoch's batches started while the last
+    batch and the validation run, the mosaic switched off in one of those) train and validate exactly as
+    the main process alone."""
+    import accelyolo.trainer as trainer_module
+
+    started = []
+
+    def spy(loader):
+        started.append(trainer_module.start_next_pass.__wrapped__(loader))
+        return started[-1]
+
+    spy.__wrapped__ = trainer_module.start_next_pass
+    monkeypatch.setattr(trainer_module, "start_next_pass", spy)
     runs = {}
     for workers in (0, 2):
-        result = fit(**tiny_train_options(tiny_demo, tmp_path / f"w{workers}", epochs=2, workers=workers))
+        started.clear()
+        result = fit(**tiny_train_options(tiny_demo, tmp_path / f"w{workers}", epochs=3, workers=workers,
+                                          close_mosaic=1))  # fmt: skip
         runs[workers] = [
             {k: v for k, v in row.items() if k != "time_s"} for row in result.history
-        ]  # every loss, metric and learning rate of both epochs
+        ]  # every loss, metric and learning rate of every epoch
+        assert started == [workers > 0] * 2  # epochs 2 and 3 (mosaic off) loaded ahead with workers only
     assert runs[2] == runs[0]
     assert runs[0][-1]["metrics/mAP50-95"] is not None

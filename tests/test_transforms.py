@@ -339,6 +339,52 @@ def test_close_mosaic_reaches_persistent_workers(tmp_path: Path):
     assert max(_colours_in(im) for b in dl for im in b["images"].numpy()) >= 2
 
 
+def test_a_pass_started_ahead_yields_the_same_batches(tmp_path: Path, monkeypatch):
+    """`start_next_pass` on a prepared loader at its last batch: the next `iter()` returns that pass (no
+    second start), with the batches a pass started at `iter()` gives; refused mid-pass, twice, and
+    without persistent workers."""
+    from accelyolo.data.loader import start_next_pass
+    from accelyolo.trainer import fresh_accelerator
+
+    ds = YoloDataset(flat_dataset(tmp_path), imgsz=64, augment=True, hyp={**NO_HSV, "mosaic": 1.0}, names=["a"])
+    accelerator = fresh_accelerator(cpu=True)
+
+    def epochs(workers: int, ahead: bool) -> tuple[list[np.ndarray], list[bool]]:
+        dl = accelerator.prepare(build_dataloader(ds, batch_size=3, workers=workers, shuffle=True, seed=0))
+        images, started = [], []
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            dl.set_epoch(epoch)
+            batches = iter(dl)
+            for i, batch in enumerate(batches):
+                images.append(batch["images"].numpy().copy())
+                if ahead and i == 0:
+                    started.append(start_next_pass(dl))  # mid-pass: refused
+                if ahead and i == len(dl) - 1 and epoch < 2:
+                    ds.set_epoch(epoch + 1)
+                    dl.set_epoch(epoch + 1)
+                    started += [start_next_pass(dl), start_next_pass(dl)]  # the second: already started
+        return images, started
+
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter as WorkersIter
+
+    starts = []
+    reset = WorkersIter._reset
+    monkeypatch.setattr(WorkersIter, "_reset", lambda it, *a, **k: starts.append(1) or reset(it, *a, **k))
+    plain, _ = epochs(2, ahead=False)
+    assert len(starts) == 3
+    ahead, started = epochs(2, ahead=True)
+    assert started == [False, True, False, False, True, False, False]
+    assert len(starts) == 6  # three passes started, none twice
+    assert len(ahead) == len(plain) == 9
+    for a, b in zip(ahead, plain):
+        np.testing.assert_array_equal(a, b)
+    in_process, refused = epochs(0, ahead=True)
+    assert not any(refused)
+    for a, b in zip(in_process, plain):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_ram_cache_logs_size_and_changes_nothing(tmp_path: Path, caplog):
     images = rect_dataset(tmp_path, n=4)
     plain = YoloDataset(images, imgsz=64, augment=True, names=list("abcdefg"), buffer_mb=0)

@@ -17,6 +17,7 @@ scaling (`optim`) derive from `batch_size`, and YOLOv5 describes it as useful on
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import weakref
@@ -150,6 +151,53 @@ def sequential_opencv_in_workers(workers: int) -> None:
         import cv2
 
         cv2.setNumThreads(1)
+
+
+def start_next_pass(loader: Any) -> bool:
+    """Start the next pass over a prepared training loader now, instead of at its next `iter()`.
+
+    Persistent workers idle from the moment they hand out an epoch's last batch until the next epoch's
+    `iter()`, and that epoch then begins by waiting for its first batches, each built whole by one worker.
+    On a small dataset (a few dozen batches an epoch) that wait is a large part of the epoch: on an H200
+    with 16 workers at 640 px, coco128 x12 (24 batches of 64), half of our training time was spent waiting
+    while ultralytics' loader, which never stops between epochs, had the batches ready.
+
+    Call it once the epoch's last batch has arrived and the dataset and sampler are set to the next epoch:
+    the workers then build the next epoch's first `prefetch_factor x workers` batches while the last step,
+    validation and the checkpoint run, and the next `iter(loader)` returns that pass instead of starting
+    another (which would drop the prepared batches). The items are the same as without it: they are a
+    function of (seed, epoch, index), and the next epoch's order is drawn now from the sampler's epoch.
+
+    `loader` is Accelerate's `DataLoaderShard` (the prepared training loader): its one-batch look-ahead
+    has already met the end of the DataLoader it wraps when the last batch is handed out
+    (`end_of_dataloader`). Returns False, doing nothing, for anything else: no persistent workers, a pass
+    not finished (broken off early), a pass already started ahead, or a loader of another kind.
+    """
+    base = getattr(loader, "base_dataloader", None)
+    if not getattr(loader, "end_of_dataloader", False) or base is None:
+        return False
+    iterator = getattr(base, "_iterator", None)
+    if not (base.persistent_workers and base.num_workers > 0) or iterator is None or "_next_pass" in base.__dict__:
+        return False
+    if iterator._tasks_outstanding or iterator._num_yielded < len(iterator):
+        return False
+    iterator._reset(base)  # workers resume and get their first indices of the new pass
+    if not getattr(base, "_run_ahead", False):
+        base.__class__ = _run_ahead_class(type(base))
+    base.__dict__["_next_pass"] = iterator
+    return True
+
+
+@functools.cache
+def _run_ahead_class(cls: type) -> type:
+    """`cls` with `iter()` returning, once, the pass `start_next_pass` started (a direct subclass: the
+    instance's layout stays `cls`'s, which the swap of an instance's `__class__` needs)."""
+
+    def __iter__(self):
+        started = self.__dict__.pop("_next_pass", None)
+        return started if started is not None else cls.__iter__(self)
+
+    return type(f"RunAhead{cls.__name__}", (cls,), {"__iter__": __iter__, "_run_ahead": True})
 
 
 def seed_worker(worker_id: int) -> None:
