@@ -9,6 +9,8 @@
 # the checkout and ignored by git. Without .whl/
 # (or with --dry-run) the installed packages are used, and PEER_PATH names ultralytics' packages.
 # DATA_YAML defaults to .gpudata/coco128/data.yaml (a copy carried along), else ../shared/datasets/coco128.
+# GPU_TESTS (a pytest -k expression) picks gpu tests; GPU_MODELS, GPU_WORKERS, GPU_PROFILE, GPU_BENCH_BUDGET
+# and GPU_REPEAT_TRAIN shape the throughput part (see benchmarks/gpu_epoch.py).
 # Everything is logged to $OUT (default: a new temporary folder): gpu.log, pytest_gpu.log, gpu_epoch.json.
 # `--dry-run` checks the script on a machine without a GPU: the gpu tests are collected (and skip), and the
 # benchmark runs at toy size. Preparing the carried folders (both ignored through .git/info/exclude; ~53 MB):
@@ -65,13 +67,17 @@ nproc
 stamp "pytest -m gpu"
 # deterministic cuBLAS (the exact-resume test) needs this before the first CUDA call of the process
 export CUBLAS_WORKSPACE_CONFIG=:4096:8
-timeout "${GPU_TEST_TIMEOUT:-240}" "$PY" -m pytest -m gpu -v -p no:cacheprovider -rA tests/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|skipped|Error"
+timeout "${GPU_TEST_TIMEOUT:-240}" "$PY" -m pytest -m gpu -v -p no:cacheprovider -rA ${GPU_TESTS:+-k "$GPU_TESTS"} tests/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|skipped|Error"
 unset CUBLAS_WORKSPACE_CONFIG
 
 stamp "throughput"
 bench=(benchmarks/gpu_epoch.py --json "$OUT/gpu_epoch.json" --budget "${GPU_BENCH_BUDGET:-330}")
 [ -n "$DATA" ] && bench=(benchmarks/gpu_epoch.py "$DATA" --json "$OUT/gpu_epoch.json" --budget "${GPU_BENCH_BUDGET:-330}")
 [ -n "$PEER_SITE" ] && bench+=(--peer-path "$PEER_SITE")
+# GPU_MODELS / GPU_WORKERS (space-separated) narrow the runs; GPU_PROFILE=N adds a profiled run of ours
+[ -n "${GPU_MODELS:-}" ] && bench+=(--models $GPU_MODELS)
+[ -n "${GPU_WORKERS:-}" ] && bench+=(--workers $GPU_WORKERS)
+[ -n "${GPU_PROFILE:-}" ] && bench+=(--profile "$GPU_PROFILE")
 if [ "$DRY" = 1 ]; then bench+=(--dry-run); else bench+=(--repeat-train "${GPU_REPEAT_TRAIN:-12}"); fi
 "$PY" "${bench[@]}"
 stamp "done"

@@ -2,7 +2,8 @@
 and whether each side waits for its loader.
 
     python benchmarks/gpu_epoch.py DATA_YAML [--models yolov8n yolov8s] [--workers 8 16] [--imgsz 640]
-                                   [--batch 64] [--epochs 3] [--repeat-train 16] [--peer-path DIR] [--dry-run]
+                                   [--batch 64] [--epochs 3] [--repeat-train 16] [--peer-path DIR] [--profile N]
+                                   [--dry-run]
 
 The training split is `--repeat-train` hard-linked copies of DATA_YAML's train images (coco128 alone is two
 batches of 64 an epoch: too short to time), the validation split is DATA_YAML's own. Both sides train from
@@ -23,6 +24,9 @@ ultralytics runs through `benchmarks/peer_gpu_train.py` as a separate program wi
 packages, e.g. wheels installed with `pip install --target`) first on PYTHONPATH; without it only our side
 runs. ultralytics is never imported by this script or by accelyolo. `--dry-run` runs the whole flow on
 whatever device is there at toy size (yolov8n, 64 px, batch 8, 2 epochs) to check the script itself.
+
+`--profile N` adds one run of ours (first model, most workers, 2 epochs) with torch.profiler over N steps
+of its second epoch: tables of CUDA time, CPU time and CUDA memory by operator, and the allocator's peaks.
 
 Last line: `gpu_imgs_per_s_ratio=<ours / theirs>` for the first model at the largest worker count (or
 `gpu_imgs_per_s=<ours>` without the peer).
@@ -179,6 +183,41 @@ def child_ours(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    class StepProfile(Callback):
+        """`--profile`: torch.profiler over steps 4..4+N of the second epoch (CPU and CUDA activity, memory),
+        printed as tables: where a step's time and its memory go."""
+
+        def __init__(self, steps: int) -> None:
+            self.steps, self.prof, self.t0 = steps, None, 0.0
+
+        def on_step_end(self, trainer, step) -> None:
+            if step.epoch != 2 or not self.steps:
+                return
+            if step.batch == 3:
+                from torch.profiler import ProfilerActivity, profile
+
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                self.prof = profile(activities=activities, profile_memory=True)
+                self.prof.__enter__()
+                self.t0 = time.time()
+            elif self.prof is not None and step.batch == 3 + self.steps:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                wall = (time.time() - self.t0) / self.steps
+                self.prof.__exit__(None, None, None)
+                averages = self.prof.key_averages()
+                device_key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+                print(f"GPU_PROFILE steps={self.steps} wall_per_step_ms={1000 * wall:.1f}", flush=True)
+                print(averages.table(sort_by=device_key, row_limit=25, max_name_column_width=60), flush=True)
+                print(averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60), flush=True)
+                if torch.cuda.is_available():
+                    print(averages.table(sort_by="self_cuda_memory_usage", row_limit=15, max_name_column_width=60), flush=True)
+                    stats = torch.cuda.memory_stats()
+                    print(f"GPU_MEMORY peak_allocated_mb={stats['allocated_bytes.all.peak'] / 2**20:.0f} "
+                          f"peak_reserved_mb={stats['reserved_bytes.all.peak'] / 2**20:.0f} "
+                          f"alloc_retries={stats.get('num_alloc_retries', 0)}", flush=True)
+                self.prof = None
+
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
         fit(
@@ -192,7 +231,7 @@ def child_ours(args: argparse.Namespace) -> int:
             mixed_precision="fp16" if cuda else "no",
             project=tmp,
             plots=False,
-            callbacks=[Timing()],
+            callbacks=[Timing(), StepProfile(args.profile)],
         )
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
     print(f"GPU_PEAK max_allocated_mb={peak:.0f} threads={torch.get_num_threads()}", flush=True)
@@ -256,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=0, help="seconds for all runs: none starts past it (0: no limit)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     parser.add_argument("--dry-run", action="store_true", help="toy size on any device: checks the script")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="then one more run of ours (first model, most workers) with torch.profiler over N "
+                             "steps of its second epoch, printing where the step's time and memory go")
     parser.add_argument("--child", choices=["ours"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -310,6 +352,14 @@ def main(argv: list[str] | None = None) -> int:
                     "GPU_RUN " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
                     flush=True,
                 )
+    if args.profile and (not args.budget or time.time() - started < args.budget - 20):
+        cmd = [sys.executable, __file__, str(data), "--child", "ours", "--model", args.models[0], "--workers",
+               str(max(args.workers)), "--imgsz", str(args.imgsz), "--batch", str(args.batch), "--epochs", "2",
+               "--profile", str(args.profile)]  # fmt: skip
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=args.timeout)
+        lines = (proc.stdout + proc.stderr).splitlines()
+        first = next((k for k, line in enumerate(lines) if line.startswith("GPU_PROFILE")), None)
+        print("\n".join(lines[first:] if first is not None else lines[-40:]), flush=True)
     _table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
