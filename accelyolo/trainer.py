@@ -555,7 +555,8 @@ class Trainer:
         self.total_batch = cfg.batch_size * self.accelerator.num_processes
         accumulate = accumulate_steps(cfg.nbs, self.total_batch)
         weight_decay = scaled_weight_decay(cfg.weight_decay, self.total_batch, accumulate, cfg.nbs)
-        return build_optimizer(cfg.optimizer, model, cfg.lr0, cfg.momentum, weight_decay)
+        fused = self.accelerator.device.type == "cuda"  # on CPU the foreach kernels, as before
+        return build_optimizer(cfg.optimizer, model, cfg.lr0, cfg.momentum, weight_decay, fused=fused)
 
     def build_schedule(self) -> YoloSchedule:
         """When the optimizer steps and at which LR/momentum: pure functions of the global iteration."""

@@ -39,6 +39,7 @@ class RecordSteps(TrainerRecordSteps):
     def on_fit_start(self, trainer):
         self.device = trainer.accelerator.device
         self.scaler = trainer.accelerator.scaler
+        self.fused = trainer.optimizer.optimizer.defaults.get("fused")  # Accelerate wraps the optimizer
 
     def on_step_end(self, trainer, step):
         super().on_step_end(trainer, step)
@@ -84,7 +85,7 @@ def test_mixed_precision_trains_on_cuda(tiny_demo, tmp_path, precision):
     # skipped the first ones (its scale starts at 65536 and halves on each overflow)
     options = tiny_train_options(tiny_demo, tmp_path, mixed_precision=precision, weights=start, nbs=8)
     result = fit(callbacks=[record], **options)
-    assert record.device.type == "cuda"
+    assert record.device.type == "cuda" and record.fused  # one kernel per group and step on a GPU
     assert record.steps and all(math.isfinite(v) for _, _, losses, _ in record.steps for v in losses)
     assert record.taken + record.skipped == len(record.steps) and record.taken > 0, (record.taken, record.skipped)
     bundle = load_checkpoint_bundle(result.last_checkpoint)

@@ -79,6 +79,31 @@ def test_build_optimizer(name, cls):
             assert group["betas"] == (0.937, 0.999)
 
 
+def test_fused_kernels_where_torch_has_them():
+    """`fused=True` (the trainer's choice on a GPU) selects torch's fused kernels for SGD, Adam and AdamW;
+    their steps change the weights as the default kernels do, within float rounding."""
+    from conftest import assert_close_to_scale
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    x, target = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 6, 6)  # a target: a normalised output's mean square is ~1
+    for name in ("SGD", "Adam", "AdamW"):
+        weights = []
+        for fused in (False, True):
+            copy = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+            copy.load_state_dict(model.state_dict())
+            optimizer = build_optimizer(name, copy, 0.01, 0.9, 5e-4, fused=fused)
+            assert bool(optimizer.defaults.get("fused")) is fused
+            for _ in range(3):
+                optimizer.zero_grad()
+                (copy(x) - target).square().mean().backward()
+                optimizer.step()
+            weights.append(copy[0].weight.detach().clone())
+        assert not torch.equal(weights[0], model[0].weight)
+        assert_close_to_scale(weights[1], weights[0], rel=1e-5, at_least=0.0)
+    assert not build_optimizer("RMSProp", model, 0.01, 0.9, 5e-4, fused=True).defaults.get("fused")
+
+
 def test_unknown_optimizer_lists_choices():
     with pytest.raises(ValueError, match="choose one of SGD, Adam, AdamW, RMSProp"):
         build_optimizer("lion", MixedNet(), lr=0.01, momentum=0.9, weight_decay=0.0)

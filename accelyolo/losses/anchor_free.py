@@ -41,13 +41,12 @@ def pad_targets(targets: torch.Tensor, batch_size: int, scale: torch.Tensor) -> 
     if targets.numel() == 0:
         return torch.zeros(batch_size, 0, 5, device=device), torch.zeros(batch_size, 0, 1, device=device)
     image = targets[:, 0].long()
-    if image.min() < 0 or image.max() >= batch_size:
+    counts = torch.bincount(image.clamp(0, batch_size - 1), minlength=batch_size)  # (B,)
+    low, high, m = torch.stack((image.min(), image.max(), counts.max())).tolist()  # one device-to-host wait
+    if low < 0 or high >= batch_size:
         raise ValueError(
-            f"loss: target image indices (column 0) must lie in [0, {batch_size}), "
-            f"got {int(image.min())}..{int(image.max())}"
+            f"loss: target image indices (column 0) must lie in [0, {batch_size}), got {low}..{high}"
         )
-    counts = torch.bincount(image, minlength=batch_size)  # (B,)
-    m = int(counts.max())
     order = torch.argsort(image, stable=True)
     image = image[order]
     starts = torch.cumsum(counts, 0) - counts  # first row of each image in the sorted order
@@ -111,16 +110,16 @@ class AnchorFreeLoss(nn.Module):
                 "AnchorFreeLoss: preds must be the model's train-mode output, a list of "
                 f"{len(self.strides)} (B, {self.no}, H, W) maps; call model.train() before the loss"
             )
-        feats = [p.float() for p in preds]
-        b, device = feats[0].shape[0], feats[0].device
-        x = torch.cat([f.view(b, self.no, -1) for f in feats], 2).transpose(1, 2)  # (B, N, no)
+        b, device = preds[0].shape[0], preds[0].device
+        # concatenated in the head's dtype, then one float copy (under AMP: not a float copy per level too)
+        x = torch.cat([p.view(b, self.no, -1) for p in preds], 2).float().transpose(1, 2)  # (B, N, no)
         pred_dist, pred_logits = x.split((4 * self.reg_max, self.nc), -1)
-        points, strides = make_anchor_points([f.shape[2:] for f in feats], self.strides, device, torch.float32)
+        points, strides = make_anchor_points([p.shape[2:] for p in preds], self.strides, device, torch.float32)
         proj = torch.arange(self.reg_max, device=device, dtype=torch.float32)
         ltrb = pred_dist.view(b, -1, 4, self.reg_max).softmax(-1) @ proj  # (B, N, 4) in cells
         pred_boxes = torch.cat((points - ltrb[..., :2], points + ltrb[..., 2:]), -1)  # (B, N, 4) xyxy cells
 
-        h, w = feats[0].shape[2] * self.strides[0], feats[0].shape[3] * self.strides[0]
+        h, w = preds[0].shape[2] * self.strides[0], preds[0].shape[3] * self.strides[0]
         scale = torch.tensor([w, h, w, h], device=device, dtype=torch.float32)
         gt, mask_gt = pad_targets(targets.to(device=device, dtype=torch.float32), b, scale)
         assigned = self.assigner(
@@ -136,12 +135,13 @@ class AnchorFreeLoss(nn.Module):
         score_sum = self.normaliser(assigned.scores.sum())
         loss_cls = self.class_loss(pred_logits, assigned.scores, fg) / score_sum
         loss_box = loss_dfl = torch.zeros((), device=device)
-        if fg.any():
-            target_boxes = assigned.bboxes / strides  # (B, N, 4) cells
-            weight = assigned.scores.sum(-1)[fg]  # (P,)
-            iou = bbox_iou(pred_boxes[fg], target_boxes[fg], kind="ciou")
+        fg_image, fg_point = fg.nonzero(as_tuple=True)  # by index: one wait for the count, not one per access
+        if len(fg_point):
+            target_boxes = assigned.bboxes[fg_image, fg_point] / strides[fg_point]  # (P, 4) cells
+            weight = assigned.scores[fg_image, fg_point].sum(-1)  # (P,)
+            iou = bbox_iou(pred_boxes[fg_image, fg_point], target_boxes, kind="ciou")
             loss_box = ((1.0 - iou) * weight).sum() / score_sum
-            dist = self._dfl(pred_dist[fg].view(-1, self.reg_max), target_boxes[fg], points.expand(b, -1, -1)[fg])
+            dist = self._dfl(pred_dist[fg_image, fg_point].view(-1, self.reg_max), target_boxes, points[fg_point])
             loss_dfl = (dist * weight).sum() / score_sum
         items = torch.stack((loss_box * self.gains[0], loss_cls * self.gains[1], loss_dfl * self.gains[2]))
         return items.sum() * b, items.detach()

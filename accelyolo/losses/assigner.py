@@ -77,17 +77,22 @@ class TaskAlignedAssigner(nn.Module):
                 torch.zeros(b, n, dtype=torch.long, device=device),
             )
         labels = gt_labels.long().view(b, m)
-        # anchor centre strictly inside the box: (B, M, N)
-        lt = anchor_points.view(1, 1, n, 2) - gt_bboxes[:, :, None, :2]
-        rb = gt_bboxes[:, :, None, 2:] - anchor_points.view(1, 1, n, 2)
-        in_gts = torch.cat((lt, rb), -1).amin(-1) > self.eps
-        candidates = in_gts & mask_gt.bool()  # (B, M, N)
+        # anchor centre strictly inside the box, (B, M, N): each of the four distances to the sides > eps,
+        # one side at a time (a (B, M, N, 4) tensor of distances would be 4 floats per pair at once:
+        # ~0.5 GB for 64 images of 60 boxes at 640 px, at the moment the forward's activations peak)
+        candidates = mask_gt.bool().expand(b, m, n).clone()
+        for k in range(4):
+            side = anchor_points[:, k % 2].view(1, 1, n)
+            edge = gt_bboxes[:, :, k, None]
+            candidates &= (side - edge if k < 2 else edge - side) > self.eps
 
-        # CIoU only where it matters (centre inside a real box): the full (B, M, N) would need many temporaries
+        # CIoU only where it matters (centre inside a real box): the full (B, M, N) would need many temporaries.
+        # The pairs are taken by index: one device-to-host wait for their count, not one per masked access.
+        pairs = candidates.nonzero(as_tuple=True)  # (P,) x 3: image, ground truth, anchor point
         overlaps = torch.zeros(b, m, n, dtype=pd_bboxes.dtype, device=device)
-        gt_pairs = gt_bboxes[:, :, None].expand(b, m, n, 4)[candidates]  # (P, 4)
-        pd_pairs = pd_bboxes[:, None].expand(b, m, n, 4)[candidates]
-        overlaps[candidates] = bbox_iou(gt_pairs, pd_pairs, kind="ciou").clamp(min=0).to(overlaps.dtype)
+        gt_pairs = gt_bboxes[pairs[0], pairs[1]]  # (P, 4)
+        pd_pairs = pd_bboxes[pairs[0], pairs[2]]
+        overlaps[pairs] = bbox_iou(gt_pairs, pd_pairs, kind="ciou").clamp(min=0).to(overlaps.dtype)
         class_scores = torch.gather(pd_scores.transpose(1, 2), 1, labels.clamp(min=0)[..., None].expand(b, m, n))
         align = class_scores.pow(self.alpha) * overlaps.pow(self.beta) * candidates  # (B, M, N)
 
@@ -97,10 +102,10 @@ class TaskAlignedAssigner(nn.Module):
 
         # an anchor point claimed by several ground truths keeps the one it overlaps most
         claims = mask_pos.sum(1, keepdim=True)  # (B, 1, N)
-        best = nn.functional.one_hot(overlaps.argmax(1), m).transpose(1, 2).bool()  # (B, M, N)
+        best = overlaps.argmax(1, keepdim=True) == torch.arange(m, device=device).view(1, m, 1)  # (B, M, N)
         mask_pos = torch.where(claims > 1, best & candidates, mask_pos)
         fg_mask = mask_pos.any(1)  # (B, N)
-        gt_index = mask_pos.float().argmax(1)  # (B, N)
+        gt_index = mask_pos.to(torch.uint8).argmax(1)  # (B, N): the first ground truth claiming the point
 
         flat = gt_index + torch.arange(b, device=device).view(b, 1) * m  # (B, N) into (B * M)
         target_labels = labels.reshape(-1)[flat].clamp(min=0)
