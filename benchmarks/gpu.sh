@@ -9,7 +9,7 @@
 # the checkout and ignored by git. Without .whl/
 # (or with --dry-run) the installed packages are used, and PEER_PATH names ultralytics' packages.
 # DATA_YAML defaults to .gpudata/coco128/data.yaml (a copy carried along), else ../shared/datasets/coco128.
-# GPU_TESTS (a pytest -k expression) picks gpu tests; GPU_MODELS, GPU_WORKERS, GPU_PROFILE, GPU_BENCH_BUDGET
+# GPU_TESTS (a pytest -k expression) picks gpu tests; GPU_MODELS, GPU_WORKERS, GPU_PROFILE, GPU_COMPILE, GPU_BENCH_BUDGET
 # and GPU_REPEAT_TRAIN shape the throughput part (see benchmarks/gpu_epoch.py).
 # Everything is logged to $OUT (default: a new temporary folder): gpu.log, pytest_gpu.log, gpu_epoch.json.
 # `--dry-run` checks the script on a machine without a GPU: the gpu tests are collected (and skip), and the
@@ -78,6 +78,7 @@ bench=(benchmarks/gpu_epoch.py --json "$OUT/gpu_epoch.json" --budget "${GPU_BENC
 [ -n "${GPU_MODELS:-}" ] && bench+=(--models $GPU_MODELS)
 [ -n "${GPU_WORKERS:-}" ] && bench+=(--workers $GPU_WORKERS)
 [ -n "${GPU_PROFILE:-}" ] && bench+=(--profile "$GPU_PROFILE")
+[ -n "${GPU_COMPILE:-}" ] && bench+=(--compile)
 if [ "$DRY" = 1 ]; then bench+=(--dry-run); else bench+=(--repeat-train "${GPU_REPEAT_TRAIN:-12}"); fi
 "$PY" "${bench[@]}"
 stamp "done"

@@ -25,7 +25,8 @@ packages, e.g. wheels installed with `pip install --target`) first on PYTHONPATH
 runs. ultralytics is never imported by this script or by accelyolo. `--dry-run` runs the whole flow on
 whatever device is there at toy size (yolov8n, 64 px, batch 8, 2 epochs) to check the script itself.
 
-`--profile N` adds one run of ours (first model, most workers, 2 epochs) with torch.profiler over N steps
+`--compile` adds a run of ours with `compile=True` (torch.compile with inductor; its compilation falls in
+the first epoch, which is not measured) as side `ours+compile`. `--profile N` adds one run of ours (first model, most workers, 2 epochs) with torch.profiler over N steps
 of its second epoch: tables of CUDA time, CPU time and CUDA memory by operator, and the allocator's peaks.
 
 Last line: `gpu_imgs_per_s_ratio=<ours / theirs>` for the first model at the largest worker count (or
@@ -229,6 +230,7 @@ def child_ours(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             close_mosaic=0,
             mixed_precision="fp16" if cuda else "no",
+            compile=args.compile,
             project=tmp,
             plots=False,
             callbacks=[Timing(), StepProfile(args.profile)],
@@ -295,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=0, help="seconds for all runs: none starts past it (0: no limit)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     parser.add_argument("--dry-run", action="store_true", help="toy size on any device: checks the script")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run ours with --compile (torch.compile, inductor) as side 'ours+compile'")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="then one more run of ours (first model, most workers) with torch.profiler over N "
                              "steps of its second epoch, printing where the step's time and memory go")
@@ -332,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             common = ["--imgsz", str(args.imgsz), "--batch", str(args.batch), "--epochs", str(args.epochs)]
             sides = [("ours", [sys.executable, __file__, str(data), "--child", "ours", "--model", model,
                                "--workers", str(workers), *common], env)]
+            if args.compile:
+                sides.append(("ours+compile", [*sides[0][1], "--compile"], env))
             if peer is not None:
                 peer_env = {**env, "PYTHONPATH": str(peer)}  # its own packages only, never ours
                 sides.append(("ultralytics", [sys.executable, str(HERE / "peer_gpu_train.py"), str(data), model,
