@@ -26,7 +26,7 @@ runs. ultralytics is never imported by this script or by accelyolo. `--dry-run` 
 whatever device is there at toy size (yolov8n, 64 px, batch 8, 2 epochs) to check the script itself.
 
 `--compile` adds a run of ours with `compile=True` (torch.compile with inductor; its compilation falls in
-the first epoch, which is not measured) as side `ours+compile`. `--profile N` adds one run of ours (first model, most workers, 2 epochs) with torch.profiler over N steps
+the first epoch, which is not measured) as side `ours+compile`, for the first model at the most workers. `--profile N` adds one run of ours (first model, most workers, 2 epochs) with torch.profiler over N steps
 of its second epoch: tables of CUDA time, CPU time and CUDA memory by operator, and the allocator's peaks.
 
 Last line: `gpu_imgs_per_s_ratio=<ours / theirs>` for the first model at the largest worker count (or
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             common = ["--imgsz", str(args.imgsz), "--batch", str(args.batch), "--epochs", str(args.epochs)]
             sides = [("ours", [sys.executable, __file__, str(data), "--child", "ours", "--model", model,
                                "--workers", str(workers), *common], env)]
-            if args.compile:
+            if args.compile and model == args.models[0] and workers == max(args.workers):  # the headline pair only
                 sides.append(("ours+compile", [*sides[0][1], "--compile"], env))
             if peer is not None:
                 peer_env = {**env, "PYTHONPATH": str(peer)}  # its own packages only, never ours
