@@ -140,6 +140,19 @@ def build_optimizer(
     return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
 
 
+def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor of its parameter's shape (momentum, Adam's moments) the
+    parameter's memory layout, in place of the contiguous one a loaded state dict has. A channels-last
+    model's weights are not contiguous, and torch's fused CUDA kernels refuse moments laid out otherwise
+    than their parameters ("must have same dtype, device, and layout"); the values are unchanged."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def set_lr_momentum(optimizer: torch.optim.Optimizer, lrs: Sequence[float], momentum: float | None = None) -> None:
     """Write per-group learning rates and (optionally) momentum into an optimizer.
 

@@ -77,6 +77,7 @@ from accelyolo.optim import (
     auto_optimizer,
     build_optimizer,
     build_scheduler,
+    match_parameter_layout,
     scaled_weight_decay,
     warmup_iterations,
 )
@@ -198,6 +199,7 @@ class Trainer:
         self._stop_aug_improved = False  # this epoch's validation set a new best_stop_aug
         self._val_workers_started = False  # the validation loader's persistent workers exist (start_val_workers)
         self.image_sampler: ImageWeightSampler | None = None  # --image-weights
+        self._scale: float | None = None  # the GradScaler's scale after the last optimizer step (fp16)
 
     # ------------------------------------------------------------------------------------ fit
 
@@ -627,12 +629,14 @@ class Trainer:
         """Optimizer, EMA, scaler, scheduler, RNG and run state (results rows included) of a resumed run."""
         meta = bundle.metadata
         self.optimizer.load_state_dict(bundle.optimizer_state)
+        match_parameter_layout(self.optimizer)
         if bundle.ema_state:
             self.ema.load_state_dict(bundle.ema_state)
         self.state = RunState.from_metadata(meta, bundle.format_version)
         self.ema.updates = self.state.ema_updates
         if self.accelerator.scaler is not None and bundle.scaler_state:
             self.accelerator.scaler.load_state_dict(bundle.scaler_state)
+            self._scale = None  # read again before the next step
         self.iteration = self.state.epoch * self.batches_per_epoch
         self.last_step_iteration = self.iteration - 1  # every epoch ends with a step
         if self.image_sampler is not None and meta.get("class_maps") is not None:
@@ -818,13 +822,31 @@ class Trainer:
         if self._window_has_grads:
             if self.cfg.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            scale = self._scale_before_step()
             self.optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:
+            if not self._step_was_skipped(scale):
                 self.ema.update(self.model)  # unwraps it itself
                 self.state.global_step += 1
         self.optimizer.zero_grad(set_to_none=True)
         self._window_has_grads = False
         self.scheduler.step()
+
+    def _scale_before_step(self) -> float | None:
+        """The GradScaler's scale the next optimizer step runs with (None without a scaler): the scale the
+        last step left, read from the device once per step."""
+        scaler = self.accelerator.scaler
+        if scaler is not None and self._scale is None:
+            self._scale = scaler.get_scale()
+        return self._scale
+
+    def _step_was_skipped(self, scale_before: float | None) -> bool:
+        """Whether the GradScaler skipped the optimizer step just taken (an fp16 overflow). Accelerate tells
+        by whether `optimizer.step` ran, and a fused optimizer's always runs (it skips inside its kernel);
+        a skipped step is also one after which the scaler lowered its scale, which holds for both."""
+        if scale_before is None:
+            return False
+        self._scale = self.accelerator.scaler.get_scale()
+        return self.accelerator.optimizer_step_was_skipped or self._scale < scale_before
 
     def _multi_scale(self, images: torch.Tensor, ni: int) -> torch.Tensor:
         """Resize the batch to a size in [0.5, 1.5] x imgsz (a multiple of 32), chosen from (seed, ni)."""

@@ -40,14 +40,19 @@ class RecordSteps(TrainerRecordSteps):
         self.device = trainer.accelerator.device
         self.scaler = trainer.accelerator.scaler
         self.fused = trainer.optimizer.optimizer.defaults.get("fused")  # Accelerate wraps the optimizer
+        self.scale = self.scaler.get_scale() if self.scaler is not None else None
 
     def on_step_end(self, trainer, step):
         super().on_step_end(trainer, step)
         if step.optimizer_step:
-            if trainer.accelerator.optimizer_step_was_skipped:
+            # the scaler lowers its scale exactly after a step it skipped (an overflow); Accelerate's own
+            # flag (did optimizer.step run?) cannot see the skips of a fused optimizer
+            scale = self.scaler.get_scale() if self.scaler is not None else None
+            if scale is not None and scale < self.scale:
                 self.skipped += 1
             else:
                 self.taken += 1
+            self.scale = scale
 
     def on_epoch_end(self, trainer, row):
         self.ema_updates = trainer.ema.updates

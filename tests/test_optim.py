@@ -196,3 +196,47 @@ def test_warmup_uses_schedule_at_epoch():
     assert by_value["lrs"] == pytest.approx([0.25 * target, 0.25 * target, 0.1 + 0.25 * (target - 0.1)])
     assert by_value["accumulate"] == 1  # batch 64 needs no accumulation
     assert warmup_values(0, 0, 1, lf=lf, total_batch=64, **HYP)["lrs"] == pytest.approx([target] * 3)
+
+
+def test_restored_moments_take_the_layout_of_channels_last_weights():
+    """A loaded state dict's moments are contiguous; `match_parameter_layout` gives them their (channels-last)
+    parameters' strides, which torch's fused CUDA kernels require, without changing a value."""
+    from accelyolo.optim import match_parameter_layout
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer("AdamW", model, 0.01, 0.9, 5e-4)
+    model(torch.randn(2, 3, 8, 8)).square().mean().backward()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    saved["state"] = {k: {n: v.contiguous() for n, v in s.items()} for k, s in saved["state"].items()}  # as a file has them
+    restored = build_optimizer("AdamW", model, 0.01, 0.9, 5e-4, fused=True)
+    restored.load_state_dict(saved)
+    weight = model[0].weight
+    assert restored.state[weight]["exp_avg"].stride() != weight.stride()  # what torch's own loading gives
+    match_parameter_layout(restored)
+    for param, state in restored.state.items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert state[name].stride() == param.stride()
+            torch.testing.assert_close(state[name], optimizer.state[param][name], rtol=0, atol=0)
+
+
+def test_a_skipped_fp16_step_is_seen_with_a_fused_optimizer():
+    """A fused optimizer's step always runs (it skips inside its kernel), so "did step run" cannot tell a
+    GradScaler's skip; the trainer tells it by the lowered scale."""
+    from types import SimpleNamespace
+
+    from accelyolo.trainer import Trainer
+
+    model = nn.Linear(3, 2)
+    optimizer = build_optimizer("AdamW", model, 0.01, 0.9, 0.0, fused=True)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(torch.ones(()))  # the scaler starts its scale at its first use
+    host = SimpleNamespace(accelerator=SimpleNamespace(scaler=scaler, optimizer_step_was_skipped=False), _scale=None)
+    for grad, skipped in ((float("inf"), True), (1.0, False), (float("nan"), True), (1.0, False)):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, grad)
+        before, weight = Trainer._scale_before_step(host), model.weight.detach().clone()
+        scaler.step(optimizer)
+        scaler.update()
+        assert Trainer._step_was_skipped(host, before) is skipped
+        assert torch.equal(model.weight, weight) is skipped  # a skipped step leaves the weights as they were
