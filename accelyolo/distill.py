@@ -1,7 +1,8 @@
 """Knowledge distillation (YOLOv6's engine): a frozen teacher guides the student through extra loss terms.
 
 The teacher is one more part of the trainer, not an edit inside the loop. `DistillTrainer` loads it
-(`load_teacher`), checks it against the student (same family, same class list), keeps it frozen (eval
+(`load_teacher`), checks it against the student (`check_teacher`: predictions that pair grid point by
+grid point, so yolov8 and yolo11 teach each other at any size, and the same class list), keeps it frozen (eval
 mode, so its BatchNorm statistics stay fixed; no gradients; never passed to `accelerator.prepare`, so
 under DDP each rank holds its own copy and nothing of it is synchronised) on the student's device, and
 adds to the detection loss, per batch, on the same augmented images:
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from torch import nn
 
 from accelyolo.checkpoint import load_checkpoint
 from accelyolo.config import ConfigError
-from accelyolo.families import family_of
+from accelyolo.families import family_of, get_family, list_families, list_models
 from accelyolo.trainer import Trainer
 
 __all__ = [
@@ -72,12 +74,27 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 def check_teacher(
     teacher: nn.Module, teacher_names: list[str] | None, student: nn.Module, student_names: list[str], path: str
 ) -> None:
-    """Refuse a teacher of another family or another class list (before training starts)."""
-    t_family, s_family = family_of(teacher).name, family_of(student).name
-    if t_family != s_family:
+    """Refuse, before training starts, a teacher whose predictions do not pair with the student's, or one
+    of another class list. Accepted: a teacher of any size whose family has the student's `distill_kind`
+    (anchor-free: yolov8 and yolo11 either way; anchor-based: yolov5) and the same layout (strides, DFL
+    bins, anchors per cell); the feature term maps channel counts through adapters."""
+    t_family, s_family = family_of(teacher), family_of(student)
+    t_name, s_name = teacher.config.get("name"), student.config.get("name")
+    if s_family.distill_kind is None:
+        raise ConfigError(f"'teacher': the student {s_name} ({s_family.name}) has no distillation; {_pairings()}.")
+    if t_family.distill_kind != s_family.distill_kind:
         raise ConfigError(
-            f"'teacher': {path} is a {t_family} model ({teacher.config.get('name')}) but the student "
-            f"{student.config.get('name')} is {s_family}; distil within one family (e.g. yolov8s -> yolov8n)."
+            f"'teacher': {path} is a {t_family.name} model ({t_name}), which does not pair with the "
+            f"{s_family.name} student {s_name}; {_pairings()}."
+        )
+    t_layout, s_layout = t_family.distill_layout(teacher), s_family.distill_layout(student)
+    if t_layout != s_layout:
+        differ = ", ".join(
+            f"{k} {v} (the student's: {s_layout.get(k)})" for k, v in t_layout.items() if v != s_layout.get(k)
+        )
+        raise ConfigError(
+            f"'teacher': {path} ({t_name}) lays out its predictions otherwise than the student {s_name}: {differ}; "
+            "a teacher must predict on the same grid in the same form."
         )
     if teacher_names is not None and list(teacher_names) != list(student_names):
         raise ConfigError(
@@ -86,6 +103,18 @@ def check_teacher(
         )
     if teacher.nc != student.nc:
         raise ConfigError(f"'teacher': {path} predicts {teacher.nc} classes, the student {student.nc}.")
+
+
+def _pairings() -> str:
+    """Which teachers go with which students, from the registered families' kinds."""
+    kinds: dict[str, list[str]] = {}
+    for name in list_families():
+        kind = get_family(name).distill_kind
+        if kind is not None:
+            kinds.setdefault(kind, []).append(f"{os.path.commonprefix(list_models(name))}*")  # e.g. yolov8*
+    return "; ".join(
+        f"a student of {' or '.join(m)} takes a teacher of {' or '.join(m)}, any size" for m in kinds.values()
+    )
 
 
 def distill_weight_at(epoch: int, epochs: int, weight: float) -> float:
@@ -128,9 +157,8 @@ def distillation_terms(
     """The unweighted distillation terms, keyed `cls`, `box` (when the family's boxes are distributions)
     and `feat` (CWD summed over levels, when features are given; the student's already in the teacher's
     channel counts, see `FeatureAdapters`)."""
-    family = family_of(student)
-    s_cls, s_box = family.distill_logits(student, student_maps)
-    t_cls, t_box = family.distill_logits(teacher, teacher_maps)
+    s_cls, s_box = family_of(student).distill_logits(student, student_maps)
+    t_cls, t_box = family_of(teacher).distill_logits(teacher, teacher_maps)  # its own family: may be another
     terms = {"cls": softened_kl(s_cls, t_cls, temperature)}
     if s_box is not None and t_box is not None:
         terms["box"] = softened_kl(s_box, t_box, temperature)
@@ -207,7 +235,7 @@ class DistillTrainer(Trainer):
     def build_loss(self, model: nn.Module) -> nn.Module:
         detection = super().build_loss(model)
         probe = torch.zeros(1, 3, 64, 64, device=self.accelerator.device)
-        _, box = family_of(model).distill_logits(self.teacher, teacher_outputs(self.teacher, probe)[0])
+        _, box = family_of(self.teacher).distill_logits(self.teacher, teacher_outputs(self.teacher, probe)[0])
         terms = ("cls",) + (("box",) if box is not None else ()) + (("feat",) if self.cfg.distill_feat else ())
         return DistillationLoss(detection, terms)
 

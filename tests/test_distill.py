@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import textwrap
 
 import pytest
@@ -29,10 +30,10 @@ from tests.test_distributed import launch_args, run
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def write_teacher(path, name="yolov8n", names=DEMO_NAMES, seed=1):
+def write_teacher(path, name="yolov8n", names=DEMO_NAMES, seed=1, **extra):
     """A teacher bundle of `name` whose BatchNorm statistics are not the defaults (so that a change shows)."""
     torch.manual_seed(seed)
-    model = build_model(name, nc=len(names))
+    model = build_model(name, nc=len(names), **extra)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0, 0.1)
@@ -187,7 +188,8 @@ def test_fit_picks_the_distillation_trainer_only_with_a_teacher(tiny_demo, tmp_p
 @pytest.mark.parametrize(
     "teacher, match",
     [
-        ({"name": TINY_ANCHOR_BASED}, "is a anchor_based model"),
+        ({"name": TINY_ANCHOR_BASED}, "anchor_based model \\(yolov5t\\), which does not pair with the anchor_free "
+                                      "student yolov8t; a student of yolov5\\* takes a teacher of yolov5\\*"),
         ({"names": ("a", "b", "c")}, "must share the student's class list"),
         (None, "does not exist"),
     ],
@@ -274,3 +276,46 @@ def test_an_anchor_based_student_distils_classes_only(tiny_demo, tmp_path):
     fit(callbacks=[watch], **opts)
     assert list(watch.steps[0]) == ["box", "obj", "cls", "distill_cls"] and watch.steps[0]["distill_cls"] > 0
     assert all(torch.equal(watch.after[0][k], watch.before[k]) for k in watch.before)
+
+
+@pytest.mark.parametrize(
+    "student, teacher",
+    [
+        (TINY_ANCHOR_FREE, "yolo11t"),  # another anchor-free family, either way round
+        ("yolo11t", "yolov8n"),  # ... and another size
+        (TINY_ANCHOR_BASED, "yolov5n"),  # anchor-based: another size of the same family
+    ],
+)
+def test_a_teacher_of_another_family_or_size_distils(tiny_demo, tmp_path, student, teacher):
+    """Every accepted pairing: finite, non-zero distillation terms (the feature term through adapters where
+    the families' necks differ in width) and a teacher left exactly as it was."""
+    path = write_teacher(tmp_path / "teacher.safetensors", name=teacher)
+    anchor_free = student != TINY_ANCHOR_BASED
+    watch = TeacherWatch()
+    opts = tiny_train_options(tiny_demo, tmp_path, epochs=1, model=student, teacher=str(path),
+                              distill_feat=anchor_free, max_steps_per_epoch=2)  # fmt: skip
+    fit(callbacks=[watch], **opts)
+    terms = ["distill_cls", "distill_box", "distill_feat"] if anchor_free else ["distill_cls"]
+    assert [k for k in watch.steps[0] if k.startswith("distill_")] == terms
+    assert all(math.isfinite(step[k]) and step[k] > 0 for step in watch.steps for k in terms)
+    assert all(torch.equal(watch.after[0][k], watch.before[k]) for k in watch.before)
+
+
+@pytest.mark.parametrize(
+    "student, teacher, extra, match",
+    [
+        (TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, {}, "anchor_free model \\(yolov8t\\), which does not pair with the "
+                                               "anchor_based student yolov5t; a student of yolov5\\*"),
+        ("yolo11t", TINY_ANCHOR_BASED, {}, "which does not pair with the yolo11 student yolo11t; .* a student of "
+                                          "yolov8\\* or yolo11\\* takes a teacher of yolov8\\* or yolo11\\*"),
+        (TINY_ANCHOR_BASED, TINY_ANCHOR_BASED, {"anchors": [[10, 13, 16, 30], [30, 61, 62, 45], [116, 90, 156, 198]]},
+         "anchors per cell 2 \\(the student's: 3\\)"),
+    ],
+)
+def test_a_teacher_that_does_not_pair_is_refused_with_the_pairings_that_work(
+    tiny_demo, tmp_path, student, teacher, extra, match
+):
+    path = write_teacher(tmp_path / "teacher.safetensors", name=teacher, **extra)
+    with pytest.raises(ConfigError, match=match):
+        fit(**tiny_train_options(tiny_demo, tmp_path / "runs", epochs=1, model=student, teacher=str(path)))
+    assert not (tmp_path / "runs" / "exp").exists()

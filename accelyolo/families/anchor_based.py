@@ -31,6 +31,7 @@ COCO_ANCHORS = (
 
 class AnchorBasedFamily(ModelFamily):
     name = "anchor_based"
+    distill_kind = "anchor-based"
     loss_gains = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # YOLOv5 hyp.scratch-low, before the scaling below
     own_options = ("obj", "obj_pw", "anchor_t")  # cls_pw, fl_gamma, label_smoothing: every family reads them
 
@@ -77,6 +78,10 @@ class AnchorBasedFamily(ModelFamily):
             report["bpr_before"],
             f" -> {report['bpr_after']:.4f} (anchors replaced)" if report["replaced"] else "",
         )
+
+    def distill_layout(self, model: nn.Module) -> dict[str, Any]:
+        """`na` predictions per grid point, one per anchor: anchor k's class logits pair with anchor k's."""
+        return {"strides": tuple(model.head.strides), "anchors per cell": int(model.head.na)}
 
     def distill_logits(self, model: nn.Module, maps: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
         """Class logits (B, N, nc) over every anchor of every cell; boxes are not distributions here."""

@@ -19,6 +19,7 @@ from accelyolo.models.yolo import STRIDES, YOLO
 
 class AnchorFreeFamily(ModelFamily):
     name = "anchor_free"
+    distill_kind = "anchor-free"
     loss_gains = {"box": 7.5, "cls": 0.5, "dfl": 1.5}  # YOLOv8's defaults
     own_options = ("dfl",)
 
@@ -39,6 +40,10 @@ class AnchorFreeFamily(ModelFamily):
             fl_gamma=float(hyp.get("fl_gamma", 0.0)),
             label_smoothing=float(hyp.get("label_smoothing", 0.0)),
         )
+
+    def distill_layout(self, model: nn.Module) -> dict[str, Any]:
+        """One prediction per grid point, boxes as `reg_max` bins per side (yolov8 and yolo11 alike)."""
+        return {"strides": tuple(model.head.strides), "reg_max": int(model.head.reg_max)}
 
     def distill_logits(self, model: nn.Module, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits (B, N, nc) and the DFL bin logits of each box side (B, N, 4, reg_max)."""

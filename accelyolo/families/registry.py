@@ -58,11 +58,14 @@ class ModelFamily:
         name: the family's name, stored on every model it builds as `model.family`.
         loss_gains: default gain of each loss term (`None` in the config means "this default").
         own_options: hyperparameters that only this family's loss reads.
+        distill_kind: families of one kind make predictions that distillation can pair grid point by grid
+            point (see `distill_layout`); None: this family's models cannot be distilled.
     """
 
     name: ClassVar[str]
     loss_gains: ClassVar[Mapping[str, float]] = {}
     own_options: ClassVar[tuple[str, ...]] = ()
+    distill_kind: ClassVar[str | None] = None
 
     def build(self, nc: int, width: float, depth: float, **extra: Any) -> YOLO:
         """The model at these multipliers (`extra`: the variant's family-specific keywords)."""
@@ -101,6 +104,12 @@ class ModelFamily:
                         f"({', '.join(list_models(other.name))}), and this model is {self.name}: "
                         f"remove '{key}' from the recipe, hyp file or flags, or choose a model of that family."
                     )
+
+    def distill_layout(self, model: nn.Module) -> dict[str, Any]:
+        """How `model` lays out what distillation compares (strides, bins, anchors per cell). A teacher is
+        accepted for a student when both families have the same `distill_kind` (their predictions mean
+        the same thing per grid point) and the models the same layout, whatever their sizes."""
+        return {}
 
     def distill_logits(self, model: nn.Module, maps: list[Any]) -> tuple[Any, Any]:
         """What knowledge distillation compares, from the head's raw level maps (`head.raw_maps`):
