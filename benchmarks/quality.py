@@ -1,7 +1,7 @@
 """Training quality against ultralytics: the same budget from scratch, both scored by pycocotools on one truth.
 
     python benchmarks/quality.py DATA_YAML [--epochs 30] [--imgsz 320] [--batch 16] [--seeds 3]
-        [--model yolov8n] [--workers 2] [--close-mosaic 5] [--out DIR]
+        [--model yolov8n] [--workers 2] [--close-mosaic 5] [--out DIR] [--ours KEY=VALUE ...] [--no-peer]
 
 For each seed 0..N-1 it trains ours (`accelyolo.fit`, seed s) and, where `../peer-venv` and
 `../shared/peer` stand beside the checkout, ultralytics (`peer_train.sh`, PEER_SEED=s) with the same
@@ -13,6 +13,8 @@ labels in original-image pixels; each side's `image_id` (the file stem, an int w
 is mapped to that truth's ids. Prints per-seed lines, the mean and range over the seeds of AP50, AP75
 and AP50-95 for each side, and as its last line `quality_ratio=<ours AP50-95 / theirs>` (`nan`
 without the peer). The runs go to a temporary folder unless `--out` names one (then they stay).
+`--ours KEY=VALUE` sets a training option of our side only (e.g. `--ours optimizer=SGD` to compare a default
+with another choice), `--no-peer` leaves ultralytics out.
 Data for it: `python benchmarks/varied_set.py OUT_DIR`.
 """
 
@@ -144,6 +146,7 @@ def train_ours(args: argparse.Namespace, seed: int, out: Path) -> tuple[Path, fl
         project=str(out),
         name=f"ours-seed{seed}",
         exist_ok=True,
+        **args.ours,
     )
     val = validate(
         str(result.last_checkpoint),
@@ -256,7 +259,7 @@ def per_seed(label: str, seed: int, scores: dict[str, float], own: float) -> str
 
 def run(args: argparse.Namespace, out: Path) -> int:
     truth = ground_truth(args.data)
-    missing = peer_missing()
+    missing = "--no-peer" if args.no_peer else peer_missing()
     if missing:
         print(f"peer skipped: {missing}", flush=True)
     peer_yaml = None if missing else peer_data_yaml(args.data, out)
@@ -274,6 +277,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
             print(lines[-1], flush=True)
     print(
         f"{args.model}, {args.epochs} epochs at {args.imgsz} px, batch {args.batch}, close_mosaic {args.close_mosaic}"
+        + "".join(f", {k}={v}" for k, v in args.ours.items())
     )
     print(f"val split: {len(truth.coco['images'])} images, {len(truth.coco['annotations'])} boxes (pycocotools)")
     print("\n".join(lines))
@@ -299,7 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--close-mosaic", type=int, default=5)
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--ours", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training option of our side only (repeatable), e.g. --ours optimizer=SGD")
+    parser.add_argument("--no-peer", action="store_true", help="our side only")
     args = parser.parse_args(argv)
+    try:
+        args.ours = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.ours)}
+    except ValueError:
+        print(f"--ours takes KEY=VALUE, got {args.ours}", file=sys.stderr)
+        return 2
     if not Path(args.data).is_file():
         print(f"data.yaml '{args.data}' not found; make one with benchmarks/varied_set.py", file=sys.stderr)
         return 2
