@@ -319,3 +319,19 @@ def test_a_teacher_that_does_not_pair_is_refused_with_the_pairings_that_work(
     with pytest.raises(ConfigError, match=match):
         fit(**tiny_train_options(tiny_demo, tmp_path / "runs", epochs=1, model=student, teacher=str(path)))
     assert not (tmp_path / "runs" / "exp").exists()
+
+
+def test_the_distillation_benchmark_prints_its_table(tiny_demo, capsys):
+    """benchmarks/distill.py end to end at toy size: teachers first, the student alone and with each teacher,
+    the table and the last line (no figure is asserted)."""
+    from benchmarks.distill import main
+
+    code = main([str(tiny_demo), "--teachers", "self", "other", "--student", TINY_ANCHOR_FREE, "--other", "yolo11t",
+                 "--seeds", "1", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0",
+                 "--close-mosaic", "0"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "teacher self (yolov8t)" in out and "teacher other (yolo11t)" in out
+    rows = [line for line in out.splitlines() if line.startswith("| demo")]
+    assert [row.split(" | ")[1] for row in rows] == ["self", "other"]
+    assert out.strip().splitlines()[-1].startswith("distill_gain=")
