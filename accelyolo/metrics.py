@@ -6,7 +6,7 @@ once (`compute`) with array operations over all images, so validation does not p
 matching costs.
 
 The AP numbers reproduce pycocotools' `COCOeval` for bounding boxes (area "all", 100 detections
-per image and class, iscrowd 0): the same greedy matching by score, the same tie order (stable sort
+per image and class; crowd regions, `iscrowd: 1`, as COCOeval treats them, see `_crowd_ignored`): the same greedy matching by score, the same tie order (stable sort
 by score; across images, images in increasing id order), the same IoU (no +1) and the same
 101-point interpolated precision. Precision and recall are read at the confidence that maximises
 the (smoothed) mean F1 over classes at IoU 0.5, as YOLOv5 reports them.
@@ -150,7 +150,15 @@ class DetectionEvaluator:
     def __len__(self) -> int:
         return len(self._records)
 
-    def add(self, image_id: str, preds: Any, gt_boxes: Any, gt_classes: Any) -> None:
+    def add(
+        self,
+        image_id: str,
+        preds: Any,
+        gt_boxes: Any,
+        gt_classes: Any,
+        crowd_boxes: Any = None,
+        crowd_classes: Any = None,
+    ) -> None:
         """Store one image's predictions and labels (numpy arrays or tensors on any device).
 
         Args:
@@ -159,6 +167,9 @@ class DetectionEvaluator:
             preds: (n, 6) x1 y1 x2 y2 conf cls, after NMS.
             gt_boxes: (m, 4) x1 y1 x2 y2 in the same pixel space as `preds`.
             gt_classes: (m,) class indices.
+            crowd_boxes: (k, 4) xyxy crowd regions (COCO `iscrowd: 1`) in the same space; a detection
+                matched to one is neither a true nor a false positive, and they count for no recall.
+            crowd_classes: (k,) their class indices.
         """
         image_id = str(image_id)
         if image_id in self._records:
@@ -177,7 +188,12 @@ class DetectionEvaluator:
             raise ValueError(f"{where}: gt_boxes must be (m, 4) xyxy and gt_classes (m,), got {b.shape} and {c.shape}")
         if not (np.isfinite(p).all() and np.isfinite(b).all()):
             raise ValueError(f"{where}: preds or gt_boxes contain NaN/inf; check the model output")
-        for label, cls in (("preds[:, 5]", p[:, 5]), ("gt_classes", c)):
+        cb = np.zeros((0, 4), np.float32) if crowd_boxes is None else _to_numpy(crowd_boxes).astype(np.float32)
+        cc = np.zeros(0, np.int64) if crowd_classes is None else _to_numpy(crowd_classes).reshape(-1)
+        cb = cb.reshape(-1, 4)
+        if cc.shape[0] != cb.shape[0]:
+            raise ValueError(f"{where}: crowd_boxes {cb.shape} and crowd_classes {cc.shape} differ in length")
+        for label, cls in (("preds[:, 5]", p[:, 5]), ("gt_classes", c), ("crowd_classes", cc)):
             if cls.size and (cls.min() < 0 or cls.max() >= self.nc or (cls % 1 != 0).any()):
                 raise ValueError(
                     f"{where}: {label} must hold integer class indices in [0, {self.nc}), "
@@ -188,6 +204,8 @@ class DetectionEvaluator:
             "preds": np.ascontiguousarray(p),
             "gt_boxes": np.ascontiguousarray(b),
             "gt_classes": c.astype(np.int64),
+            "crowd_boxes": np.ascontiguousarray(cb),
+            "crowd_classes": cc.astype(np.int64),
         }
 
     def records(self) -> list[dict[str, Any]]:
@@ -197,7 +215,14 @@ class DetectionEvaluator:
     def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Merge records (e.g. gathered from all ranks); ids already present are skipped."""
         for rec in records:
-            self.add(rec["image_id"], rec["preds"], rec["gt_boxes"], rec["gt_classes"])
+            self.add(
+                rec["image_id"],
+                rec["preds"],
+                rec["gt_boxes"],
+                rec["gt_classes"],
+                rec.get("crowd_boxes"),
+                rec.get("crowd_classes"),
+            )
 
     def reset(self) -> None:
         """Forget every record (start a new validation pass)."""
@@ -216,8 +241,10 @@ class DetectionEvaluator:
 
         d = _order_and_truncate(dets, det_img, self.nc)
         matched = _greedy_match(d, gts[:, :4], gt_cls, gt_img, self.nc)  # (T, N)
+        crowd, crowd_img = _stack([np.c_[r["crowd_boxes"], r["crowd_classes"]] for r in recs], 5)
+        crowd_ignored = _crowd_ignored(d, matched, crowd, crowd_img, self.nc)  # (T, N)
         classes = np.flatnonzero(n_instances)
-        acc = _accumulate(d, matched, classes, n_instances)
+        acc = _accumulate(d, matched, classes, n_instances, crowd_ignored)
         result = _summarise(acc, classes, n_images, n_instances, len(recs), confusion)
         result.max_score = float(dets[:, 4].max()) if len(dets) else 0.0
         return result
@@ -352,8 +379,42 @@ def _greedy_match(
     return matched
 
 
+def _crowd_ignored(
+    d: dict[str, np.ndarray], matched: np.ndarray, crowd: np.ndarray, crowd_img: np.ndarray, nc: int
+) -> np.ndarray:
+    """(T, N) flags: detections COCOeval ignores because they match a crowd region.
+
+    COCOeval sorts crowd gts after the others and lets a detection fall through to them only when no
+    regular gt matched it; a crowd region is never used up, and its IoU divides by the detection's area
+    alone. So regular matching is unchanged by crowds, and an unmatched detection is ignored at threshold
+    t when its best crowd IoU of the same image and class is >= t.
+    """
+    ignored = np.zeros_like(matched)
+    if crowd.shape[0] == 0 or d["score"].size == 0:
+        return ignored
+    key = crowd_img * nc + crowd[:, 4].astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    pd, pc = _pairs(d["group"], key[order])
+    pc = order[pc]
+    a, b = d["box"][pd], crowd[pc, :4]
+    aw, ah = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]  # COCO's arithmetic, as in `coco_iou`
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    w = np.minimum(a[:, 0] + aw, b[:, 0] + bw) - np.maximum(a[:, 0], b[:, 0])
+    h = np.minimum(a[:, 1] + ah, b[:, 1] + bh) - np.maximum(a[:, 1], b[:, 1])
+    ok = (w > 0) & (h > 0)
+    iof = np.where(ok, w * h / np.where(ok, aw * ah, 1.0), 0.0)  # intersection over the detection's area
+    best = np.zeros(d["score"].size)
+    np.maximum.at(best, pd, iof)
+    thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None]  # (T, 1) COCOeval's cap
+    return ~matched & (best[None] >= thr)
+
+
 def _accumulate(
-    d: dict[str, np.ndarray], matched: np.ndarray, classes: np.ndarray, n_instances: np.ndarray
+    d: dict[str, np.ndarray],
+    matched: np.ndarray,
+    classes: np.ndarray,
+    n_instances: np.ndarray,
+    crowd_ignored: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per class: 101-point interpolated precision (T, R), raw P/R against confidence at IoU .5.
 
@@ -363,6 +424,8 @@ def _accumulate(
     box = d["box"]
     area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
     ignored = ~matched & ((area < 0) | (area > 1e10))[None]  # COCO's area range "all"
+    if crowd_ignored is not None:
+        ignored |= crowd_ignored
     order = np.lexsort((d["rank"], d["img"], -d["score"], d["cls"]))
     cls_sorted = d["cls"][order]
     lo = np.searchsorted(cls_sorted, classes, side="left")
