@@ -1,4 +1,5 @@
-"""The `accelyolo` console script: `train`, `val`, `predict`, `evolve`, `export`, `import` and `data check`."""
+"""The `accelyolo` console script: `train`, `val`, `predict`, `evolve`, `export`, `import`, `data check` and
+`data convert`."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_check.add_arguments(check)
     check.set_defaults(func=data_check.run)
+    convert = data_sub.add_parser("convert", help="write a dataset as YOLO txt or COCO JSON")
+    from accelyolo.data import convert as data_convert
+
+    data_convert.add_arguments(convert)
+    convert.set_defaults(func=data_convert.run)
     return parser
 
 

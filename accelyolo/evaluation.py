@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -78,6 +79,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     local = DetectionEvaluator(nc=nc, names=names)
+    crowd_regions = getattr(getattr(loader, "dataset", None), "crowd_regions", None)  # COCO iscrowd regions
     for batch in loader:
         images = batch["images"].to(accelerator.device, non_blocking=True)
         images = to_model_input(images, channels_last)  # (B, 3, H, W) in [0, 1]
@@ -95,7 +97,9 @@ def evaluate(
         ):
             det_orig = det.clone()
             det_orig[:, :4] = to_original_pixels(det[:, :4], ratio_pad, orig)
-            local.add(str(path), det_orig, to_original_pixels(gt_boxes, ratio_pad, orig), gt_classes)
+            crowd = crowd_regions(str(path)) if crowd_regions is not None else np.zeros((0, 5))  # cls x1 y1 x2 y2
+            gt_orig = to_original_pixels(gt_boxes, ratio_pad, orig)
+            local.add(str(path), det_orig, gt_orig, gt_classes, crowd[:, 1:], crowd[:, 0])
         if on_batch is not None:
             on_batch(batch, detections)
     records = local.records()

@@ -97,27 +97,34 @@ def fitness(metrics: DetectionResult | Mapping[str, float]) -> float:
     return float(sum(w * v for w, v in zip(FITNESS_WEIGHTS, values, strict=True)))
 
 
-def coco_json_records(image_path: str, dets_xyxy: Any) -> list[dict[str, Any]]:
+def coco_json_records(
+    image_path: str, dets_xyxy: Any, image_id: Any = None, category_ids: list[int] | None = None
+) -> list[dict[str, Any]]:
     """Detections of one image in COCO's result format (for `predictions.json`).
 
     Args:
-        image_path: the image file; its stem is the `image_id` (an int when it is all digits,
-            as COCO's val2017 file names are).
+        image_path: the image file; without `image_id`, its stem is the `image_id` (an int when it is
+            all digits, as COCO's val2017 file names are).
         dets_xyxy: (n, 6) x1 y1 x2 y2 conf cls in the image's original pixels (numpy or tensor).
+        image_id: the image's id in a COCO annotation file, written as it is.
+        category_ids: the COCO category id of each class index (None: the index itself).
 
     Returns:
-        One dict per detection: `image_id`, `category_id` (the class index), `bbox` as `[x, y, w, h]`
+        One dict per detection: `image_id`, `category_id` (`category_ids[cls]`, else the class index),
+        `bbox` as `[x, y, w, h]`
         and `score`, none of them rounded. The file is for evaluators, which rank detections by the score
         they read: scores rounded to 5 decimals tied most detections of a low-confidence model (all scores in
         0.001..0.013) and COCOeval then scored them 0.025 mAP50-95 where ours, on the float32 scores, said
         0.152. `w` and `h` are kept exact too, so that COCO's `x + w` lands on our `x2` (see `coco_iou`).
     """
-    stem = Path(image_path).stem
-    image_id: int | str = int(stem) if stem.isascii() and stem.isdigit() else stem
+    if image_id is None:
+        stem = Path(image_path).stem
+        image_id = int(stem) if stem.isascii() and stem.isdigit() else stem
     dets = _to_numpy(dets_xyxy).astype(np.float64).reshape(-1, 6)
     xywh = np.concatenate([dets[:, :2], dets[:, 2:4] - dets[:, :2]], axis=1)  # (n, 4), exact differences
+    category = (lambda c: int(c)) if category_ids is None else (lambda c: int(category_ids[int(c)]))
     return [
-        {"image_id": image_id, "category_id": int(cls), "bbox": [float(v) for v in box], "score": float(score)}
+        {"image_id": image_id, "category_id": category(cls), "bbox": [float(v) for v in box], "score": float(score)}
         for box, score, cls in zip(xywh, dets[:, 4], dets[:, 5], strict=True)
     ]
 

@@ -917,10 +917,16 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "config": self.cfg.to_dict(),
             "names": self.names,
+            **({"category_ids": self.data_spec.category_ids} if self.category_ids_apply() else {}),
             "model": self.unwrap(self.model).config,
             "accelyolo_version": __version__,
             **({"class_maps": self.image_sampler.class_maps.tolist()} if self.image_sampler is not None else {}),
         }
+
+    def category_ids_apply(self) -> bool:
+        """Whether the run's classes are a COCO file's categories (their ids go into the checkpoint)."""
+        spec = getattr(self, "data_spec", None)
+        return spec is not None and spec.category_ids is not None and not self.cfg.single_cls
 
     def save(self, epoch: int, improved: bool) -> None:
         """Write last (and best / periodic) bundles; RNG states of every rank go into each."""

@@ -57,6 +57,7 @@ def validate(
     from accelyolo.config import check_detection_flags
     from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
     from accelyolo.data.demo import demo_multitask_yaml
+    from accelyolo.data.sources import source_of
     from accelyolo.errors import DataError
     from accelyolo.evaluation import evaluate
     from accelyolo.failure import close_process_group_at_exit
@@ -89,6 +90,11 @@ def validate(
             raise DataError(
                 f"{spec.yaml_path}: the 'val' split has no images; point 'val:' at a folder or list of images."
             )
+        if spec.category_ids and not single_cls and meta.get("names") and list(meta["names"]) != spec.names:
+            raise DataError(  # an annotation file names its classes: the model's must be the same, in order
+                f"{weights}: the model's classes {list(meta['names'])} differ from the categories of "
+                f"{spec.yaml_path} {spec.names} (sorted by id); pass the annotation file the model was trained on."
+            )
         dataset = YoloDataset(
             spec.splits["val"],
             imgsz=imgsz,
@@ -118,6 +124,10 @@ def validate(
     # image path -> its COCO records; an image that DDP's even batching repeats keeps its first records,
     # the same rule the evaluator applies to its per-image records
     json_by_image: dict[str, list[dict[str, Any]]] = {}
+    # a COCO file's own image and category ids (a YOLO split: the file stem and the class index)
+    source = source_of(spec.splits["val"])
+    image_ids = source.image_ids() if source is not None else {}
+    category_ids = spec.category_ids if not single_cls else None
     plotted = {"n": 0}
 
     def on_batch(batch: dict[str, Any], detections: list[torch.Tensor]) -> None:
@@ -127,7 +137,8 @@ def validate(
             ):
                 det = det.detach().float().cpu().clone()
                 det[:, :4] = scale_boxes(det[:, :4], ratio_pad=ratio_pad, orig_shape=tuple(orig))
-                json_by_image.setdefault(str(path), coco_json_records(str(path), det.numpy()))
+                records = coco_json_records(str(path), det.numpy(), image_ids.get(str(path)), category_ids)
+                json_by_image.setdefault(str(path), records)
         if plots and accelerator.is_main_process and plotted["n"] < 3:
             from accelyolo.plots import plot_batch
 
@@ -225,7 +236,9 @@ def _segmentation_metrics(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="an accelyolo .safetensors or a YOLOv5/v8/11 .pt")
-    parser.add_argument("--data", default=None, help="data.yaml (default: the one the model was trained on)")
+    parser.add_argument(
+        "--data", default=None, help="data.yaml or COCO .json (default: the data the model was trained on)"
+    )
     parser.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")
     parser.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=32)
     parser.add_argument("--conf", type=float, default=0.001, help="confidence threshold")

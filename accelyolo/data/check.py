@@ -15,10 +15,10 @@ import logging
 import sys
 from typing import Any
 
-from accelyolo.data.cache import load_or_build
-from accelyolo.data.checks import check_image_label
 from accelyolo.data.dataset import SINGLE_CLASS_NAMES, build_report
 from accelyolo.data.segmentation import check_masks, load_seg_spec
+from accelyolo.data.sources import checked_entries
+from accelyolo.errors import DataError
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
@@ -49,9 +49,7 @@ def check_dataset(spec: DataSpec, single_cls: bool = False) -> dict[str, Any]:
             problem = f"split '{split}' has no images"
             report["problems"].append({"file": str(spec.yaml_path), "line": None, "problem": problem})
         else:
-            entries, cache_file, hit = load_or_build(
-                images, spec.nc, check_image_label, fallback_dir=spec.yaml_path.parent
-            )
+            entries, cache_file, hit = checked_entries(images, spec.nc, fallback_dir=spec.yaml_path.parent)
             report = build_report(entries, spec.names, cache_file, hit, single_cls=single_cls)
         splits[split] = report
     names = list(SINGLE_CLASS_NAMES) if single_cls else spec.names
@@ -73,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         spec = load_data_yaml(args.data)
-    except DataConfigError as err:  # exit status 2, one message naming the file and key
+    except (DataConfigError, DataError) as err:  # exit status 2, one message naming the file and key
         if args.json:
             print(json.dumps({"data": str(args.data), "error": str(err), "splits": {}}))
         else:  # the command's own error line (as cli.exit_status words it; data/ does not import cli)

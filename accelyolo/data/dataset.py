@@ -25,9 +25,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from accelyolo.data.cache import image_npy_path, load_or_build, save_npy
-from accelyolo.data.checks import check_image_label, load_rgb
+from accelyolo.data.cache import image_npy_path, save_npy
+from accelyolo.data.checks import load_rgb
 from accelyolo.data.pool import PoolSlots, shared_pool_slots
+from accelyolo.data.sources import checked_entries
 from accelyolo.data.transforms import build_train_transform, letterbox, load_user_transform, mixup, resolve_hyp
 from accelyolo.errors import DataError
 
@@ -120,9 +121,7 @@ class YoloDataset(torch.utils.data.Dataset):
         self.names = list(names) if names is not None else None
         self.seed = int(seed) % 2**63  # SeedSequence takes non-negative entropy
         nc = len(self.names) if self.names else None
-        entries, cache_file, hit = load_or_build(
-            [Path(p) for p in images], nc, check_image_label, Path(cache_dir) if cache_dir else None
-        )
+        entries, cache_file, hit = checked_entries(images, nc, Path(cache_dir) if cache_dir else None)
         self.report = build_report(entries, self.names, cache_file, hit, single_cls=single_cls)
         usable = [e for e in entries if e["status"] != "corrupt"]
         if not usable:
@@ -133,8 +132,11 @@ class YoloDataset(torch.utils.data.Dataset):
         self.im_files = [e["file"] for e in usable]
         self.shapes = np.array([e["shape"] for e in usable], dtype=np.int64).reshape(-1, 2)  # (h0, w0)
         self.labels = [np.array(e["labels"], dtype=np.float32).reshape(-1, 5) for e in usable]
+        # COCO `iscrowd: 1` regions by image file, `cls x1 y1 x2 y2` in original pixels: never trained on,
+        # scored in validation as COCOeval scores them
+        self.crowd = {e["file"]: _pixel_rows(e["crowd"], e["shape"]) for e in usable if e.get("crowd")}
         if single_cls:  # after the class check against the dataset's own classes
-            for lb in self.labels:
+            for lb in (*self.labels, *self.crowd.values()):
                 lb[:, 0] = 0
             self.names = list(SINGLE_CLASS_NAMES)
         self.batch_shapes: np.ndarray | None = None
@@ -171,6 +173,10 @@ class YoloDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.im_files)
+
+    def crowd_regions(self, path: str) -> np.ndarray:
+        """The crowd regions of image `path`: `(k, 5)` rows `cls x1 y1 x2 y2` in original pixels."""
+        return self.crowd.get(str(path), np.zeros((0, 5)))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation randomness of `epoch` (reaches workers at their next item)."""
@@ -412,6 +418,14 @@ class YoloDataset(torch.utils.data.Dataset):
         }
 
 
+def _pixel_rows(rows: list[list[float]], shape: Sequence[int]) -> np.ndarray:
+    """Normalized `cls cx cy w h` rows -> `cls x1 y1 x2 y2` in the pixels of an image of `shape` (h, w)."""
+    r = np.array(rows, np.float64).reshape(-1, 5)
+    h, w = (float(v) for v in shape)
+    cx, cy, bw, bh = r[:, 1] * w, r[:, 2] * h, r[:, 3] * w, r[:, 4] * h
+    return np.stack([r[:, 0], cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+
+
 def build_report(
     entries: list[dict[str, Any]],
     names: Sequence[str] | None,
@@ -424,8 +438,9 @@ def build_report(
 
     Keys: `images` (usable), `backgrounds`, `boxes`, `corrupt`, `missing_labels`,
     `empty_labels`, `duplicates_removed`, `rows_dropped` (of which `class_out_of_range`),
-    `rows_clipped`, `boxes_per_class` (name -> count), `problems` (list of `{file, line, problem}`,
-    line None for a whole file), `cache_file`, `cache_hit`.
+    `rows_clipped`, `crowd_regions` (COCO `iscrowd: 1`, not trained on), `boxes_per_class` (name -> count),
+    `problems` (list of `{file, line, problem}`, line None for a whole file; from a COCO file also
+    `annotation`, the annotation id), `cache_file`, `cache_hit`.
     """
     usable = [e for e in entries if e["status"] != "corrupt"]
     counts: dict[int, int] = {}
@@ -447,6 +462,7 @@ def build_report(
         "rows_dropped": sum(int(e["rows_dropped"]) for e in entries),
         "class_out_of_range": sum(int(e["class_out_of_range"]) for e in entries),
         "rows_clipped": sum(int(e["rows_clipped"]) for e in entries),
+        "crowd_regions": sum(len(e.get("crowd", ())) for e in usable),
         "boxes_per_class": {label(c): counts[c] for c in sorted(counts)},
         "problems": [dict(p) for e in entries for p in e["problems"]],
         "cache_file": str(cache_file) if cache_file else None,

@@ -10,6 +10,14 @@ names: [person, bicycle, ...] # or {0: person, 1: bicycle, ...}
 ```
 Lines of a `.txt` list are relative to the `.txt` file's folder (absolute paths kept). Every error
 names the yaml file and the key.
+
+A split may instead name a COCO annotation file and the folder its `file_name`s are relative to
+(default: the annotation file's folder); `names` then come from the file's categories (sorted by id):
+```yaml
+train: {annotations: annotations/instances_train.json, images: images/train}
+val: {annotations: annotations/instances_val.json, images: images/val}
+```
+and a COCO file alone (`--data instances_val.json`) is a dataset whose `train` and `val` are that file.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import yaml
 
 from accelyolo.config import yaml_problem
 from accelyolo.data.checks import IMG_SUFFIXES
+from accelyolo.data.sources import SplitImages
 from accelyolo.errors import AccelyoloError
 
 SPLIT_KEYS = ("train", "val", "test")
@@ -49,6 +58,7 @@ class DataSpec:
     names: list[str]
     nc: int
     splits: dict[str, list[Path]] = field(default_factory=dict)
+    category_ids: list[int] | None = None  # the COCO category id of each class index (COCO splits)
 
 
 def load_data_yaml(path: str | Path) -> DataSpec:
@@ -59,6 +69,8 @@ def load_data_yaml(path: str | Path) -> DataSpec:
             a split path that does not exist.
     """
     yaml_path = Path(path).expanduser().resolve()
+    if yaml_path.suffix.lower() == ".json":
+        return load_coco_file(yaml_path)
     if not yaml_path.is_file():
         raise DataConfigError(f"{yaml_path}: data.yaml not found; pass the path of a data.yaml")
     try:
@@ -68,14 +80,52 @@ def load_data_yaml(path: str | Path) -> DataSpec:
     if not isinstance(cfg, dict):
         raise DataConfigError(f"{yaml_path}: expected a mapping with keys path/train/val/names")
     root = _root(cfg, yaml_path)
-    names = _names(cfg, yaml_path)
     splits = {}
     for key in SPLIT_KEYS:
         if cfg.get(key) is not None:
             splits[key] = _split_images(cfg[key], root, yaml_path, key)
     if not splits:
         raise DataConfigError(f"{yaml_path}: no split; add `train:` and `val:` (folder or .txt list)")
-    return DataSpec(yaml_path=yaml_path, root=root, names=names, nc=len(names), splits=splits)
+    sources = {key: images.source for key, images in splits.items() if isinstance(images, SplitImages)}
+    if not sources:
+        names = _names(cfg, yaml_path)
+        return DataSpec(yaml_path=yaml_path, root=root, names=names, nc=len(names), splits=splits)
+    names, category_ids = _annotation_classes(cfg, yaml_path, sources)
+    return DataSpec(yaml_path, root, names, len(names), splits, category_ids)
+
+
+def load_coco_file(path: Path) -> DataSpec:
+    """A COCO annotation file alone as a dataset: its images are both `train` and `val`."""
+    from accelyolo.data.coco import CocoSource, read_coco
+
+    source = CocoSource(read_coco(path))
+    images = SplitImages(source.image_paths, source)
+    if not images:
+        raise DataConfigError(f"{path}: key 'images' is empty; the annotation file lists no image")
+    _some_image_exists(images, path, "the annotation file's folder", "or write a data.yaml whose split is "
+                       "{annotations: FILE.json, images: FOLDER}")  # fmt: skip
+    names = source.names
+    return DataSpec(path, path.parent, names, len(names), {"train": images, "val": images}, source.category_ids)
+
+
+def _annotation_classes(cfg: dict[str, Any], yaml_path: Path, sources: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """Names and category ids shared by every annotation-file split; a data.yaml's own `names` (optional)
+    must agree with them."""
+    first, source = next(iter(sources.items()))
+    for key, other in sources.items():
+        if (other.category_ids, other.names) != (source.category_ids, source.names):
+            raise DataConfigError(
+                f"{yaml_path}: the categories of '{key}' differ from those of '{first}' "
+                f"({other.coco.path} vs {source.coco.path}); the splits must share one class list"
+            )
+    if cfg.get("names") is not None or cfg.get("nc") is not None:
+        names = _names(cfg, yaml_path)
+        if names != source.names:
+            raise DataConfigError(
+                f"{yaml_path}: key 'names' {names} differs from the categories of {source.coco.path} "
+                f"{source.names}; remove 'names' (they come from the annotation file) or make them equal"
+            )
+    return list(source.names), list(source.category_ids)
 
 
 def _root(cfg: dict[str, Any], yaml_path: Path) -> Path:
@@ -126,6 +176,8 @@ def _names(cfg: dict[str, Any], yaml_path: Path) -> list[str]:
 
 
 def _split_images(value: Any, root: Path, yaml_path: Path, key: str) -> list[Path]:
+    if isinstance(value, dict):
+        return _annotation_split(value, root, yaml_path, key)
     entries = value if isinstance(value, list) else [value]
     images: list[Path] = []
     for entry in entries:
@@ -143,6 +195,51 @@ def _split_images(value: Any, root: Path, yaml_path: Path, key: str) -> list[Pat
                 f"of images (relative to 'path' = {root})"
             )
     return images
+
+
+def _annotation_split(value: dict[str, Any], root: Path, yaml_path: Path, key: str) -> SplitImages:
+    """`{annotations: FILE.json, images: FOLDER}`: a COCO file, `images` (optional) the folder its
+    `file_name`s are relative to; both relative to 'path'."""
+    from accelyolo.data.coco import CocoSource, read_coco
+
+    unknown = sorted(set(value) - {"annotations", "images"})
+    if unknown or not isinstance(value.get("annotations"), str):
+        raise DataConfigError(
+            f"{yaml_path}: key '{key}' as a mapping must be {{annotations: FILE.json, images: FOLDER}}"
+            + (f"; unknown key(s) {unknown}" if unknown else "; 'annotations' missing")
+        )
+    paths = {}
+    for part in ("annotations", "images"):
+        if value.get(part) is None:
+            continue
+        if not isinstance(value[part], str):
+            raise DataConfigError(f"{yaml_path}: key '{key}.{part}' must be a string path, got {value[part]!r}")
+        p = Path(value[part]).expanduser()
+        paths[part] = (p if p.is_absolute() else root / p).resolve()
+    if not paths["annotations"].is_file():
+        raise DataConfigError(
+            f"{yaml_path}: key '{key}.annotations' = {value['annotations']!r} -> {paths['annotations']} "
+            f"is not a file (relative to 'path' = {root})"
+        )
+    if "images" in paths and not paths["images"].is_dir():
+        raise DataConfigError(
+            f"{yaml_path}: key '{key}.images' = {value['images']!r} -> {paths['images']} is not a folder "
+            f"(relative to 'path' = {root})"
+        )
+    source = CocoSource(read_coco(paths["annotations"], paths.get("images")))
+    images = SplitImages(source.image_paths, source)
+    where = f"'{key}.images'" if "images" in paths else "the annotation file's folder"
+    _some_image_exists(images, yaml_path, where, f"set '{key}.images' to the folder the file names start in")
+    return images
+
+
+def _some_image_exists(images: list[Path], where_file: Path, folder: str, fix: str) -> None:
+    """A split none of whose images exists is a wrong folder, not a dataset of missing files."""
+    if images and not any(p.is_file() for p in images):
+        raise DataConfigError(
+            f"{where_file}: none of the {len(images)} images of the annotation file exists relative to {folder} "
+            f"(first: {images[0]}); put the images there, {fix}"
+        )
 
 
 def _read_list(txt: Path, yaml_path: Path, key: str) -> list[Path]:
