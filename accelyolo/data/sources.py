@@ -49,4 +49,4 @@ def checked_entries(
     source = source_of(images)
     if source is not None:
         return source.checked_entries(nc, fallback_dir)
-    return load_or_build(list(images), nc, check_image_label, fallback_dir)
+    return load_or_build([Path(p) for p in images], nc, check_image_label, fallback_dir)
