@@ -105,14 +105,24 @@ def load_or_build(
     Returns:
         `(entries, cache_file or None when nothing could be written, hit)`.
     """
-    key = files_hash(images, nc)
-    candidates = cache_paths(images, fallback_dir)
+
+    def build() -> list[dict[str, Any]]:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            return list(pool.map(lambda p: check_fn(p, nc), images))
+
+    return cached_entries(files_hash(images, nc), cache_paths(images, fallback_dir), len(images), build)
+
+
+def cached_entries(
+    key: str, candidates: Sequence[Path], count: int, build: Callable[[], list[dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], Path | None, bool]:
+    """The `count` entries cached under `key` in the first candidate file that holds them, else `build()`
+    written to the first candidate that takes it: `(entries, cache file or None, hit)`."""
     for path in candidates:
         entries = read_cache(path, key)
-        if entries is not None and len(entries) == len(images):
+        if entries is not None and len(entries) == count:
             return entries, path, True
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        entries = list(pool.map(lambda p: check_fn(p, nc), images))
+    entries = build()
     for path in candidates:
         if write_cache(path, key, entries):
             return entries, path, False

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelyolo.data.cache import home_dir, read_cache, write_cache
+from accelyolo.data.cache import cached_entries, home_dir
 from accelyolo.data.checks import COORD_TOLERANCE, verify_image
 from accelyolo.errors import DataError
 
@@ -111,6 +111,7 @@ class CocoSource:
 
     def __init__(self, coco: CocoFile) -> None:
         self.coco = coco
+        self.where = str(coco.path)
         self.image_paths = [coco.image_path(im) for im in coco.images]
         self.category_ids = list(coco.category_ids)
         self.names = list(coco.names)
@@ -124,19 +125,12 @@ class CocoSource:
     ) -> tuple[list[dict[str, Any]], Path | None, bool]:
         """One checked entry per listed image (cached); see the module docstring. `nc` must equal the
         number of categories when given (a data.yaml's names)."""
-        key = self._cache_key()
-        candidates = self._cache_paths(fallback_dir)
-        for path in candidates:
-            entries = read_cache(path, key)
-            if entries is not None and len(entries) == len(self.image_paths):
-                return entries, path, True
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            shapes = list(pool.map(_image_shape, self.image_paths))
-        entries = self._entries(shapes)
-        for path in candidates:
-            if write_cache(path, key, entries):
-                return entries, path, False
-        return entries, None, False
+
+        def build() -> list[dict[str, Any]]:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                return self._entries(list(pool.map(image_shape, self.image_paths)))
+
+        return cached_entries(self._cache_key(), self._cache_paths(fallback_dir), len(self.image_paths), build)
 
     def _cache_key(self) -> str:
         h = hashlib.sha256(f"coco v{COCO_CACHE_VERSION}".encode())
@@ -163,7 +157,7 @@ class CocoSource:
         index_of = {cid: i for i, cid in enumerate(coco.category_ids)}
         entries, by_id = [], {}
         for image, path, (shape, problem) in zip(coco.images, self.image_paths, shapes, strict=True):
-            entry = _empty_entry(path, image["id"])
+            entry = empty_entry(path, image["id"])
             if problem:
                 entry["problems"].append(_problem(coco.path, None, f"image id {image['id']!r} ({path}): {problem}"))
             else:
@@ -184,37 +178,45 @@ class CocoSource:
                     orphans["problems"].append(_problem(coco.path, ann_id, why))
                     orphans["rows_dropped"] += 1
                 continue
-            _add_annotation(entry, ann, ann_id, index_of, coco.path)
+            add_annotation(entry, ann, ann_id, index_of, coco.path)
         for entry in entries:
             if entry["labels"]:
                 entry["status"] = "ok"
         return entries
 
 
-def _image_shape(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+def image_shape(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+    """`verify_image`, with a missing file said as such."""
     if not path.is_file():
         return None, "listed in the annotation file but missing"
     return verify_image(path)
 
 
-def _empty_entry(path: Path, image_id: Any) -> dict[str, Any]:
+def empty_entry(path: Path, image_id: Any) -> dict[str, Any]:
+    """A checked entry (the fields of `checks.check_image_label`, plus `crowd` and `image_id`) with no
+    label yet, `corrupt` until its image is found usable."""
     entry: dict[str, Any] = {"file": str(path), "status": "corrupt", "shape": None, "labels": [], "crowd": []}
     entry.update(image_id=image_id, problems=[], missing=False, empty=False, duplicates=0, rows_dropped=0)
     entry.update(rows_clipped=0, class_out_of_range=0)
     return entry
 
 
-def _problem(file: Path, annotation: Any, text: str) -> dict[str, Any]:
-    where = f"annotation id {annotation}: " if annotation is not None else ""
-    return {"file": str(file), "line": None, "annotation": annotation, "problem": where + text}
+def _problem(file: Path, annotation: Any, text: str, where: str | None = None) -> dict[str, Any]:
+    """A problem as the reports hold it; `where` (default `annotation id <id>`) opens the text."""
+    if where is None and annotation is not None:
+        where = f"annotation id {annotation}"
+    return {"file": str(file), "line": None, "annotation": annotation, "problem": f"{where}: {text}" if where else text}
 
 
-def _add_annotation(entry: dict[str, Any], ann: dict[str, Any], ann_id: Any, index_of: dict, file: Path) -> None:
-    """Check one annotation and add it to its image's entry as a normalized `[cls, cx, cy, w, h]` row (to
-    `crowd` when `iscrowd` is 1), or report why it is dropped or clipped."""
+def add_annotation(
+    entry: dict[str, Any], ann: dict[str, Any], ann_id: Any, index_of: dict, file: Path, where: str | None = None
+) -> None:
+    """Check one annotation (`bbox` [x, y, w, h] pixels, `category_id`, `iscrowd`) and add it to its
+    image's entry as a normalized `[cls, cx, cy, w, h]` row (to `crowd` when `iscrowd` is 1), or report why
+    it is dropped or clipped. `index_of` maps category ids to class indices."""
 
     def report(text: str, dropped: bool = True) -> None:
-        entry["problems"].append(_problem(file, ann_id, text))
+        entry["problems"].append(_problem(file, ann_id, text, where))
         entry["rows_dropped" if dropped else "rows_clipped"] += 1
 
     box = ann.get("bbox")
@@ -223,7 +225,7 @@ def _add_annotation(entry: dict[str, Any], ann: dict[str, Any], ann_id: Any, ind
     cat = ann.get("category_id")
     if cat not in index_of:
         entry["class_out_of_range"] += 1
-        return report(f"category_id {cat!r} is not among the file's categories; dropped")
+        return report(f"category_id {cat!r} is not among the categories; dropped")
     x, y, w, h = (float(v) for v in box)
     if w <= 0 or h <= 0:
         return report(f"zero or negative size (w={w:g}, h={h:g}); dropped")

@@ -1,4 +1,4 @@
-"""Where a split's labels come from: YOLO txt files beside the images, or an annotation file.
+"""Where a split's labels come from: YOLO txt files beside the images, a COCO file or a Hugging Face dataset.
 
 Every split is a list of image files (`DataSpec.splits[key]`); a split read from an annotation file is a
 `SplitImages`, the same list carrying the `source` that checks its labels, so the dataset, the loaders,
@@ -17,10 +17,11 @@ from accelyolo.data.checks import check_image_label
 
 
 class LabelSource(Protocol):
-    """What an annotation-file reader gives a split (see `accelyolo.data.coco.CocoSource`)."""
+    """What an annotation reader gives a split (`accelyolo.data.coco.CocoSource`, `accelyolo.data.hf.HfSource`)."""
 
+    where: str  # the file or dataset split, for messages
     names: list[str]
-    category_ids: list[int]
+    category_ids: list[int] | None  # the id of each class index in the source; None: the index itself
 
     def checked_entries(
         self, nc: int | None, fallback_dir: Path | None = None

@@ -18,6 +18,8 @@ train: {annotations: annotations/instances_train.json, images: images/train}
 val: {annotations: annotations/instances_val.json, images: images/val}
 ```
 and a COCO file alone (`--data instances_val.json`) is a dataset whose `train` and `val` are that file.
+A split may also be a split of a Hugging Face dataset (`{dataset: FOLDER, split: NAME, bbox_format:
+coco|pascal_voc}`), and a dataset folder alone is `--data FOLDER`; see `accelyolo.data.hf`.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def load_data_yaml(path: str | Path) -> DataSpec:
     yaml_path = Path(path).expanduser().resolve()
     if yaml_path.suffix.lower() == ".json":
         return load_coco_file(yaml_path)
+    if yaml_path.is_dir():
+        return load_hf_folder(yaml_path)
     if not yaml_path.is_file():
         raise DataConfigError(f"{yaml_path}: data.yaml not found; pass the path of a data.yaml")
     try:
@@ -80,10 +84,11 @@ def load_data_yaml(path: str | Path) -> DataSpec:
     if not isinstance(cfg, dict):
         raise DataConfigError(f"{yaml_path}: expected a mapping with keys path/train/val/names")
     root = _root(cfg, yaml_path)
+    yaml_names = _names(cfg, yaml_path) if cfg.get("names") is not None or cfg.get("nc") is not None else None
     splits = {}
     for key in SPLIT_KEYS:
         if cfg.get(key) is not None:
-            splits[key] = _split_images(cfg[key], root, yaml_path, key)
+            splits[key] = _split_images(cfg[key], root, yaml_path, key, yaml_names)
     if not splits:
         raise DataConfigError(f"{yaml_path}: no split; add `train:` and `val:` (folder or .txt list)")
     sources = {key: images.source for key, images in splits.items() if isinstance(images, SplitImages)}
@@ -108,7 +113,28 @@ def load_coco_file(path: Path) -> DataSpec:
     return DataSpec(path, path.parent, names, len(names), {"train": images, "val": images}, source.category_ids)
 
 
-def _annotation_classes(cfg: dict[str, Any], yaml_path: Path, sources: dict[str, Any]) -> tuple[list[str], list[int]]:
+def load_hf_folder(folder: Path) -> DataSpec:
+    """A Hugging Face dataset folder alone: `train` and the first of validation/val/test (else `train`)."""
+    from accelyolo.data.hf import VAL_SPLIT_NAMES, HfSource, load_splits
+
+    found = load_splits(folder)
+    if "train" not in found:
+        raise DataConfigError(
+            f"{folder}: the dataset has no 'train' split (has {sorted(found)}); name the splits in a data.yaml: "
+            "train: {dataset: FOLDER, split: NAME}"
+        )
+    val = next((name for name in VAL_SPLIT_NAMES if name in found), "train")
+    sources = {name: HfSource(folder, name, found[name]) for name in {"train", val}}
+    splits = {key: SplitImages(sources[name].image_paths, sources[name]) for key, name in (("train", "train"), ("val", val))}
+    names = sources["train"].names
+    if sources[val].names != names:
+        raise DataConfigError(f"{folder}: the class names of split '{val}' differ from those of 'train'")
+    return DataSpec(folder, folder, names, len(names), splits, None)
+
+
+def _annotation_classes(
+    cfg: dict[str, Any], yaml_path: Path, sources: dict[str, Any]
+) -> tuple[list[str], list[int] | None]:
     """Names and category ids shared by every annotation-file split; a data.yaml's own `names` (optional)
     must agree with them."""
     first, source = next(iter(sources.items()))
@@ -116,16 +142,17 @@ def _annotation_classes(cfg: dict[str, Any], yaml_path: Path, sources: dict[str,
         if (other.category_ids, other.names) != (source.category_ids, source.names):
             raise DataConfigError(
                 f"{yaml_path}: the categories of '{key}' differ from those of '{first}' "
-                f"({other.coco.path} vs {source.coco.path}); the splits must share one class list"
+                f"({other.where} vs {source.where}); the splits must share one class list"
             )
     if cfg.get("names") is not None or cfg.get("nc") is not None:
         names = _names(cfg, yaml_path)
         if names != source.names:
             raise DataConfigError(
-                f"{yaml_path}: key 'names' {names} differs from the categories of {source.coco.path} "
+                f"{yaml_path}: key 'names' {names} differs from the categories of {source.where} "
                 f"{source.names}; remove 'names' (they come from the annotation file) or make them equal"
             )
-    return list(source.names), list(source.category_ids)
+    ids = source.category_ids
+    return list(source.names), (list(ids) if ids is not None else None)
 
 
 def _root(cfg: dict[str, Any], yaml_path: Path) -> Path:
@@ -175,7 +202,9 @@ def _names(cfg: dict[str, Any], yaml_path: Path) -> list[str]:
     return names
 
 
-def _split_images(value: Any, root: Path, yaml_path: Path, key: str) -> list[Path]:
+def _split_images(value: Any, root: Path, yaml_path: Path, key: str, names: list[str] | None = None) -> list[Path]:
+    if isinstance(value, dict) and "dataset" in value:
+        return _hf_split(value, root, yaml_path, key, names)
     if isinstance(value, dict):
         return _annotation_split(value, root, yaml_path, key)
     entries = value if isinstance(value, list) else [value]
@@ -231,6 +260,29 @@ def _annotation_split(value: dict[str, Any], root: Path, yaml_path: Path, key: s
     where = f"'{key}.images'" if "images" in paths else "the annotation file's folder"
     _some_image_exists(images, yaml_path, where, f"set '{key}.images' to the folder the file names start in")
     return images
+
+
+def _hf_split(value: dict[str, Any], root: Path, yaml_path: Path, key: str, names: list[str] | None) -> SplitImages:
+    """`{dataset: FOLDER, split: NAME, bbox_format: coco|pascal_voc}`: a split of a Hugging Face dataset."""
+    from accelyolo.data.hf import BBOX_FORMATS, HfSource, load_splits
+
+    unknown = sorted(set(value) - {"dataset", "split", "bbox_format"})
+    fmt = value.get("bbox_format", "coco")
+    if unknown or not isinstance(value["dataset"], str) or fmt not in BBOX_FORMATS:
+        raise DataConfigError(
+            f"{yaml_path}: key '{key}' must be {{dataset: FOLDER, split: NAME, bbox_format: coco|pascal_voc}}"
+            + (f"; unknown key(s) {unknown}" if unknown else f"; got {value!r}")
+        )
+    folder = Path(value["dataset"]).expanduser()
+    folder = (folder if folder.is_absolute() else root / folder).resolve()
+    if not folder.is_dir():
+        raise DataConfigError(f"{yaml_path}: key '{key}.dataset' = {value['dataset']!r} -> {folder} is not a folder")
+    found = load_splits(folder)
+    split = value.get("split", "train" if len(found) > 1 else next(iter(found)))
+    if split not in found:
+        raise DataConfigError(f"{yaml_path}: key '{key}.split' = {split!r}; the dataset {folder} has {sorted(found)}")
+    source = HfSource(folder, split, found[split], fmt, names)
+    return SplitImages(source.image_paths, source)
 
 
 def _some_image_exists(images: list[Path], where_file: Path, folder: str, fix: str) -> None:
