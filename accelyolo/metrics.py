@@ -6,8 +6,9 @@ once (`compute`) with array operations over all images, so validation does not p
 matching costs.
 
 The AP numbers reproduce pycocotools' `COCOeval` for bounding boxes (area "all", 100 detections
-per image and class; crowd regions, `iscrowd: 1`, as COCOeval treats them, see `_crowd_ignored`): the same greedy matching by score, the same tie order (stable sort
-by score; across images, images in increasing id order), the same IoU (no +1) and the same
+per image and class; crowd regions, `iscrowd: 1`, as COCOeval treats them, see `_crowd_ignored`): the
+same greedy matching by score, the same tie order (stable sort by score; across images, images in
+increasing id order), the same IoU (no +1) and the same
 101-point interpolated precision. Precision and recall are read at the confidence that maximises
 the (smoothed) mean F1 over classes at IoU 0.5, as YOLOv5 reports them.
 """

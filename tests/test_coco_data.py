@@ -72,7 +72,9 @@ def cards(tmp_path_factory) -> dict:
     for part in ("images", "labels"):
         shutil.copytree(CARDS / part / "val", root / part / "val")
     names = yaml.safe_load((CARDS / "data.yaml").read_text())["names"]
-    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images/val", "val": "images/val", "names": names}))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump({"path": ".", "train": "images/val", "val": "images/val", "names": names})
+    )
     coco = yolo_to_coco(root / "images" / "val", root / "labels" / "val", names)
     lone = root / "images" / "val" / "instances_val.json"
     lone.write_text(json.dumps(coco))
@@ -137,7 +139,7 @@ def test_data_check_reports_bad_annotations_with_their_ids(tmp_path, cards):
     and category ids, a malformed bbox and an image listed but missing: each named by its id."""
     src = cards["coco"]
     image = src["images"][0]
-    w, h = image["width"], image["height"]
+    w = image["width"]
     bad = [
         (1, [10, 10, 0, 5], "zero or negative size"),
         (2, [10, 10, 5, -3], "zero or negative size"),
@@ -193,14 +195,23 @@ def test_an_unusable_coco_file_is_one_message_naming_it(tmp_path, content, words
 def test_a_coco_split_with_images_elsewhere_says_where_it_looked(cards, tmp_path):
     data = tmp_path / "data.yaml"
     annotations = cards["root"] / "annotations" / "instances_val.json"
-    data.write_text(yaml.safe_dump({"train": {"annotations": str(annotations)}, "val": {"annotations": str(annotations)}}))
+    data.write_text(
+        yaml.safe_dump({"train": {"annotations": str(annotations)}, "val": {"annotations": str(annotations)}})
+    )
     with pytest.raises(DataConfigError, match=r"none of the 67 images .* set 'train.images'"):
         load_data_yaml(data)
     data.write_text(yaml.safe_dump({"train": {"annotations": str(annotations), "pictures": "x"}}))
     with pytest.raises(DataConfigError, match=r"key 'train' as a mapping .*unknown key\(s\) \['pictures'\]"):
         load_data_yaml(data)
     names = cards["names"][::-1]
-    data.write_text(yaml.safe_dump({"names": names, "train": {"annotations": str(annotations), "images": str(cards["root"] / "images" / "val")}}))
+    data.write_text(
+        yaml.safe_dump(
+            {
+                "names": names,
+                "train": {"annotations": str(annotations), "images": str(cards["root"] / "images" / "val")},
+            }
+        )
+    )
     with pytest.raises(DataConfigError, match="key 'names'.*differs from the categories"):
         load_data_yaml(data)
 

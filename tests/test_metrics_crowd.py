@@ -55,7 +55,9 @@ def cocoeval(scenes, nc: int) -> tuple[float, float]:
                  "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": int(is_crowd)}
             )  # fmt: skip
         for x1, y1, x2, y2, score, cls in preds.astype(np.float64):
-            dt.append({"image_id": image_id, "category_id": int(cls), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+            dt.append(
+                {"image_id": image_id, "category_id": int(cls), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt

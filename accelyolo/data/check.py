@@ -18,8 +18,8 @@ from typing import Any
 from accelyolo.data.dataset import SINGLE_CLASS_NAMES, build_report
 from accelyolo.data.segmentation import check_masks, load_seg_spec
 from accelyolo.data.sources import checked_entries
-from accelyolo.errors import DataError
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
+from accelyolo.errors import DataError
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
 

@@ -4,8 +4,9 @@ SRC is anything `--data` takes (a data.yaml with YOLO or COCO splits, a COCO `.j
 a new or empty folder; it gets `images/<split>/` (hard links to the source images where the filesystem
 allows, copies otherwise), the labels, and a `data.yaml` that trains on them:
 
-- `--to yolo`: `labels/<split>/<stem>.txt` (where the reader looks, `checks.img2label_path`), rows `cls cx cy w h` (10 significant digits). YOLO has no
-  crowd regions: COCO `iscrowd: 1` annotations are left out, and counted in the summary.
+- `--to yolo`: `labels/<split>/<stem>.txt` (where the reader looks, `checks.img2label_path`), rows
+  `cls cx cy w h` (10 significant digits). YOLO has no crowd regions: COCO `iscrowd: 1` annotations are
+  left out, and counted in the summary.
 - `--to coco`: `annotations/instances_<split>.json` with pixel `[x, y, w, h]` boxes, `area = w * h`,
   `iscrowd` 0 (1 for crowd regions), the source's category and image ids where it has them (else
   category id = class index + 1, image id = 1, 2, ... in file order).
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from accelyolo.data.checks import img2label_path
-from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
 from accelyolo.data.sources import checked_entries, source_of
+from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
 from accelyolo.errors import DataError
 
 
@@ -115,7 +116,9 @@ def _write_coco(
     for n, (entry, image) in enumerate(zip(entries, images, strict=True), 1):
         h, w = entry["shape"]
         image_id = entry.get("image_id", n) if source is not None else n
-        coco["images"].append({"id": image_id, "file_name": image.relative_to(folder).as_posix(), "width": w, "height": h})
+        coco["images"].append(
+            {"id": image_id, "file_name": image.relative_to(folder).as_posix(), "width": w, "height": h}
+        )
         for crowd, rows in ((0, entry["labels"]), (1, entry.get("crowd", []))):
             for cls, cx, cy, bw, bh in rows:
                 box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]

@@ -125,7 +125,9 @@ def load_hf_folder(folder: Path) -> DataSpec:
         )
     val = next((name for name in VAL_SPLIT_NAMES if name in found), "train")
     sources = {name: HfSource(folder, name, found[name]) for name in {"train", val}}
-    splits = {key: SplitImages(sources[name].image_paths, sources[name]) for key, name in (("train", "train"), ("val", val))}
+    splits = {
+        key: SplitImages(sources[name].image_paths, sources[name]) for key, name in (("train", "train"), ("val", val))
+    }
     names = sources["train"].names
     if sources[val].names != names:
         raise DataConfigError(f"{folder}: the class names of split '{val}' differ from those of 'train'")
