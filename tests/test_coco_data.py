@@ -389,3 +389,15 @@ def test_the_cli_checks_and_converts_a_coco_file(cards, tmp_path, capsys):
     assert "1 crowd regions left out" in capsys.readouterr().out
     assert main(["data", "convert", str(tmp_path / "nothing.json"), "--to", "coco", str(tmp_path / "x")]) == 2
     assert "nothing.json: annotation file not found" in capsys.readouterr().err
+
+
+def test_single_cls_rect_and_disk_cache_take_a_coco_file(cards, tmp_path):
+    spec = load_data_yaml(cards["json"])
+    ds = YoloDataset(spec.splits["val"], imgsz=64, names=spec.names, single_cls=True, rect=True, batch_size=8,
+                     cache="disk", cache_dir=tmp_path)  # fmt: skip
+    assert ds.names == ["item"] and ds.report["boxes"] == 143
+    assert {int(lb[:, 0].max()) for lb in ds.labels if len(lb)} == {0}
+    (crowd,) = [ds.crowd_regions(f) for f in ds.im_files if len(ds.crowd_regions(f))]
+    assert crowd[:, 0].tolist() == [0.0]
+    batch = next(iter(build_dataloader(ds, batch_size=8, workers=0, shuffle=False)))
+    assert batch["images"].shape[0] == 8
