@@ -75,7 +75,9 @@ class TrainConfig:
         "model",
     )
     # data
-    data: str | None = _opt(None, "data.yaml of the dataset; empty = the built-in demo data", "data")
+    data: str | None = _opt(
+        None, "data.yaml, COCO .json or Hugging Face dataset folder; empty = the built-in demo data", "data"
+    )
     imgsz: int = _opt(640, "train/val image size in pixels (a multiple of 32)", "data")
     batch_size: int = _opt(16, "images per step on each process", "data")
     workers: int = _opt(2, "dataloader worker processes per training process", "data")
