@@ -36,7 +36,9 @@ def write_sets(root: Path, n_images: int, per_image: int) -> dict[str, Path]:
         boxes = np.c_[rng.uniform(0, 40, (per_image, 2)), rng.uniform(4, 20, (per_image, 2))]  # x y w h pixels
         classes = rng.integers(0, 3, per_image)
         yolo = [(c, (x + w / 2) / 64, (y + h / 2) / 48, w / 64, h / 48) for c, (x, y, w, h) in zip(classes, boxes)]
-        (labels / f"{i:06d}.txt").write_text("".join(f"{c} {a:.6f} {b:.6f} {d:.6f} {e:.6f}\n" for c, a, b, d, e in yolo))
+        (labels / f"{i:06d}.txt").write_text(
+            "".join(f"{c} {a:.6f} {b:.6f} {d:.6f} {e:.6f}\n" for c, a, b, d, e in yolo)
+        )
         coco["images"].append({"id": i, "file_name": path.name, "width": 64, "height": 48})
         for c, box in zip(classes, boxes):
             coco["annotations"].append(
@@ -45,7 +47,7 @@ def write_sets(root: Path, n_images: int, per_image: int) -> dict[str, Path]:
             )  # fmt: skip
         rows["image"].append(str(path))
         rows["objects"].append({"bbox": boxes.tolist(), "category": classes.tolist()})
-    (root / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/train\nnames: [c0, c1, c2]\n")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [c0, c1, c2]\n")
     (images / "instances.json").write_text(json.dumps(coco))
     out = {"yolo": root / "data.yaml", "coco": images / "instances.json"}
     try:
@@ -86,7 +88,8 @@ def main() -> None:
             for fmt, data in sets.items():
                 first, second = index_seconds(data), index_seconds(data)
                 cold[fmt] = first
-                print(f"{fmt:5s} {n:6d} annotations ({n // args.per_image} images): cold {first:.2f} s, warm {second:.2f} s")
+                images = n // args.per_image
+                print(f"{fmt:5s} {n:6d} annotations ({images} images): cold {first:.2f} s, warm {second:.2f} s")
     print("load_s=" + "/".join(f"{cold[f]:.2f}" for f in ("yolo", "coco", "hf") if f in cold))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,18 @@ def home_dir() -> Path:
 
 def files_hash(images: Sequence[Path], nc: int | None) -> str:
     """Hash of image and label paths, sizes and mtimes (stat only, no file is read)."""
-    h = hashlib.sha256(f"v{CACHE_VERSION} nc={nc}".encode())
-    for image in images:
-        for p in (image, img2label_path(image)):
-            try:
-                st = p.stat()
-                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{p}\0missing\n".encode())
+    return stat_hash(f"v{CACHE_VERSION} nc={nc}", (p for image in images for p in (image, img2label_path(image))))
+
+
+def stat_hash(header: str, paths: Iterable[Path]) -> str:
+    """SHA-256 over `header` and each path with its size and mtime (or `missing`)."""
+    h = hashlib.sha256(header.encode())
+    for p in paths:
+        try:
+            st = p.stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
     return h.hexdigest()
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelyolo.data.cache import cached_entries, home_dir
+from accelyolo.data.cache import cached_entries, home_dir, stat_hash
 from accelyolo.data.checks import COORD_TOLERANCE, verify_image
 from accelyolo.errors import DataError
 
@@ -133,14 +133,7 @@ class CocoSource:
         return cached_entries(self._cache_key(), self._cache_paths(fallback_dir), len(self.image_paths), build)
 
     def _cache_key(self) -> str:
-        h = hashlib.sha256(f"coco v{COCO_CACHE_VERSION}".encode())
-        for p in (self.coco.path, *self.image_paths):
-            try:
-                st = p.stat()
-                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{p}\0missing\n".encode())
-        return h.hexdigest()
+        return stat_hash(f"coco v{COCO_CACHE_VERSION}", (self.coco.path, *self.image_paths))
 
     def _cache_paths(self, fallback_dir: Path | None) -> list[Path]:
         path = self.coco.path
