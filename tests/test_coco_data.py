@@ -149,7 +149,7 @@ def test_data_check_reports_bad_annotations_with_their_ids(tmp_path, cards):
     ]
     coco = {
         "categories": src["categories"],
-        "images": [image, {"id": 77, "file_name": "not_here.jpg", "width": 50, "height": 50}],
+        "images": [dict(image, width=w + 1), {"id": 77, "file_name": "not_here.jpg", "width": 50, "height": 50}],
         "annotations": [
             *({"id": i, "image_id": image["id"], "category_id": 3, "bbox": box} for i, box, _ in bad),
             {"id": 6, "image_id": 12345, "category_id": 3, "bbox": [1, 1, 5, 5]},
@@ -168,8 +168,9 @@ def test_data_check_reports_bad_annotations_with_their_ids(tmp_path, cards):
         assert words in problems[i] and problems[i].startswith(f"annotation id {i}:")
     assert "image_id 12345 is not among" in problems[6] and "category_id 4" in problems[7]
     assert 8 not in problems  # its image is missing: reported once, with the image id
-    (missing,) = [p["problem"] for p in report["problems"] if p["annotation"] is None]
+    size, missing = [p["problem"] for p in report["problems"] if p["annotation"] is None]
     assert "image id 77" in missing and "missing" in missing
+    assert f"the file says {w + 1}x" in size and f"the image is {w}x" in size
     assert (report["images"], report["corrupt"], report["boxes"]) == (1, 1, 1)  # the clipped box is kept
     assert (report["rows_dropped"], report["rows_clipped"], report["class_out_of_range"]) == (6, 1, 1)
 

@@ -11,8 +11,9 @@ report and `data check` treat both formats alike), plus `crowd` (the `iscrowd: 1
 training and scored as COCOeval scores them) and `image_id`. Annotation problems are reported with the
 annotation's id and never raised: a zero or negative size, a box outside the image (clipped when it only
 sticks out), an unknown category or image id, a malformed bbox. An image listed but missing is reported
-with its image id. The checked entries are cached as JSON (`<file stem>.accelyolo.json` beside the
-annotation file), keyed by the file and every image's size and mtime.
+with its image id, and so is a `width`/`height` that differs from the image's own size. The checked
+entries are cached as JSON (`<file stem>.accelyolo.json` beside the annotation file), keyed by the file
+and every image's size and mtime.
 """
 
 from __future__ import annotations
@@ -156,6 +157,11 @@ class CocoSource:
             else:
                 entry.update(shape=list(shape), status="background")
                 by_id[image["id"]] = entry
+                said = (image.get("height"), image.get("width"))
+                if all(_is_int(v) for v in said) and said != tuple(shape):
+                    why = (f"image id {image['id']!r} ({path}): the file says {said[1]}x{said[0]}, the image is "
+                           f"{shape[1]}x{shape[0]} (EXIF rotation?); boxes are read in the image's pixels")  # fmt: skip
+                    entry["problems"].append(_problem(coco.path, None, why))
             entries.append(entry)
         listed = {image["id"] for image in coco.images}
         orphans = entries[0] if entries else None  # annotations of no listed image are reported here
