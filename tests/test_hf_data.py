@@ -168,3 +168,12 @@ def test_a_model_trained_on_the_saved_dataset_scores_the_same_on_every_format(ca
         scores.append((out.metrics["mAP50"], out.metrics["mAP50-95"]))
     assert scores[1] == pytest.approx(scores[0], abs=1e-6)
     assert scores[2] == pytest.approx(scores[0], abs=1e-6)
+
+
+def test_data_check_reads_a_dataset_folder(cards, capsys):
+    from accelyolo.cli import main
+
+    assert main(["data", "check", str(cards["saved"]), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["names"] == cards["names"]
+    assert report["splits"]["train"]["boxes"] == report["splits"]["val"]["boxes"] == 143

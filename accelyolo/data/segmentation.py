@@ -74,8 +74,11 @@ class SegSpec:
 
 
 def load_seg_spec(path: str | Path) -> SegSpec | None:
-    """The `seg_*` keys of a data.yaml, or None when it has no `seg_train`."""
+    """The `seg_*` keys of a data.yaml, or None when it has no `seg_train` (or is a COCO `.json` or a
+    Hugging Face dataset folder given as the data, which name no segmentation split)."""
     yaml_path = Path(path).expanduser().resolve()
+    if yaml_path.is_dir() or yaml_path.suffix.lower() == ".json":
+        return None
     try:
         cfg = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
