@@ -35,15 +35,16 @@ class Detections:
     classes: Any  # np.ndarray (n,) int
     names: list[str] = field(default_factory=list)  # class name of each detection
     mask: Any = None  # np.ndarray (H, W) uint8 class ids of a multi-task model, else None
+    category_ids: list[int] | None = None  # a model trained on a COCO file: its category id per detection
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "detections": [
-                {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "class": int(c), "name": n}
-                for b, s, c, n in zip(self.boxes, self.scores, self.classes, self.names)
-            ],
-        }
+        detections = [
+            {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "class": int(c), "name": n}
+            for b, s, c, n in zip(self.boxes, self.scores, self.classes, self.names)
+        ]
+        for detection, category_id in zip(detections, self.category_ids or []):
+            detection["category_id"] = category_id
+        return {"path": self.path, "detections": detections}
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -101,6 +102,7 @@ def predict(
         model, meta = load_weights(weights)
         model = model.to(device).eval()
     names = list(meta.get("names") or [str(i) for i in range(model.nc)])
+    category_ids = meta.get("category_ids")  # the COCO file's ids of the classes, when it was trained on one
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
     segments = bool(getattr(model, "seg_classes", 0))  # a multi-task model, PyTorch or ONNX: (x, x) -> (det, logits)
     save_dir = None
@@ -128,6 +130,7 @@ def predict(
             det[:, 4].numpy(),
             classes,
             [names[c] if c < len(names) else str(c) for c in classes],
+            category_ids=[int(category_ids[c]) for c in classes] if category_ids else None,
         )
         if logits is not None:
             result.mask = class_mask(logits, ratio, pad, image.shape[:2])

@@ -377,6 +377,16 @@ def test_training_on_a_coco_file_keeps_its_ids_and_reports_its_annotations(cards
         scores.append(out.metrics)
     assert scores[0]["mAP50-95"] == pytest.approx(scores[1]["mAP50-95"], abs=1e-6)
     assert scores[0]["mAP50"] == pytest.approx(scores[1]["mAP50"], abs=1e-6)
+    from accelyolo.prediction import predict
+
+    (found,) = predict(str(result.last_checkpoint), source=_first_image(cards), conf=0.0,
+                       max_det=5, project=str(tmp_path / "predict"))  # fmt: skip
+    detections = found.to_dict()["detections"]
+    assert detections and all(d["category_id"] == CATEGORY_IDS[d["class"]] for d in detections)
+
+
+def _first_image(cards) -> str:
+    return str(sorted((cards["root"] / "images" / "val").glob("*.jpg"))[0])
 
 
 def test_the_cli_checks_and_converts_a_coco_file(cards, tmp_path, capsys):
