@@ -109,6 +109,8 @@ def test_embedded_images_are_files_once_and_ids_come_from_the_dataset(cards):
     assert all(f.is_file() and "hf" in f.parts for f in files)
     again = load_data_yaml(cards["saved"]).splits["train"]
     assert [f.stat().st_mtime_ns for f in again] == [f.stat().st_mtime_ns for f in files]  # not rewritten
+    index = files[0].parent / "files.json"
+    assert json.loads(index.read_text()) == [str(f) for f in files]  # a later load reads no image bytes
     ids = files.source.image_ids()
     assert [ids[str(f)] for f in files][:3] == [500, 501, 502]
 

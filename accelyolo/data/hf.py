@@ -18,14 +18,17 @@ val: {dataset: FOLDER, split: validation, bbox_format: pascal_voc}
 Images: our loader decodes image files, so an image the dataset holds as a path to an existing file is
 read there; one held as bytes (as `save_to_disk` and parquet store them) is written once, row by row, to a
 file under `$ACCELYOLO_HOME/cache/hf/<the split's fingerprint>/` and read from there on (workers, RAM or
-disk cache and mosaic as for any image file; nothing of the dataset is held in memory). Boxes are checked
+disk cache and mosaic as for any image file; nothing of the dataset is held in memory); the list of files
+is kept there (`files.json`), so that a later load reads no image bytes. Boxes are checked
 as COCO annotations are (`accelyolo.data.coco.add_annotation`); a problem names the row and the object.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from typing import Any
 from accelyolo.data.cache import cached_entries, home_dir
 from accelyolo.data.coco import add_annotation, empty_entry, image_shape
 from accelyolo.errors import DataError, MissingDependencyError
+from accelyolo.fileio import replace_atomically, write_text_atomically
 
 BBOX_FORMATS = ("coco", "pascal_voc")
 VAL_SPLIT_NAMES = ("validation", "val", "test")
@@ -102,10 +106,25 @@ class HfSource:
         return {str(p): i for p, i in zip(self.image_paths, ids, strict=True)}
 
     def _image_files(self) -> list[Path]:
-        """Each row's image as a file: its own path when it exists, else its bytes written once."""
+        """Each row's image as a file: its own path when it exists, else its bytes written once. The list is
+        kept beside the written images (`files.json`), so that a later load reads no image bytes."""
+        out_dir = home_dir() / "cache" / "hf" / self._fingerprint()
+        index = out_dir / "files.json"
+        try:
+            files = [Path(p) for p in json.loads(index.read_text(encoding="utf-8"))]
+        except (OSError, ValueError, TypeError):
+            files = []
+        if len(files) == len(self.dataset) and all(f.is_file() for f in files):
+            return files
+        files = self._write_image_files(out_dir)
+        with contextlib.suppress(OSError):  # a read-only cache folder: the next load reads the images again
+            index.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(index, json.dumps([str(f) for f in files]))
+        return files
+
+    def _write_image_files(self, out_dir: Path) -> list[Path]:
         datasets = import_datasets()
         raw = self.dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
-        out_dir = home_dir() / "cache" / "hf" / self._fingerprint()
         files = []
         for i, row in enumerate(raw):
             image = row["image"] or {}
@@ -191,7 +210,6 @@ def _four(box: Any) -> bool:
 
 def _written(folder: Path, index: int, data: bytes, name: str | None) -> Path:
     """Row `index`'s image bytes as a file in `folder` (written once; atomically)."""
-    from accelyolo.fileio import replace_atomically
 
     suffix = Path(name).suffix.lower() if name else ""
     if not suffix:
