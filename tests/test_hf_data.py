@@ -179,3 +179,24 @@ def test_data_check_reads_a_dataset_folder(cards, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["names"] == cards["names"]
     assert report["splits"]["train"]["boxes"] == report["splits"]["val"]["boxes"] == 143
+
+
+def test_parquet_files_and_crowd_objects(cards, tmp_path):
+    """A folder of parquet files (load_dataset's parquet builder, images embedded) with an `iscrowd` object."""
+    names = cards["names"]
+    images = sorted((cards["root"] / "images" / "val").glob("*.jpg"))[:3]
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "objects": {"bbox": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+                    "category": datasets.List(datasets.ClassLabel(names=names)),
+                    "iscrowd": datasets.List(datasets.Value("int8"))},
+    })  # fmt: skip
+    objects = [{"bbox": [[5, 5, 40, 30], [60, 60, 80, 90]], "category": [1, 4], "iscrowd": [0, 1]}] * 3
+    ds = datasets.Dataset.from_dict({"image": [str(p) for p in images], "objects": objects}, features=features)
+    (tmp_path / "pq").mkdir()
+    ds.to_parquet(str(tmp_path / "pq" / "train.parquet"))
+    spec = load_data_yaml(tmp_path / "pq")
+    assert spec.names == names and len(spec.splits["train"]) == 3
+    data = YoloDataset(spec.splits["train"], imgsz=64, names=spec.names)
+    assert data.report["boxes"] == 3 and data.report["crowd_regions"] == 3
+    np.testing.assert_allclose(data.crowd_regions(data.im_files[0]), [[4, 60, 60, 140, 150]], atol=1e-4)
