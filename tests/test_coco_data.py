@@ -300,14 +300,12 @@ def cocoeval_maps(annotation_file: Path, results: Path) -> tuple[float, float]:
     return float(ev.stats[1]), float(ev.stats[0])
 
 
-def test_val_save_json_equals_pycocotools_on_the_original_file(cards, tmp_path, monkeypatch):
-    """`validate(data=instances.json, save_json=True)`: predictions.json carries the file's own image and
-    category ids, and pycocotools on the original file (crowd included) gives our mAP50 and mAP50-95."""
+def validate_with_oracle(monkeypatch, data, names: list[str], project, name: str = "exp", **meta):
+    """`accelyolo.validation.validate(data=...)` with the `Oracle` as the model (fed each batch, seed 0)."""
     import accelyolo.data
     import accelyolo.weights.importers
     from accelyolo.validation import validate
 
-    names = cards["names"]
     made = {}
     oracle = Oracle(len(names), lambda: made["loader"].dataset)
     real_build = accelyolo.data.build_dataloader
@@ -325,11 +323,18 @@ def test_val_save_json_equals_pycocotools_on_the_original_file(cards, tmp_path, 
 
         return Feeding()
 
-    monkeypatch.setattr(accelyolo.data, "build_dataloader", build)
-    meta = {"names": names, "config": {"imgsz": 128}, "category_ids": CATEGORY_IDS}
-    monkeypatch.setattr(accelyolo.weights.importers, "load_weights", lambda weights: (oracle, meta))
-    out = validate("oracle.safetensors", data=str(cards["json"]), save_json=True, plots=False,
-                   project=str(tmp_path), workers=0, verbose=False)  # fmt: skip
+    with monkeypatch.context() as mp:
+        mp.setattr(accelyolo.data, "build_dataloader", build)
+        meta = {"names": names, "config": {"imgsz": 128}, **meta}
+        mp.setattr(accelyolo.weights.importers, "load_weights", lambda weights: (oracle, meta))
+        return validate("oracle.safetensors", data=str(data), save_json=True, plots=False, project=str(project),
+                        name=name, workers=0, verbose=False)  # fmt: skip
+
+
+def test_val_save_json_equals_pycocotools_on_the_original_file(cards, tmp_path, monkeypatch):
+    """`validate(data=instances.json, save_json=True)`: predictions.json carries the file's own image and
+    category ids, and pycocotools on the original file (crowd included) gives our mAP50 and mAP50-95."""
+    out = validate_with_oracle(monkeypatch, cards["json"], cards["names"], tmp_path, category_ids=CATEGORY_IDS)
     records = json.loads(out.predictions_json.read_text())
     assert {r["image_id"] for r in records} <= {i["id"] for i in cards["coco"]["images"]}
     assert {r["category_id"] for r in records} <= set(CATEGORY_IDS)
@@ -343,6 +348,23 @@ def test_val_save_json_equals_pycocotools_on_the_original_file(cards, tmp_path, 
     plain = tmp_path / "no_crowd.json"
     plain.write_text(json.dumps(without_crowd))
     assert cocoeval_maps(plain, out.predictions_json)[1] < map50_95 - 1e-4
+
+
+def test_one_model_scores_the_same_on_yolo_txt_and_coco_json(cards, tmp_path, monkeypatch):
+    """The same answers (the oracle's) on the YOLO set and on its COCO file without the crowd region."""
+    without_crowd = dict(cards["coco"], annotations=[a for a in cards["coco"]["annotations"] if a["id"] != CROWD_ID])
+    plain = cards["root"] / "images" / "val" / "no_crowd.json"
+    plain.write_text(json.dumps(without_crowd))
+    try:
+        scores = [
+            validate_with_oracle(monkeypatch, data, cards["names"], tmp_path, name=kind).metrics
+            for kind, data in (("yolo", cards["yolo"]), ("json", plain))
+        ]
+    finally:
+        plain.unlink()
+    assert 0.2 < scores[0]["mAP50-95"] < 0.95
+    assert scores[1]["mAP50"] == pytest.approx(scores[0]["mAP50"], abs=1e-6)
+    assert scores[1]["mAP50-95"] == pytest.approx(scores[0]["mAP50-95"], abs=1e-6)
 
 
 def test_val_refuses_a_file_with_other_categories(cards, monkeypatch, tmp_path):

@@ -200,3 +200,18 @@ def test_parquet_files_and_crowd_objects(cards, tmp_path):
     data = YoloDataset(spec.splits["train"], imgsz=64, names=spec.names)
     assert data.report["boxes"] == 3 and data.report["crowd_regions"] == 3
     np.testing.assert_allclose(data.crowd_regions(data.im_files[0]), [[4, 60, 60, 140, 150]], atol=1e-4)
+
+
+def test_one_model_scores_the_same_on_the_three_spellings(cards, tmp_path, monkeypatch):
+    """The same answers (an oracle's, `tests.test_coco_data`) on YOLO txt, the saved dataset and the
+    imagefolder with Pascal VOC boxes: the same mAP."""
+    from tests.test_coco_data import validate_with_oracle
+
+    scores = [
+        validate_with_oracle(monkeypatch, cards[kind], cards["names"], tmp_path, name=kind).metrics
+        for kind in ("yolo", "saved", "voc")
+    ]
+    assert 0.2 < scores[0]["mAP50-95"] < 0.95
+    for other in scores[1:]:
+        assert other["mAP50"] == pytest.approx(scores[0]["mAP50"], abs=1e-6)
+        assert other["mAP50-95"] == pytest.approx(scores[0]["mAP50-95"], abs=1e-6)
