@@ -1,4 +1,4 @@
-"""The `accelyolo` console script: `train`, `val`, `predict`, `evolve`, `export`, `import` and `data check`."""
+"""The `accelyolo` console script: `train`, `val`, `predict`, `evolve`, `export`, `import`, `push` and `data check`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ COMMANDS = {
     "evolve": ("accelyolo.evolution", "evolve hyperparameters: one training per generation (YOLOv5's genetic search)"),
     "export": ("accelyolo.exporter", "export a checkpoint to ONNX (pip install 'accelyolo[export]')"),
     "import": ("accelyolo.weights.command", "convert YOLOv5/YOLOv8/YOLO11 .pt weights into a .safetensors bundle"),
+    "push": ("accelyolo.weights.push", "share weights as a Hugging Face Hub model repository (or a local folder)"),
 }
 
 

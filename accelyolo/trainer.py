@@ -46,6 +46,7 @@ from accelyolo import __version__
 from accelyolo.callbacks import (
     Callback,
     CSVLogger,
+    HubPushCallback,
     PlotsCallback,
     ProgressCallback,
     TrackerCallback,
@@ -86,6 +87,7 @@ from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministi
 from accelyolo.runs import make_run_dir
 from accelyolo.threads import use_available_cores
 from accelyolo.weights.importers import is_foreign_weights, weights_for_fine_tuning
+from accelyolo.weights.pretrained import from_pretrained, is_pretrained_reference
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -504,6 +506,8 @@ class Trainer:
         if cfg.weights and self.resume_from is None:
             if is_foreign_weights(cfg.weights):  # another tool's .pt: converted on the fly, none of its code runs
                 source_state = weights_for_fine_tuning(cfg.weights, cfg.model)
+            elif is_pretrained_reference(cfg.weights):  # a save_pretrained folder or a Hub id
+                source_state = from_pretrained(cfg.weights)[0].state_dict()
             else:
                 bundle = load_checkpoint_bundle(cfg.weights)
                 source_state = bundle.ema_state or bundle.model_state
@@ -603,6 +607,7 @@ class Trainer:
             PlotsCallback(),
             TrackerImagesCallback(),
             ResultsPlotCallback(),
+            HubPushCallback(),
             *self.user_callbacks,
         ]
 
