@@ -29,8 +29,13 @@ __all__ = [
 ]
 
 
-def fit(recipe: str | None = None, **overrides: Any) -> FitResult:
-    """Train a model; see `accelyolo.engine.fit` for the arguments."""
+def fit(recipe: str | None = None, *, num_processes: int | None = None, **overrides: Any) -> FitResult:
+    """Train a model; see `accelyolo.engine.fit` for the arguments. `num_processes=N` trains on N processes
+    of this machine (from a script or a notebook; `accelyolo.launch.launch`) and returns the main one's result."""
+    if num_processes is not None:
+        from accelyolo.launch import launch
+
+        return launch(recipe, num_processes=num_processes, **overrides)
     from accelyolo.engine import fit as _fit
 
     return _fit(recipe, **overrides)

@@ -79,6 +79,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "accelyolo.evolution",
             "accelyolo.evolve",
             "accelyolo.exporter",
+            "accelyolo.launch",
         ),
     ),
 )
