@@ -181,7 +181,12 @@ class TrainConfig:
     save_period: int = _opt(-1, "also save weights/epochN.safetensors every N epochs", "run")
     save_last_n: int = _opt(0, "keep weights/epochK.safetensors (full, resumable) of the last N epochs", "run")
     nosave: bool = _opt(False, "save only the final checkpoint (no per-epoch last/best)", "run")
-    log_with: str | None = _opt(None, "tracker: tensorboard, wandb, mlflow or all", "run")
+    log_with: str | None = _opt(
+        None,
+        "trackers, comma-separated: tensorboard, wandb, mlflow, trackio, comet_ml, aim, clearml, dvclive, swanlab, "
+        "or all (every installed one)",
+        "run",
+    )
     push_to_hub: str | None = _opt(
         None, "at the end, upload the best weights as this Hub model repository (org/name; needs a login)", "run"
     )
