@@ -29,6 +29,7 @@ __all__ = ["ResultsPlotCallback", "TrackerImagesCallback", "validation_predictio
 
 LOGGER = logging.getLogger("accelyolo")
 
+
 @torch.no_grad()
 def validation_predictions(
     model: torch.nn.Module,
