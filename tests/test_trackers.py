@@ -1,8 +1,13 @@
-"""Trackers: one run logs to TensorBoard, wandb (offline) and mlflow (a file store) at once; each gets the run's
+"""Trackers: one run logs to TensorBoard, wandb (offline), mlflow (a file store) and trackio (its local database)
+at once; each gets the run's
 options, the epoch scalars and the pictures (training batches, validation predictions, results.png). A
 tracker whose package is missing skips its test (`pip install -e ".[trackers]"`)."""
 
 from __future__ import annotations
+
+import json
+import sqlite3
+import sys
 
 import pytest
 import yaml
@@ -17,7 +22,7 @@ PICTURES = {"train_batch0", "train_batch1", "train_batch2", "val_predictions", "
 
 @pytest.fixture(scope="module")
 def tracked_run(tiny_demo, tmp_path_factory):
-    """One 1-epoch run with every tracker installed here among tensorboard, wandb and mlflow, all offline."""
+    """One 1-epoch run with every tracker installed here among tensorboard, wandb, mlflow and trackio, offline."""
     import accelerate.utils
 
     names = [
@@ -26,6 +31,8 @@ def tracked_run(tiny_demo, tmp_path_factory):
             ("tensorboard", accelerate.utils.is_tensorboard_available),
             ("wandb", accelerate.utils.is_wandb_available),
             ("mlflow", accelerate.utils.is_mlflow_available),
+            # trackio reads TRACKIO_DIR when imported: only a first import here writes into this test's folder
+            ("trackio", lambda: accelerate.utils.is_trackio_available() and "trackio" not in sys.modules),
         )
         if available()
     ]
@@ -39,6 +46,7 @@ def tracked_run(tiny_demo, tmp_path_factory):
             "WANDB_DATA_DIR": str(root / "wandb-data"),
             "MLFLOW_TRACKING_URI": f"file:{root / 'mlruns'}",
             "MLFLOW_ALLOW_FILE_STORE": "true",  # mlflow 3 asks for a database unless told the folder is wanted
+            "TRACKIO_DIR": str(root / "trackio"),  # its sqlite database per project (the run's name) and media
         }.items():
             monkeypatch.setenv(key, value)
         options = tiny_train_options(tiny_demo, root / "runs", epochs=1, max_steps_per_epoch=3, plots=True)
@@ -84,6 +92,18 @@ def test_mlflow_file_store_gets_options_scalars_and_pictures(tracked_run):
     assert (run / "metrics" / "metrics" / "mAP50-95").is_file()
     pictures = {p.name.split("+", 1)[0] for p in (run / "artifacts" / "images").glob("*.png")}
     assert pictures == PICTURES
+
+
+def test_trackio_local_database_gets_options_scalars_and_pictures(tracked_run):
+    result, root, names = tracked_run
+    _need(names, "trackio")
+    with sqlite3.connect(root / "trackio" / f"{result.run_dir.name}.db") as db:
+        (config,) = [json.loads(row[0]) for row in db.execute("SELECT config FROM configs")]
+        logged = [json.loads(row[0]) for row in db.execute("SELECT metrics FROM metrics")]
+    assert config["imgsz"] == 64 and config["model"] == "yolov8t"
+    assert any("metrics/mAP50-95" in row for row in logged)
+    pictures = {key for row in logged for key, value in row.items() if isinstance(value, dict)}
+    assert pictures == PICTURES and len(list((root / "trackio" / "media").rglob("*.png"))) == len(PICTURES)
 
 
 def test_log_with_names_every_accelerate_tracker_and_refuses_others():
