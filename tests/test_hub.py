@@ -222,3 +222,31 @@ def test_bad_pretrained_folders_name_the_file_and_key(pushed_run, tmp_path):
         accelyolo.from_pretrained(str(folder))
     with pytest.raises(HubError, match="not a Hub model id of the form 'org/name'"):
         accelyolo.push_to_hub(str(uploaded), "not an id")
+
+
+@pytest.mark.parametrize(("name", "family"), [("yolov5t", "anchor_based"), ("yolo11t", "yolo11")])
+def test_multi_task_and_other_families_round_trip_with_their_segmentation_classes(name, family, tmp_path):
+    import accelyolo
+    from accelyolo.checkpoint import load_checkpoint, save_checkpoint
+    from accelyolo.families import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, nc=3, seg_classes=2)
+    ema = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}  # not the model's
+    metadata = {"model": dict(model.config), "names": ["a", "b", "c"], "seg_names": ["road", "sky"]}
+    metadata["config"] = {"imgsz": 96, "model": name, "segment": True}
+    bundle = save_checkpoint(
+        tmp_path / "multi.safetensors", model_state=model.state_dict(), ema_state=ema, metadata=metadata
+    )
+    folder = accelyolo.save_pretrained(bundle, tmp_path / "shared")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["seg_classes"] == 2 and config["seg_names"] == ["road", "sky"] and config["imgsz"] == 96
+    assert config["family"] == family and config["variant"] == name and config["strides"] == [8, 16, 32]
+    loaded, meta = accelyolo.from_pretrained(str(folder))
+    expected, _ = load_checkpoint(bundle)  # EMA preferred, as the folder holds
+    assert meta["seg_names"] == ["road", "sky"]
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        (det, logits), (det_ref, logits_ref) = loaded(x, x), expected(x, x)
+    assert torch.equal(det, det_ref) and torch.equal(logits, logits_ref)
+    assert "It also segments 2 classes (road, sky)" in (folder / "README.md").read_text()
