@@ -98,7 +98,7 @@ def test_trackio_local_database_gets_options_scalars_and_pictures(tracked_run):
     result, root, names = tracked_run
     _need(names, "trackio")
     with sqlite3.connect(root / "trackio" / f"{result.run_dir.name}.db") as db:
-        (config,) = [json.loads(row[0]) for row in db.execute("SELECT config FROM configs")]
+        (config,) = (json.loads(row[0]) for row in db.execute("SELECT config FROM configs"))
         logged = [json.loads(row[0]) for row in db.execute("SELECT metrics FROM metrics")]
     assert config["imgsz"] == 64 and config["model"] == "yolov8t"
     assert any("metrics/mAP50-95" in row for row in logged)
