@@ -19,15 +19,23 @@ __all__ = [
     "evolve",
     "export",
     "fit",
+    "from_pretrained",
     "import_weights",
     "load_checkpoint",
     "predict",
+    "push_to_hub",
+    "save_pretrained",
     "validate",
 ]
 
 
-def fit(recipe: str | None = None, **overrides: Any) -> FitResult:
-    """Train a model; see `accelyolo.engine.fit` for the arguments."""
+def fit(recipe: str | None = None, *, num_processes: int | None = None, **overrides: Any) -> FitResult:
+    """Train a model; see `accelyolo.engine.fit` for the arguments. `num_processes=N` trains on N processes
+    of this machine (from a script or a notebook; `accelyolo.launch.launch`) and returns the main one's result."""
+    if num_processes is not None:
+        from accelyolo.launch import launch
+
+        return launch(recipe, num_processes=num_processes, **overrides)
     from accelyolo.engine import fit as _fit
 
     return _fit(recipe, **overrides)
@@ -80,3 +88,26 @@ def import_weights(path: str):
     from accelyolo.weights.importers import import_weights as _import
 
     return _import(path)
+
+
+def from_pretrained(reference: str, **kwargs: Any):
+    """`(model, metadata)` from a Hub id (`org/name`) or a folder written by `save_pretrained`; see
+    `accelyolo.weights.hub.from_pretrained`."""
+    from accelyolo.weights.pretrained import from_pretrained as _from_pretrained
+
+    return _from_pretrained(reference, **kwargs)
+
+
+def save_pretrained(weights: str, save_directory: str, **kwargs: Any):
+    """Write a checkpoint as `model.safetensors` + `config.json` + `README.md` (model card); see
+    `accelyolo.weights.hub.save_pretrained`."""
+    from accelyolo.weights.hub import save_pretrained as _save_pretrained
+
+    return _save_pretrained(weights, save_directory, **kwargs)
+
+
+def push_to_hub(weights: str, repo_id: str, **kwargs: Any) -> str:
+    """Upload a checkpoint as a Hub model repository; see `accelyolo.weights.hub.push_to_hub`."""
+    from accelyolo.weights.hub import push_to_hub as _push_to_hub
+
+    return _push_to_hub(weights, repo_id, **kwargs)

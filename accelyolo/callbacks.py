@@ -232,3 +232,30 @@ class PlotsCallback(Callback):
     @staticmethod
     def _active(trainer: Trainer) -> bool:
         return trainer.cfg.plots and trainer.accelerator.is_main_process
+
+
+class HubPushCallback(Callback):
+    """`push_to_hub: org/name`: at the end of the run the main process uploads the inference weights (best's
+    EMA) with their config.json and model card. A failed upload is logged with the command that retries it;
+    the run's results stay as they are."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from accelyolo.config import HUB_ID, ConfigError
+
+        repo = trainer.cfg.push_to_hub
+        if repo and not HUB_ID.match(repo):  # refused before training, not after it
+            raise ConfigError(f"'push_to_hub' = {repo!r}: expected a Hub model id of the form 'org/name'.")
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        repo = trainer.cfg.push_to_hub
+        weights = trainer.weights_dir / "inference.safetensors"
+        if not repo or not trainer.accelerator.is_main_process or not weights.is_file():
+            return
+        from accelyolo.weights.hub import push_to_hub
+
+        try:
+            url = push_to_hub(weights, repo)
+        except Exception as error:  # the network, a login, a quota: none of them undoes the finished run
+            LOGGER.error("push_to_hub: %s; retry with: accelyolo push --weights %s --repo %s", error, weights, repo)
+            return
+        LOGGER.info("push_to_hub: uploaded %s to %s (%s)", weights.name, repo, url)

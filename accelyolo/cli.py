@@ -1,5 +1,5 @@
-"""The `accelyolo` console script: `train`, `val`, `predict`, `evolve`, `export`, `import`, `data check` and
-`data convert`."""
+"""The `accelyolo` console script: `train`, `val`, `predict`, `evolve`, `export`, `import`, `push`, `data check`
+and `data convert`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ COMMANDS = {
     "evolve": ("accelyolo.evolution", "evolve hyperparameters: one training per generation (YOLOv5's genetic search)"),
     "export": ("accelyolo.exporter", "export a checkpoint to ONNX (pip install 'accelyolo[export]')"),
     "import": ("accelyolo.weights.command", "convert YOLOv5/YOLOv8/YOLO11 .pt weights into a .safetensors bundle"),
+    "push": ("accelyolo.weights.push", "share weights as a Hugging Face Hub model repository (or a local folder)"),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -182,7 +183,15 @@ class TrainConfig:
     save_period: int = _opt(-1, "also save weights/epochN.safetensors every N epochs", "run")
     save_last_n: int = _opt(0, "keep weights/epochK.safetensors (full, resumable) of the last N epochs", "run")
     nosave: bool = _opt(False, "save only the final checkpoint (no per-epoch last/best)", "run")
-    log_with: str | None = _opt(None, "tracker: tensorboard, wandb, mlflow or all", "run")
+    log_with: str | None = _opt(
+        None,
+        "trackers, comma-separated: tensorboard, wandb, mlflow, trackio, comet_ml, aim, clearml, dvclive, swanlab, "
+        "or all (every installed one)",
+        "run",
+    )
+    push_to_hub: str | None = _opt(
+        None, "at the end, upload the best weights as this Hub model repository (org/name; needs a login)", "run"
+    )
     plots: bool = _opt(True, "write label, batch and metric pictures", "run")
     max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for quick runs", "run")
     # multi-task: detection + semantic segmentation in one network (accelyolo.multitask)
@@ -355,9 +364,21 @@ def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
         value = flat.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             candidate = (path.parent / value).resolve()
+            if key == "weights" and not candidate.exists() and is_hub_id(value):
+                continue  # `weights: org/name` names a Hub model, not a file beside the recipe
             if candidate.exists() or not Path(value).exists():
                 flat[key] = str(candidate)
     return flat
+
+
+# `org/name`: what a Hub model id looks like (a bare `name` is not taken: it is far likelier a missing file)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".onnx", ".yaml", ".yml", ".json")
+
+
+def is_hub_id(value: str) -> bool:
+    """Whether a `weights` value that is no path here reads as a Hub model id (`org/name`, no file suffix)."""
+    return bool(HUB_ID.match(value)) and not value.lower().endswith(_WEIGHTS_SUFFIXES)
 
 
 def load_config(recipe: str | Path | None = None, **overrides: Any) -> TrainConfig:

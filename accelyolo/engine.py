@@ -24,6 +24,7 @@ RESUME_CHANGEABLE = (
     "workers",
     "patience",
     "log_with",
+    "push_to_hub",
     "plots",
     "save_period",
     "resume",

@@ -2,9 +2,7 @@
 validation images with their predicted boxes, written through the trackers Accelerate holds; and
 `results.png`, the results.csv columns drawn per epoch, refreshed after every epoch.
 
-Trackers that take images: tensorboard (`SummaryWriter.add_image` via `accelerator.get_tracker(...,
-unwrap=True)`) and wandb (Accelerate's `log_images`). Accelerate's mlflow tracker has no image call, so
-mlflow runs get the scalars only.
+The trackers that take images and how they are reached: `accelyolo.trackers`.
 """
 
 from __future__ import annotations
@@ -13,13 +11,13 @@ import csv
 import logging
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from accelyolo.boxes import non_max_suppression
 from accelyolo.callbacks import Callback
 from accelyolo.data.loader import collate_fn, to_model_input
 from accelyolo.plots import batch_grid, plot_results
+from accelyolo.trackers import image_trackers, log_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -30,8 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ResultsPlotCallback", "TrackerImagesCallback", "validation_predictions"]
 
 LOGGER = logging.getLogger("accelyolo")
-
-IMAGE_TRACKERS = ("tensorboard", "wandb")
 
 
 @torch.no_grad()
@@ -99,21 +95,23 @@ class TrackerImagesCallback(Callback):
         )
         self._log(trainer, "val_predictions", grid, int(row["epoch"]))
 
+    def on_fit_end(self, trainer: Trainer) -> None:
+        results = trainer.run_dir / "results.png"  # drawn after every epoch by ResultsPlotCallback
+        if results.is_file() and self._trackers(trainer):
+            from PIL import Image
+
+            with Image.open(results) as image:
+                self._log(trainer, "results", image.convert("RGB"), trainer.state.epoch)
+
     @staticmethod
     def _trackers(trainer: Trainer) -> list[str]:
         if not trainer.trackers_started or not trainer.accelerator.is_main_process:
             return []
-        return [t.name for t in trainer.accelerator.trackers if t.name in IMAGE_TRACKERS]
+        return image_trackers(trainer.accelerator)
 
     def _log(self, trainer: Trainer, tag: str, grid: Image.Image, step: int) -> None:
-        accelerator = trainer.accelerator
         for name in self._trackers(trainer):
-            if name == "tensorboard":
-                writer = accelerator.get_tracker("tensorboard", unwrap=True)
-                writer.add_image(tag, np.asarray(grid), global_step=step, dataformats="HWC")
-                writer.flush()
-            else:
-                accelerator.get_tracker(name).log_images({tag: [grid]}, step=step)
+            log_image(trainer.accelerator, name, tag, grid, step)
 
 
 class ResultsPlotCallback(Callback):

@@ -46,6 +46,7 @@ from accelyolo import __version__
 from accelyolo.callbacks import (
     Callback,
     CSVLogger,
+    HubPushCallback,
     PlotsCallback,
     ProgressCallback,
     TrackerCallback,
@@ -86,7 +87,9 @@ from accelyolo.records import FitResult, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
 from accelyolo.runs import make_run_dir
 from accelyolo.threads import use_available_cores
+from accelyolo.trackers import chosen_trackers, tracker_init_kwargs
 from accelyolo.weights.importers import is_foreign_weights, weights_for_fine_tuning
+from accelyolo.weights.pretrained import from_pretrained, is_pretrained_reference
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -391,27 +394,10 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(
                 use_seedable_sampler=True, data_seed=self.cfg.seed, non_blocking=True
             ),
-            log_with=self._available_trackers(),
+            log_with=chosen_trackers(self.cfg.log_with),
             project_dir=self.cfg.project,  # trackers write to <project>/<run name>: the run folder
             **kwargs,
         )
-
-    def _available_trackers(self) -> list[str] | None:
-        if not self.cfg.log_with:
-            return None
-        from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
-
-        checks = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
-        wanted = list(checks) if self.cfg.log_with == "all" else self.cfg.log_with.split(",")
-        chosen = []
-        for name in (w.strip() for w in wanted):
-            if name not in checks:
-                raise ConfigError(f"'log_with': unknown tracker '{name}'; use tensorboard, wandb, mlflow or all.")
-            if checks[name]():
-                chosen.append(name)
-            else:
-                LOGGER.warning("tracker '%s' is not installed; skipping it (pip install %s)", name, name)
-        return chosen or None
 
     def build_datasets(self) -> tuple[YoloDataset, YoloDataset]:
         """The train (augmented) and val (letterboxed, rectangular batches) datasets of `cfg.data`."""
@@ -506,6 +492,8 @@ class Trainer:
         if cfg.weights and self.resume_from is None:
             if is_foreign_weights(cfg.weights):  # another tool's .pt: converted on the fly, none of its code runs
                 source_state = weights_for_fine_tuning(cfg.weights, cfg.model)
+            elif is_pretrained_reference(cfg.weights):  # a save_pretrained folder or a Hub id
+                source_state = from_pretrained(cfg.weights)[0].state_dict()
             else:
                 bundle = load_checkpoint_bundle(cfg.weights)
                 source_state = bundle.ema_state or bundle.model_state
@@ -606,6 +594,7 @@ class Trainer:
             PlotsCallback(),
             TrackerImagesCallback(),
             ResultsPlotCallback(),
+            HubPushCallback(),
             *self.user_callbacks,
         ]
 
@@ -652,7 +641,9 @@ class Trainer:
 
     def start_trackers(self) -> None:
         if self.accelerator.log_with:
-            self.accelerator.init_trackers(self.run_dir.name, config=self.cfg.to_dict())
+            self.accelerator.init_trackers(
+                self.run_dir.name, config=self.cfg.to_dict(), init_kwargs=tracker_init_kwargs(self.run_dir)
+            )
             self.trackers_started = True
 
     def describe(self) -> None:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# No test reaches the Hugging Face Hub, nor reads or fills the developer's Hub cache: huggingface_hub reads
+# these when it is first imported (the Hub tests point its constants at a folder of their own as well).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="accelyolo-tests-hf-")
+os.environ["HF_HUB_CACHE"] = os.path.join(os.environ["HF_HOME"], "hub")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], True)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 COCO128 = SHARED / "datasets" / "coco128"

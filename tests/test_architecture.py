@@ -63,6 +63,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "accelyolo.evaluation",
             "accelyolo.records",
             "accelyolo.pictures",
+            "accelyolo.trackers",
             "accelyolo.distill",
             "accelyolo.multitask",
         ),
@@ -79,6 +80,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "accelyolo.evolution",
             "accelyolo.evolve",
             "accelyolo.exporter",
+            "accelyolo.launch",
         ),
     ),
 )

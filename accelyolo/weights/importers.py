@@ -231,7 +231,12 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
 
 
 def load_weights(path: str | os.PathLike[str]) -> tuple[YOLO, dict[str, Any]]:
-    """(model in eval mode, metadata) from an accelyolo bundle (EMA preferred) or another tool's `.pt`."""
+    """(model in eval mode, metadata) from an accelyolo bundle (EMA preferred), another tool's `.pt`, or a
+    pretrained folder / Hub id (`accelyolo.weights.hub`)."""
+    from accelyolo.weights.pretrained import from_pretrained, is_pretrained_reference
+
+    if is_pretrained_reference(path):
+        return from_pretrained(path)
     if is_foreign_weights(path):
         imported = import_weights(path)
         return imported.model.eval(), imported.metadata(path)
