@@ -6,10 +6,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from accelyolo.errors import AccelyoloError
+from accelyolo.errors import exit_status  # also imported from here by the entry points
 
 # subcommand -> (module with add_arguments(parser) and run(args), help)
 COMMANDS = {
@@ -61,15 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(func(args) or 0)
     except AccelyoloError as error:  # every subcommand's user errors end the same way: message, status 2
         return exit_status(f"accelyolo {command_name(argv)}", error)
-
-
-def exit_status(prog: str, error: AccelyoloError) -> int:
-    """What every entry point does with a user's mistake: print `prog: message` on stderr as one line (once
-    per distributed run: not where another process already printed it) and return the exit status 2. A
-    message that quotes another library's (yaml's, torch's) spans lines; it is joined into one."""
-    if not error.reported_elsewhere:
-        print(f"{prog}: {' '.join(str(error).split())}", file=sys.stderr)
-    return 2
 
 
 def command_name(argv: list[str] | None) -> str:

@@ -2,7 +2,7 @@
 
 Every error a user can cause (a bad option, data.yaml, checkpoint, model name, run folder) is an
 `AccelyoloError` whose message names the file or key and says what to do; the command-line entry
-points print that message and exit with status 2 (`accelyolo.cli.exit_status`), never a traceback.
+points print that message and exit with status 2 (`exit_status`), never a traceback.
 Most kinds also subclass `ValueError` (or `FileNotFoundError`, `OSError`, `RuntimeError`), so code
 written against the older types keeps working.
 
@@ -10,6 +10,8 @@ This module imports nothing from the package: every layer may raise these.
 """
 
 from __future__ import annotations
+
+import sys
 
 __all__ = [
     "AccelyoloError",
@@ -68,3 +70,12 @@ class MissingDependencyError(AccelyoloError, ImportError):
 
 class ExportError(AccelyoloError, ValueError):
     """An export that cannot be made or a file that is not an accelyolo export."""
+
+
+def exit_status(prog: str, error: AccelyoloError) -> int:
+    """What every entry point does with a user's mistake: print `prog: message` on stderr as one line (once
+    per distributed run: not where another process already printed it) and return the exit status 2. A
+    message that quotes another library's (yaml's, torch's) spans lines; it is joined into one."""
+    if not error.reported_elsewhere:
+        print(f"{prog}: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2

@@ -88,8 +88,7 @@ from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministi
 from accelyolo.runs import make_run_dir
 from accelyolo.threads import use_available_cores
 from accelyolo.trackers import chosen_trackers, tracker_init_kwargs
-from accelyolo.weights.importers import is_foreign_weights, weights_for_fine_tuning
-from accelyolo.weights.pretrained import from_pretrained, is_pretrained_reference
+from accelyolo.weights.importers import weights_for_fine_tuning
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -490,13 +489,7 @@ class Trainer:
         except ValueError as exc:
             raise ConfigError(f"'model' {cfg.model!r} / 'anchors': {exc}") from exc
         if cfg.weights and self.resume_from is None:
-            if is_foreign_weights(cfg.weights):  # another tool's .pt: converted on the fly, none of its code runs
-                source_state = weights_for_fine_tuning(cfg.weights, cfg.model)
-            elif is_pretrained_reference(cfg.weights):  # a save_pretrained folder or a Hub id
-                source_state = from_pretrained(cfg.weights)[0].state_dict()
-            else:
-                bundle = load_checkpoint_bundle(cfg.weights)
-                source_state = bundle.ema_state or bundle.model_state
+            source_state = weights_for_fine_tuning(cfg.weights, cfg.model)  # a bundle, a .pt, a folder or Hub id
             moved, total = transfer_weights(model, source_state)
             LOGGER.info("weights: transferred %d/%d tensors from %s", moved, total, cfg.weights)
         if cfg.freeze:
@@ -833,11 +826,11 @@ class Trainer:
     def _step_was_skipped(self, scale_before: float | None) -> bool:
         """Whether the GradScaler skipped the optimizer step just taken (an fp16 overflow). Accelerate tells
         by whether `optimizer.step` ran, and a fused optimizer's always runs (it skips inside its kernel);
-        a skipped step is also one after which the scaler lowered its scale, which holds for both."""
+        the scaler lowers its scale after a skipped step and only then, whichever the optimizer."""
         if scale_before is None:
             return False
         self._scale = self.accelerator.scaler.get_scale()
-        return self.accelerator.optimizer_step_was_skipped or self._scale < scale_before
+        return self._scale < scale_before
 
     def _multi_scale(self, images: torch.Tensor, ni: int) -> torch.Tensor:
         """Resize the batch to a size in [0.5, 1.5] x imgsz (a multiple of 32), chosen from (seed, ni)."""

@@ -27,14 +27,13 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from benchmarks.quality import coco_scores, ground_truth  # noqa: E402
+from benchmarks.quality import coco_scores, ground_truth, train_and_validate  # noqa: E402
 
 SETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DEFAULT_SETS = ("aquarium", "cards", "licenseplates")
@@ -54,46 +53,11 @@ class SetResult:
 def train_and_score(
     args: argparse.Namespace, data: str, truth: Any, out: Path, name: str, **options: Any
 ) -> tuple[float, float, Path]:
-    """Train one model (options over the shared budget), validate its last epoch's EMA weights with
-    predictions written, score them with pycocotools; (AP50-95, training seconds, last checkpoint)."""
-    from accelyolo.engine import fit
-    from accelyolo.validation import validate
-
-    budget = dict(
-        data=data,
-        model=args.student,
-        epochs=args.epochs,
-        imgsz=args.imgsz,
-        batch_size=args.batch,
-        workers=args.workers,
-        close_mosaic=args.close_mosaic,
-        val_final_only=True,
-        patience=0,
-        plots=False,
-        project=str(out),
-        exist_ok=True,
-    )
-    start = time.perf_counter()
-    result = fit(**{**budget, **options, "name": name})
-    seconds = time.perf_counter() - start
-    val = validate(
-        str(result.last_checkpoint),
-        data=data,
-        imgsz=args.imgsz,
-        batch_size=args.batch,
-        conf=0.001,
-        workers=args.workers,
-        save_json=True,
-        plots=False,
-        project=str(out),
-        name=f"{name}-val",
-        exist_ok=True,
-        verbose=False,
-    )
-    if val.predictions_json is None:
-        raise RuntimeError(f"{name}: accelyolo.validate wrote no predictions.json")
-    score = coco_scores(truth, json.loads(Path(val.predictions_json).read_text()))["AP50-95"]
-    return score, seconds, result.last_checkpoint
+    """One model at the shared budget (`quality.train_and_validate`), scored by pycocotools:
+    (AP50-95, training seconds, last checkpoint)."""
+    run = train_and_validate(args, data, out, name, **{"model": args.student, **options})
+    score = coco_scores(truth, json.loads(run.predictions_json.read_text()))["AP50-95"]
+    return score, run.seconds, run.last_checkpoint
 
 
 def run_set(args: argparse.Namespace, data: str, out: Path) -> SetResult:

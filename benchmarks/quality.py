@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,31 +127,46 @@ def coco_scores(truth: GroundTruth, predictions: list[dict[str, Any]]) -> dict[s
     return {"AP50": ap50, "AP75": ap75, "AP50-95": ap}
 
 
-def train_ours(args: argparse.Namespace, seed: int, out: Path) -> tuple[Path, float]:
-    """Train and validate ours; returns its predictions.json and its own evaluator's mAP50-95."""
+@dataclass
+class OursRun:
+    """One training of ours, validated: its predictions.json, its own evaluator's mAP50-95, its last
+    checkpoint and the training's wall time."""
+
+    predictions_json: Path
+    own_map: float
+    last_checkpoint: Path
+    seconds: float
+
+
+def train_and_validate(args: argparse.Namespace, data: str, out: Path, name: str, **options: Any) -> OursRun:
+    """Train ours at the budget of `args` (epochs, imgsz, batch, workers, close_mosaic; validated after the
+    last epoch only) with `options` on top (model, seed, teacher, ...), then validate the last epoch's EMA
+    weights at conf 0.001 writing predictions.json (nothing is chosen on the validation split)."""
     from accelyolo.engine import fit
     from accelyolo.validation import validate
 
+    start = time.perf_counter()
     result = fit(
-        data=args.data,
-        model=args.model,
-        epochs=args.epochs,
-        imgsz=args.imgsz,
-        batch_size=args.batch,
-        workers=args.workers,
-        seed=seed,
-        close_mosaic=args.close_mosaic,
-        val_final_only=True,
-        patience=0,
-        plots=False,
-        project=str(out),
-        name=f"ours-seed{seed}",
-        exist_ok=True,
-        **args.ours,
+        **{
+            "data": data,
+            "epochs": args.epochs,
+            "imgsz": args.imgsz,
+            "batch_size": args.batch,
+            "workers": args.workers,
+            "close_mosaic": args.close_mosaic,
+            "val_final_only": True,
+            "patience": 0,
+            "plots": False,
+            "project": str(out),
+            "exist_ok": True,
+            **options,
+            "name": name,
+        }
     )
+    seconds = time.perf_counter() - start
     val = validate(
         str(result.last_checkpoint),
-        data=args.data,
+        data=data,
         imgsz=args.imgsz,
         batch_size=args.batch,
         conf=0.001,
@@ -158,13 +174,19 @@ def train_ours(args: argparse.Namespace, seed: int, out: Path) -> tuple[Path, fl
         save_json=True,
         plots=False,
         project=str(out),
-        name=f"ours-seed{seed}-val",
+        name=f"{name}-val",
         exist_ok=True,
         verbose=False,
     )
     if val.predictions_json is None:
-        raise RuntimeError("accelyolo.validate wrote no predictions.json")
-    return val.predictions_json, float(val.metrics["mAP50-95"])
+        raise RuntimeError(f"{name}: accelyolo.validate wrote no predictions.json")
+    return OursRun(Path(val.predictions_json), float(val.metrics["mAP50-95"]), Path(result.last_checkpoint), seconds)
+
+
+def train_ours(args: argparse.Namespace, seed: int, out: Path) -> tuple[Path, float]:
+    """Train and validate ours; returns its predictions.json and its own evaluator's mAP50-95."""
+    run = train_and_validate(args, args.data, out, f"ours-seed{seed}", model=args.model, seed=seed, **args.ours)
+    return run.predictions_json, run.own_map
 
 
 def peer_missing() -> str | None:

@@ -19,7 +19,7 @@ from accelyolo.data.dataset import SINGLE_CLASS_NAMES, build_report
 from accelyolo.data.segmentation import check_masks, load_seg_spec
 from accelyolo.data.sources import checked_entries
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
-from accelyolo.errors import DataError
+from accelyolo.errors import DataError, exit_status
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
 
@@ -74,9 +74,8 @@ def run(args: argparse.Namespace) -> int:
     except (DataConfigError, DataError) as err:  # exit status 2, one message naming the file and key
         if args.json:
             print(json.dumps({"data": str(args.data), "error": str(err), "splits": {}}))
-        else:  # the command's own error line (as cli.exit_status words it; data/ does not import cli)
-            print(f"accelyolo data check: {err}", file=sys.stderr)
-        return 2
+            return 2
+        return exit_status("accelyolo data check", err)
     result = check_dataset(spec, single_cls=args.single_cls)
     if args.json:
         print(json.dumps(result))

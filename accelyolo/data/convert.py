@@ -28,7 +28,7 @@ from typing import Any
 from accelyolo.data.checks import img2label_path
 from accelyolo.data.sources import checked_entries, source_of
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
-from accelyolo.errors import DataError
+from accelyolo.errors import DataError, exit_status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = convert(args.source, args.to, args.out)
     except (DataError, DataConfigError) as err:
-        print(f"accelyolo data convert: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return exit_status("accelyolo data convert", err)
     for split, s in result["splits"].items():
         dropped = f", {s['crowd']} crowd regions left out (YOLO has none)" if args.to == "yolo" and s["crowd"] else ""
         skipped = f", {s['skipped_images']} unusable images skipped" if s["skipped_images"] else ""

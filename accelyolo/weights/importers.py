@@ -246,9 +246,21 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[YOLO, dict[str, Any]]:
 
 
 def weights_for_fine_tuning(path: str | os.PathLike[str], model_name: str) -> dict[str, torch.Tensor]:
-    """The imported state dict for `--weights X.pt`; warns when the file holds another architecture than
-    the one being trained (only the tensors whose names and shapes fit will transfer)."""
-    model = import_weights(path).model
+    """The state dict `--weights` starts a run from: another tool's `.pt` (imported, none of its code runs),
+    a pretrained folder or Hub id, or an accelyolo bundle (its EMA weights when it has them). Warns when an
+    imported or pretrained file holds another architecture than the one being trained (only the tensors
+    whose names and shapes fit will transfer)."""
+    from accelyolo.weights.pretrained import from_pretrained, is_pretrained_reference
+
+    if is_pretrained_reference(path):
+        model = from_pretrained(path)[0]
+    elif is_foreign_weights(path):
+        model = import_weights(path).model
+    else:
+        from accelyolo.checkpoint import load_checkpoint_bundle
+
+        bundle = load_checkpoint_bundle(path)
+        return bundle.ema_state or bundle.model_state
     if model.config["name"] != model_name:
         LOGGER.warning(
             "weights: %s holds a %s; training a %s takes only the tensors that fit (--model %s trains the "
