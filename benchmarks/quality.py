@@ -1,9 +1,9 @@
 """Training quality against ultralytics: the same budget from scratch, both scored by pycocotools on one truth.
 
     python benchmarks/quality.py DATA_YAML [--epochs 30] [--imgsz 320] [--batch 16] [--seeds 3]
-        [--model yolov8n] [--workers 2] [--close-mosaic 5] [--out DIR] [--ours KEY=VALUE ...] [--no-peer]
+        [--first-seed 0] [--model yolov8n] [--workers 2] [--close-mosaic 5] [--out DIR] [--ours KEY=VALUE ...] [--no-peer]
 
-For each seed 0..N-1 it trains ours (`accelyolo.fit`, seed s) and, where `../peer-venv` and
+For each seed F..F+N-1 (F = `--first-seed`, 0 unless given) it trains ours (`accelyolo.fit`, seed s) and, where `../peer-venv` and
 `../shared/peer` stand beside the checkout, ultralytics (`peer_train.sh`, PEER_SEED=s) with the same
 epochs, image size, batch and close_mosaic. Each final model (EMA weights of the last epoch, not the
 best one, so that neither side is chosen on the validation split) writes COCO predictions of the val
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
     peer_yaml = None if missing else peer_data_yaml(args.data, out)
     results: dict[str, list[dict[str, float]]] = {"ours": [], "peer": []}
     lines = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for label in ("ours",) if peer_yaml is None else ("ours", "peer"):
             if label == "ours":
                 predictions_json, own = train_ours(args, seed, out)
@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, one training per side each")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds F..F+N-1, one training per side each")
+    parser.add_argument("--first-seed", type=int, default=0, help="F: the first seed (to run seeds one call at a time)")
     parser.add_argument("--model", default="yolov8n", help="a model both tools know (ultralytics reads MODEL.yaml)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--close-mosaic", type=int, default=5)
@@ -337,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data).is_file():
         print(f"data.yaml '{args.data}' not found; make one with benchmarks/varied_set.py", file=sys.stderr)
         return 2
-    if args.seeds < 1:
-        print("--seeds must be at least 1", file=sys.stderr)
+    if args.seeds < 1 or args.first_seed < 0:
+        print("--seeds must be at least 1 and --first-seed at least 0", file=sys.stderr)
         return 2
     args.data = str(Path(args.data).resolve())
     if args.out:
