@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from accelyolo.defaults import MAX_DET, PREDICT_CONF, VAL_CONF_THRES, VAL_IOU_THRES, imgsz_problem
 from accelyolo.errors import AccelyoloError
 from accelyolo.hyp import HYPERPARAMETERS
 
@@ -38,11 +39,6 @@ def _recipes_dir() -> Path:
 
 
 RECIPES_DIR = _recipes_dir()
-
-
-# `accelyolo predict`'s default confidence threshold: the score at which a detection is shown to a user. A
-# trained model whose highest validation score stays below it is not taken as `best` (`best_min_score`).
-PREDICT_CONF = 0.25
 
 
 class ConfigError(AccelyoloError, ValueError):
@@ -165,9 +161,9 @@ class TrainConfig:
     # evaluation schedule (YOLOv6): every epoch near the end, or only once at the end
     heavy_eval_range: int = _opt(0, "validate every epoch inside the last N epochs, whatever val_interval", "val")
     val_final_only: bool = _opt(False, "validate only after the last epoch", "val")
-    conf_thres: float = _opt(0.001, "validation confidence threshold", "val")
-    iou_thres: float = _opt(0.7, "validation NMS IoU threshold", "val")
-    max_det: int = _opt(300, "validation detections per image", "val")
+    conf_thres: float = _opt(VAL_CONF_THRES, "validation confidence threshold", "val")
+    iou_thres: float = _opt(VAL_IOU_THRES, "validation NMS IoU threshold", "val")
+    max_det: int = _opt(MAX_DET, "validation detections per image", "val")
     patience: int = _opt(100, "stop after N epochs without fitness improvement (0 = never)", "val")
     best_min_score: float = _opt(
         PREDICT_CONF,
@@ -432,8 +428,8 @@ def config_from_dict(values: dict[str, Any], sources: dict[str, str] | None = No
 def check_values(cfg: TrainConfig) -> None:
     """Range checks that types alone do not catch."""
     problems = []
-    if cfg.imgsz < 32 or cfg.imgsz % 32:
-        problems.append(f"'imgsz' must be a positive multiple of 32, got {cfg.imgsz}")
+    if problem := imgsz_problem("'imgsz'", cfg.imgsz):
+        problems.append(problem)
     for key in ("epochs", "batch_size", "nbs", "val_interval", "max_det"):
         if getattr(cfg, key) < 1:
             problems.append(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
@@ -530,8 +526,8 @@ def check_detection_flags(
 ) -> None:
     """The flags of `accelyolo val` and `predict`, checked before any file is read or written: a
     `ConfigError` naming each flag out of range (the thresholds would fail only inside NMS)."""
-    if imgsz is not None and (imgsz < 32 or imgsz % 32):
-        raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
+    if imgsz is not None and (problem := imgsz_problem("--imgsz", imgsz)):
+        raise ConfigError(f"{problem}.")
     problems = unit_interval_problems({"--conf": conf, "--iou": iou})
     for flag, value in (("--max-det", max_det), ("--batch-size", batch_size)):
         if value < 1:
