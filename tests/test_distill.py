@@ -248,6 +248,15 @@ open(OUT.format(rank=rank), "w").write(json.dumps(out))
 """
 
 
+def watch_two_ranks(opts, tmp_path):
+    """Run SCRIPT's watched `fit(**opts)` under a 2-process launch; each rank's record."""
+    script = tmp_path / "ddp_distill.py"
+    out = str(tmp_path / "rank-{rank}.json")
+    script.write_text(textwrap.dedent(SCRIPT).replace("OPTIONS", repr(opts)).replace("OUT", repr(out)))
+    run(launch_args(2) + [str(script)])
+    return [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+
 @pytest.mark.slow
 def test_ddp_epoch_with_a_teacher(tiny_demo, tmp_path, teacher_path):
     """Two processes train one epoch with a teacher: each rank's teacher unchanged and not DDP-wrapped; the
@@ -255,11 +264,7 @@ def test_ddp_epoch_with_a_teacher(tiny_demo, tmp_path, teacher_path):
     opts = tiny_train_options(
         tiny_demo, tmp_path, epochs=1, batch_size=4, nbs=8, teacher=str(teacher_path), distill_feat=True
     )
-    script = tmp_path / "ddp_distill.py"
-    out = str(tmp_path / "rank-{rank}.json")
-    script.write_text(textwrap.dedent(SCRIPT).replace("OPTIONS", repr(opts)).replace("OUT", repr(out)))
-    run(launch_args(2) + [str(script)])
-    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = watch_two_ranks(opts, tmp_path)
     for r in ranks:
         assert r["before"] == r["after"] and r["wrapped"] == "YOLO" and r["epochs"] == 1
         assert r["steps"] == 6 and r["names"][-3:] == ["distill_cls", "distill_box", "distill_feat"]
@@ -390,11 +395,7 @@ def test_ddp_epoch_of_a_distilled_multitask_model(tiny_demo, tmp_path, teacher_p
     opts = tiny_train_options(
         data, tmp_path, epochs=1, batch_size=4, nbs=8, segment=True, teacher=str(teacher_path), distill_feat=True
     )
-    script = tmp_path / "ddp_distill_multitask.py"
-    out = str(tmp_path / "rank-{rank}.json")
-    script.write_text(textwrap.dedent(SCRIPT).replace("OPTIONS", repr(opts)).replace("OUT", repr(out)))
-    run(launch_args(2) + [str(script)])
-    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = watch_two_ranks(opts, tmp_path)
     for r in ranks:
         assert r["before"] == r["after"] and r["epochs"] == 1
         assert r["names"] == ["box", "cls", "dfl", "seg", "distill_cls", "distill_box", "distill_feat"]
