@@ -247,6 +247,62 @@ class TrainConfig:
         """The hyperparameter section, keyed by YOLOv5's names."""
         return {f.name: getattr(self, f.name) for f in fields_in_section("hyp")}
 
+    def concept(self, name: str) -> dict[str, Any]:
+        """The options of one concept (`CONCEPTS`), e.g. `cfg.concept("optimisation")`."""
+        if name not in CONCEPTS:
+            raise ConfigError(f"unknown concept '{name}'; the concepts are {', '.join(CONCEPTS)}")
+        return {key: getattr(self, key) for key in CONCEPTS[name]}
+
+
+# Every option under the concept it belongs to, as Accelerate groups its own. A recipe (or `fit()`) may write an
+# option flat (`lr0: 0.02`) or under its concept (`optimisation: {lr0: 0.02}`); `--help` lists them by concept.
+# Each field is in exactly one concept (tests/test_config.py).
+CONCEPTS: dict[str, tuple[str, ...]] = {
+    "core": ("model", "weights", "freeze", "anchors", "noautoanchor", "epochs", "max_steps_per_epoch", "seed")
+    + ("deterministic", "mixed_precision", "compile", "channels_last", "retain_memory"),
+    "data": ("data", "imgsz", "batch_size", "workers", "cache", "cache_budget_mb", "single_cls", "rect", "rect_val")
+    + ("image_weights",),
+    "augmentation": ("augment", "multi_scale", "close_mosaic", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate")
+    + ("scale", "shear", "perspective", "flipud", "fliplr", "mosaic", "mixup", "crop", "crop_erosion"),
+    "optimisation": ("optimizer", "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum")
+    + ("warmup_bias_lr", "warmup_min_iters", "cos_lr", "scheduler", "scheduler_args", "nbs", "max_grad_norm")
+    + ("ema_decay", "ema_tau", "sync_bn"),
+    "loss": ("box", "cls", "dfl", "obj", "cls_pw", "obj_pw", "anchor_t", "fl_gamma", "label_smoothing"),
+    "evaluation": ("val_interval", "heavy_eval_range", "val_final_only", "conf_thres", "iou_thres", "max_det")
+    + ("patience", "best_min_score"),
+    "distillation": ("teacher", "distill_weight", "distill_feat", "temperature"),
+    "segmentation": ("segment", "seg_batch_size", "seg_aspect", "seg_scale", "det_gain", "seg_gain")
+    + ("seg_class_weights", "seg_val_interval", "det_weight"),
+    "run": ("project", "name", "exist_ok", "resume", "save_period", "save_last_n", "nosave", "log_with")
+    + ("push_to_hub", "plots"),
+}
+
+
+def concept_of(key: str) -> str | None:
+    """The concept an option belongs to, or None for a name that is no option."""
+    return next((name for name, keys in CONCEPTS.items() if key in keys), None)
+
+
+def expand_concepts(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` with every concept section (`optimisation: {lr0: 0.02}`) written flat; a key under a concept it
+    does not belong to, or set both flat and in its section, is a `ConfigError` naming it. `data:` is a section
+    only when it is a mapping (a string is the data option itself)."""
+    out = {key: value for key, value in values.items() if not (key in CONCEPTS and isinstance(value, dict))}
+    for concept, section in values.items():
+        if concept not in CONCEPTS or not isinstance(section, dict):
+            continue
+        for key, value in section.items():
+            if key not in CONCEPTS[concept]:
+                home = concept_of(str(key))
+                if home:
+                    raise ConfigError(f"{source}: '{concept}.{key}': '{key}' belongs to '{home}', not '{concept}'.")
+                names = list(CONCEPTS[concept])
+                raise ConfigError(f"{source}: '{concept}.{key}' is no {concept} option.{_suggest(str(key), names)}")
+            if key in out:
+                raise ConfigError(f"{source}: '{key}' is set twice, on its own and under '{concept}'; keep one.")
+            out[key] = value
+    return out
+
 
 # Accelerate's precision choices (accelerate.utils.PrecisionType), spelled out so config stays import-light.
 MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
@@ -336,7 +392,7 @@ def resolve_recipe(recipe: str | Path) -> Path:
 
 def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """Inline `hyp:` (mapping or hyp yaml path) and make relative `data`/`weights`/`teacher` paths absolute."""
-    data = dict(data)
+    data = expand_concepts(data, f"recipe {path}")
     hyp = data.pop("hyp", None)
     flat: dict[str, Any] = {}
     if isinstance(hyp, str):
@@ -400,7 +456,7 @@ def load_config(recipe: str | Path | None = None, **overrides: Any) -> TrainConf
             flat = _flatten_recipe({"hyp": hyp}, Path.cwd() / "hyp")
             values.update(flat)
             sources.update({k: "hyp" for k in flat})
-    for key, value in overrides.items():
+    for key, value in expand_concepts(overrides, "argument").items():
         key = _ALIASES.get(key, key).replace("-", "_")
         values[key] = value
         sources[key] = "argument"
@@ -569,9 +625,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=None, help="recipe yaml (path or shipped name, e.g. demo)")
     parser.add_argument("--hyp", default=None, help="hyperparameter yaml (YOLOv5 hyp.*.yaml style)")
     types_ = _field_types()
-    for section in ("model", "data", "train", "val", "run", "hyp"):
-        group = parser.add_argument_group(section)
-        for f in fields_in_section(section):
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for concept, keys in CONCEPTS.items():
+        group = parser.add_argument_group(concept)
+        for f in (fields[key] for key in keys):
             flag = "--" + f.name.replace("_", "-")
             text = f.metadata["help"].replace("%", "%%")  # argparse %-formats help strings
             kind = types_[f.name]
