@@ -17,6 +17,8 @@ import torch
 import torchvision
 from torchvision.ops import box_convert
 
+from accelyolo.defaults import MAX_DET, VAL_CONF_THRES, VAL_IOU_THRES
+
 __all__ = [
     "bbox_iou",
     "box_iou",
@@ -147,12 +149,12 @@ def scale_boxes(boxes: torch.Tensor, ratio_pad: Sequence, orig_shape: Sequence[i
 
 def non_max_suppression(
     pred: torch.Tensor,
-    conf_thres: float = 0.001,
-    iou_thres: float = 0.7,
+    conf_thres: float = VAL_CONF_THRES,
+    iou_thres: float = VAL_IOU_THRES,
     classes: Sequence[int] | None = None,
     agnostic: bool = False,
     multi_label: bool = False,
-    max_det: int = 300,
+    max_det: int = MAX_DET,
     max_nms: int = 30000,
 ) -> list[torch.Tensor]:
     """Per-image NMS over model outputs.

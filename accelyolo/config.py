@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from accelyolo.defaults import MAX_DET, PREDICT_CONF, VAL_CONF_THRES, VAL_IOU_THRES, imgsz_problem
 from accelyolo.errors import AccelyoloError
 from accelyolo.hyp import HYPERPARAMETERS
 
@@ -38,11 +39,6 @@ def _recipes_dir() -> Path:
 
 
 RECIPES_DIR = _recipes_dir()
-
-
-# `accelyolo predict`'s default confidence threshold: the score at which a detection is shown to a user. A
-# trained model whose highest validation score stays below it is not taken as `best` (`best_min_score`).
-PREDICT_CONF = 0.25
 
 
 class ConfigError(AccelyoloError, ValueError):
@@ -165,9 +161,9 @@ class TrainConfig:
     # evaluation schedule (YOLOv6): every epoch near the end, or only once at the end
     heavy_eval_range: int = _opt(0, "validate every epoch inside the last N epochs, whatever val_interval", "val")
     val_final_only: bool = _opt(False, "validate only after the last epoch", "val")
-    conf_thres: float = _opt(0.001, "validation confidence threshold", "val")
-    iou_thres: float = _opt(0.7, "validation NMS IoU threshold", "val")
-    max_det: int = _opt(300, "validation detections per image", "val")
+    conf_thres: float = _opt(VAL_CONF_THRES, "validation confidence threshold", "val")
+    iou_thres: float = _opt(VAL_IOU_THRES, "validation NMS IoU threshold", "val")
+    max_det: int = _opt(MAX_DET, "validation detections per image", "val")
     patience: int = _opt(100, "stop after N epochs without fitness improvement (0 = never)", "val")
     best_min_score: float = _opt(
         PREDICT_CONF,
@@ -250,6 +246,62 @@ class TrainConfig:
     def hyp(self) -> dict[str, Any]:
         """The hyperparameter section, keyed by YOLOv5's names."""
         return {f.name: getattr(self, f.name) for f in fields_in_section("hyp")}
+
+    def concept(self, name: str) -> dict[str, Any]:
+        """The options of one concept (`CONCEPTS`), e.g. `cfg.concept("optimisation")`."""
+        if name not in CONCEPTS:
+            raise ConfigError(f"unknown concept '{name}'; the concepts are {', '.join(CONCEPTS)}")
+        return {key: getattr(self, key) for key in CONCEPTS[name]}
+
+
+# Every option under the concept it belongs to, as Accelerate groups its own. A recipe (or `fit()`) may write an
+# option flat (`lr0: 0.02`) or under its concept (`optimisation: {lr0: 0.02}`); `--help` lists them by concept.
+# Each field is in exactly one concept (tests/test_config.py).
+CONCEPTS: dict[str, tuple[str, ...]] = {
+    "core": ("model", "weights", "freeze", "anchors", "noautoanchor", "epochs", "max_steps_per_epoch", "seed")
+    + ("deterministic", "mixed_precision", "compile", "channels_last", "retain_memory"),
+    "data": ("data", "imgsz", "batch_size", "workers", "cache", "cache_budget_mb", "single_cls", "rect", "rect_val")
+    + ("image_weights",),
+    "augmentation": ("augment", "multi_scale", "close_mosaic", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate")
+    + ("scale", "shear", "perspective", "flipud", "fliplr", "mosaic", "mixup", "crop", "crop_erosion"),
+    "optimisation": ("optimizer", "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum")
+    + ("warmup_bias_lr", "warmup_min_iters", "cos_lr", "scheduler", "scheduler_args", "nbs", "max_grad_norm")
+    + ("ema_decay", "ema_tau", "sync_bn"),
+    "loss": ("box", "cls", "dfl", "obj", "cls_pw", "obj_pw", "anchor_t", "fl_gamma", "label_smoothing"),
+    "evaluation": ("val_interval", "heavy_eval_range", "val_final_only", "conf_thres", "iou_thres", "max_det")
+    + ("patience", "best_min_score"),
+    "distillation": ("teacher", "distill_weight", "distill_feat", "temperature"),
+    "segmentation": ("segment", "seg_batch_size", "seg_aspect", "seg_scale", "det_gain", "seg_gain")
+    + ("seg_class_weights", "seg_val_interval", "det_weight"),
+    "run": ("project", "name", "exist_ok", "resume", "save_period", "save_last_n", "nosave", "log_with")
+    + ("push_to_hub", "plots"),
+}
+
+
+def concept_of(key: str) -> str | None:
+    """The concept an option belongs to, or None for a name that is no option."""
+    return next((name for name, keys in CONCEPTS.items() if key in keys), None)
+
+
+def expand_concepts(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` with every concept section (`optimisation: {lr0: 0.02}`) written flat; a key under a concept it
+    does not belong to, or set both flat and in its section, is a `ConfigError` naming it. `data:` is a section
+    only when it is a mapping (a string is the data option itself)."""
+    out = {key: value for key, value in values.items() if not (key in CONCEPTS and isinstance(value, dict))}
+    for concept, section in values.items():
+        if concept not in CONCEPTS or not isinstance(section, dict):
+            continue
+        for key, value in section.items():
+            if key not in CONCEPTS[concept]:
+                home = concept_of(str(key))
+                if home:
+                    raise ConfigError(f"{source}: '{concept}.{key}': '{key}' belongs to '{home}', not '{concept}'.")
+                names = list(CONCEPTS[concept])
+                raise ConfigError(f"{source}: '{concept}.{key}' is no {concept} option.{_suggest(str(key), names)}")
+            if key in out:
+                raise ConfigError(f"{source}: '{key}' is set twice, on its own and under '{concept}'; keep one.")
+            out[key] = value
+    return out
 
 
 # Accelerate's precision choices (accelerate.utils.PrecisionType), spelled out so config stays import-light.
@@ -340,7 +392,7 @@ def resolve_recipe(recipe: str | Path) -> Path:
 
 def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """Inline `hyp:` (mapping or hyp yaml path) and make relative `data`/`weights`/`teacher` paths absolute."""
-    data = dict(data)
+    data = expand_concepts(data, f"recipe {path}")
     hyp = data.pop("hyp", None)
     flat: dict[str, Any] = {}
     if isinstance(hyp, str):
@@ -404,7 +456,7 @@ def load_config(recipe: str | Path | None = None, **overrides: Any) -> TrainConf
             flat = _flatten_recipe({"hyp": hyp}, Path.cwd() / "hyp")
             values.update(flat)
             sources.update({k: "hyp" for k in flat})
-    for key, value in overrides.items():
+    for key, value in expand_concepts(overrides, "argument").items():
         key = _ALIASES.get(key, key).replace("-", "_")
         values[key] = value
         sources[key] = "argument"
@@ -432,8 +484,8 @@ def config_from_dict(values: dict[str, Any], sources: dict[str, str] | None = No
 def check_values(cfg: TrainConfig) -> None:
     """Range checks that types alone do not catch."""
     problems = []
-    if cfg.imgsz < 32 or cfg.imgsz % 32:
-        problems.append(f"'imgsz' must be a positive multiple of 32, got {cfg.imgsz}")
+    if problem := imgsz_problem("'imgsz'", cfg.imgsz):
+        problems.append(problem)
     for key in ("epochs", "batch_size", "nbs", "val_interval", "max_det"):
         if getattr(cfg, key) < 1:
             problems.append(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
@@ -530,8 +582,8 @@ def check_detection_flags(
 ) -> None:
     """The flags of `accelyolo val` and `predict`, checked before any file is read or written: a
     `ConfigError` naming each flag out of range (the thresholds would fail only inside NMS)."""
-    if imgsz is not None and (imgsz < 32 or imgsz % 32):
-        raise ConfigError(f"--imgsz must be a positive multiple of 32 (e.g. 320, 640), got {imgsz}.")
+    if imgsz is not None and (problem := imgsz_problem("--imgsz", imgsz)):
+        raise ConfigError(f"{problem}.")
     problems = unit_interval_problems({"--conf": conf, "--iou": iou})
     for flag, value in (("--max-det", max_det), ("--batch-size", batch_size)):
         if value < 1:
@@ -573,9 +625,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=None, help="recipe yaml (path or shipped name, e.g. demo)")
     parser.add_argument("--hyp", default=None, help="hyperparameter yaml (YOLOv5 hyp.*.yaml style)")
     types_ = _field_types()
-    for section in ("model", "data", "train", "val", "run", "hyp"):
-        group = parser.add_argument_group(section)
-        for f in fields_in_section(section):
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for concept, keys in CONCEPTS.items():
+        group = parser.add_argument_group(concept)
+        for f in (fields[key] for key in keys):
             flag = "--" + f.name.replace("_", "-")
             text = f.metadata["help"].replace("%", "%%")  # argparse %-formats help strings
             kind = types_[f.name]

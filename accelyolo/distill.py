@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,12 @@ from torch import nn
 from accelyolo.checkpoint import load_checkpoint
 from accelyolo.config import ConfigError
 from accelyolo.families import family_of, get_family, list_families, list_models
+from accelyolo.losses.objective import Objective
 from accelyolo.trainer import Trainer
 
 __all__ = [
     "DistillTrainer",
-    "DistillationLoss",
+    "DistillationObjective",
     "FeatureAdapters",
     "channel_wise_kl",
     "check_teacher",
@@ -170,21 +172,49 @@ def distillation_terms(
     return terms
 
 
-class DistillationLoss(nn.Module):
-    """The detection loss, with the longer list of names that the distillation terms add.
+class DistillationObjective(Objective):
+    """Another objective (detection, or detection + segmentation) plus the weighted distillation terms.
 
-    Called as the detection loss (`total, items = loss(preds, targets)`); `DistillTrainer.compute_loss`
-    appends the distillation items in the order of `names`.
+    The inner objective runs the student; the teacher sees the same (augmented) detection images. Items are the
+    inner ones followed by `distill_<term>` in the order of `terms`, each already times `scale` (the epoch's
+    distillation weight, set by the trainer). `student` returns the unwrapped student (its family reads the
+    maps); `student_feats` returns, once per step, the student's neck outputs of the detection images (the
+    feature term only) and `adapters` maps them to the teacher's channels.
     """
 
-    def __init__(self, detection: nn.Module, terms: tuple[str, ...]) -> None:
-        super().__init__()
-        self.detection = detection
-        self.terms = terms
-        self.names = tuple(detection.names) + tuple(f"distill_{t}" for t in terms)
+    def __init__(
+        self,
+        inner: Objective,
+        teacher: nn.Module,
+        terms: tuple[str, ...],
+        temperature: float,
+        student: Callable[[], nn.Module],
+        student_feats: Callable[[], list[torch.Tensor]] | None = None,
+        adapters: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
+    ) -> None:
+        self.inner, self.teacher, self.terms, self.temperature = inner, teacher, terms, temperature
+        self.student, self.student_feats, self.adapters = student, student_feats, adapters
+        self.scale = 1.0
+        self.names = tuple(inner.names) + tuple(f"distill_{t}" for t in terms)
 
-    def forward(self, preds: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.detection(preds, targets)
+    def run(self, model: Any, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        if self.teacher.training:  # nothing may switch the teacher's BatchNorm to batch statistics
+            self.teacher.eval()
+        total, items, preds = self.inner.run(model, batch, images)
+        t_maps, t_feats = teacher_outputs(self.teacher, images)
+        feat = "feat" in self.terms
+        terms = distillation_terms(
+            self.student(),
+            preds,
+            self.teacher,
+            t_maps,
+            self.temperature,
+            student_feats=self.adapters(self.student_feats()) if feat else None,
+            teacher_feats=t_feats if feat else None,
+        )
+        weighted = torch.stack([terms[name] for name in self.terms]) * self.scale
+        batch_size = images.shape[0]  # the detection loss is a sum over the batch (YOLOv5); so are these
+        return total + weighted.sum() * batch_size, torch.cat((items, weighted.detach().to(items.dtype))), preds
 
 
 class FeatureAdapters(nn.Module):
@@ -232,12 +262,22 @@ class DistillTrainer(Trainer):
             self.adapters = FeatureAdapters(tuple(model.neck.out_channels), tuple(self.teacher.neck.out_channels))
         return model
 
-    def build_loss(self, model: nn.Module) -> nn.Module:
-        detection = super().build_loss(model)
+    def build_loss(self, model: nn.Module) -> Objective:
+        """The objective of the run without a teacher (`super()`: detection, or detection + segmentation),
+        wrapped with the distillation terms."""
+        inner = super().build_loss(model)
         probe = torch.zeros(1, 3, 64, 64, device=self.accelerator.device)
         _, box = family_of(self.teacher).distill_logits(self.teacher, teacher_outputs(self.teacher, probe)[0])
         terms = ("cls",) + (("box",) if box is not None else ()) + (("feat",) if self.cfg.distill_feat else ())
-        return DistillationLoss(detection, terms)
+        return DistillationObjective(
+            inner,
+            self.teacher,
+            terms,
+            self.cfg.temperature,
+            student=lambda: self.unwrap(self.model),
+            student_feats=self._take_student_feats,
+            adapters=lambda feats: self.adapters(feats),
+        )
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The base optimizer's groups over the student and the feature adapters (when any)."""
@@ -260,37 +300,24 @@ class DistillTrainer(Trainer):
             self._hook = neck.register_forward_hook(self._keep_student_feats)
 
     def _keep_student_feats(self, module: nn.Module, inputs: Any, output: list[torch.Tensor]) -> None:
-        if module.training:
+        """The neck's first training call of a step: the detection images (a multi-task forward calls the
+        neck again on the segmentation images)."""
+        if module.training and self._student_feats is None:
             self._student_feats = output
+
+    def _take_student_feats(self) -> list[torch.Tensor]:
+        feats, self._student_feats = self._student_feats, None
+        if feats is None:
+            raise RuntimeError("distillation: the student's neck features of this step were not recorded")
+        return feats
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any] | None:
         self.distill_scale = distill_weight_at(epoch, self.cfg.epochs, self.cfg.distill_weight)
+        if isinstance(self.loss_fn, DistillationObjective):  # not when Parts(loss=) replaced the objective
+            self.loss_fn.scale = self.distill_scale
         if self.adapters is not None:
             self.adapters.train()
         return super().train_one_epoch(epoch)
-
-    def compute_loss(self, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Detection loss plus the weighted distillation terms; items in the order of `loss_fn.names`."""
-        if self.teacher.training:  # nothing may switch the teacher's BatchNorm to batch statistics
-            self.teacher.eval()
-        preds = self.model(images)
-        total, items = self.loss_fn(preds, batch["targets"])
-        t_maps, t_feats = teacher_outputs(self.teacher, images)
-        feat = self.cfg.distill_feat
-        terms = distillation_terms(
-            self.unwrap(self.model),
-            preds,
-            self.teacher,
-            t_maps,
-            self.cfg.temperature,
-            student_feats=self.adapters(self._student_feats) if feat else None,
-            teacher_feats=t_feats if feat else None,
-        )
-        if feat:
-            self._student_feats = None
-        weighted = torch.stack([terms[name] for name in self.loss_fn.terms]) * self.distill_scale
-        batch_size = images.shape[0]  # the detection loss is a sum over the batch (YOLOv5); so are these
-        return total + weighted.sum() * batch_size, torch.cat((items, weighted.detach().to(items.dtype)))
 
     def extra_checkpoint_state(self) -> dict[str, Any] | None:
         if not self._adapter_parameters():

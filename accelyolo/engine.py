@@ -1,8 +1,9 @@
 """`fit()`: from a recipe and options (or a checkpoint to resume) to a finished run.
 
 It resolves the configuration, picks the trainer the options ask for (a `DistillTrainer` when a teacher
-is set, a `MultiTaskTrainer` for detection + segmentation, else `Trainer`) and runs it. It lives above the
-trainer and its subclasses, which all import `accelyolo.trainer`.
+is set, a `MultiTaskTrainer` for detection + segmentation, a trainer made of both when both are asked for,
+else `Trainer`) and runs it. It lives above the trainer and its subclasses, which all import
+`accelyolo.trainer`.
 """
 
 from __future__ import annotations
@@ -38,21 +39,22 @@ RESUME_CHANGEABLE = (
 
 
 def trainer_class_for(cfg: TrainConfig) -> type[Trainer]:
-    """The trainer a configuration asks for."""
-    if cfg.teacher and cfg.segment:
-        raise ConfigError(
-            "'teacher' (distillation) and 'segment' (multi-task) cannot be combined in one run yet; "
-            "drop one of them, or pass your own trainer_class."
-        )
+    """The trainer a configuration asks for: each feature's trainer extends `Trainer` through cooperative
+    `super()` calls and objectives that wrap one another (`accelyolo.losses.objective`), so several features
+    combine into one class of all of them, the added terms (distillation) outermost."""
+    features: list[type[Trainer]] = []
     if cfg.teacher:
         from accelyolo.distill import DistillTrainer
 
-        return DistillTrainer
+        features.append(DistillTrainer)
     if cfg.segment:
         from accelyolo.multitask import MultiTaskTrainer
 
-        return MultiTaskTrainer
-    return Trainer
+        features.append(MultiTaskTrainer)
+    if len(features) < 2:
+        return features[0] if features else Trainer
+    name = "".join(f.__name__.removesuffix("Trainer") for f in features) + "Trainer"
+    return type(name, tuple(features), {"__module__": __name__})
 
 
 def fit(

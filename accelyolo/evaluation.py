@@ -1,4 +1,5 @@
-"""The validation loop shared by the trainer and `accelyolo val`: every rank evaluates its shard.
+"""The validation loops shared by the trainer and `accelyolo val`: detection (every rank evaluates its shard)
+and the segmentation of a multi-task model (`evaluate_segmentation`).
 
 Each rank runs the model over its own whole batches of the validation loader (`build_dataloader(...,
 num_shards, shard)`: no image repeated, no batch padded with an image of another shape), turns detections
@@ -19,7 +20,9 @@ from accelerate.utils import gather_object
 
 from accelyolo.boxes import non_max_suppression, scale_boxes, xywh2xyxy
 from accelyolo.data.loader import to_model_input
+from accelyolo.defaults import MAX_DET, VAL_CONF_THRES, VAL_IOU_THRES
 from accelyolo.metrics import DetectionEvaluator, DetectionResult
+from accelyolo.segmetrics import SegmentationResult, confusion_matrix, segmentation_result
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -60,9 +63,9 @@ def evaluate(
     accelerator: Accelerator,
     nc: int,
     names: list[str],
-    conf_thres: float = 0.001,
-    iou_thres: float = 0.7,
-    max_det: int = 300,
+    conf_thres: float = VAL_CONF_THRES,
+    iou_thres: float = VAL_IOU_THRES,
+    max_det: int = MAX_DET,
     on_batch: Callable[[dict[str, Any], list[torch.Tensor]], None] | None = None,
     channels_last: bool = False,
     multi_label: bool = MULTI_LABEL,
@@ -125,9 +128,9 @@ class DetectionValidator:
         loader,
         accelerator: Accelerator,
         names: list[str],
-        conf_thres: float = 0.001,
-        iou_thres: float = 0.7,
-        max_det: int = 300,
+        conf_thres: float = VAL_CONF_THRES,
+        iou_thres: float = VAL_IOU_THRES,
+        max_det: int = MAX_DET,
         channels_last: bool = False,
     ) -> None:
         self.loader, self.accelerator, self.names = loader, accelerator, list(names)
@@ -149,3 +152,41 @@ class DetectionValidator:
             on_batch=on_batch,
             channels_last=self.channels_last,
         )
+
+
+@torch.no_grad()
+def evaluate_segmentation(
+    model: torch.nn.Module,
+    loader: Any,
+    accelerator: Accelerator,
+    names: list[str],
+    ignore: int,
+    channels_last: bool = False,
+) -> SegmentationResult:
+    """Pixel accuracy and mIoU of `model.segment` over this rank's shard of `loader`, gathered over ranks.
+
+    One confusion matrix per image, keyed by its path, so images that DDP's even batches repeat on
+    a rank are counted once. Every rank returns the same result.
+    """
+    was_training = model.training
+    model.eval()
+    k = len(names)
+    per_image: dict[str, np.ndarray] = {}
+    for batch in loader:
+        images = to_model_input(batch["images"], channels_last)
+        with accelerator.autocast():
+            logits = model.segment(images)
+        pred = logits.argmax(1)  # (B, H, W)
+        masks = batch["masks"].to(pred.device)
+        for path, p, t in zip(batch["paths"], pred, masks):
+            per_image[str(path)] = confusion_matrix(p, t, k, ignore).cpu().numpy()
+    if accelerator.num_processes > 1:
+        merged: dict[str, np.ndarray] = {}
+        for part in gather_object([per_image]):
+            merged.update(part)
+        per_image = merged
+    total = np.zeros((k, k), np.int64)
+    for matrix in per_image.values():
+        total += matrix
+    model.train(was_training)
+    return segmentation_result(torch.from_numpy(total), names)

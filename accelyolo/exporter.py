@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from accelyolo.defaults import imgsz_problem
 from accelyolo.errors import AccelyoloError, ExportError, MissingDependencyError
 
 __all__ = ["OnnxDetector", "export"]
@@ -91,8 +92,8 @@ def export(
     onnx = _require_onnx()
     model, meta = load_weights(weights)
     imgsz = int(imgsz or meta.get("config", {}).get("imgsz", 640))
-    if imgsz % 32:
-        raise ExportError(f"export: --imgsz must be a multiple of 32 (the largest stride), got {imgsz}")
+    if problem := imgsz_problem("export: --imgsz", imgsz):
+        raise ExportError(problem)
     model = model.fuse().eval()
     dtype = torch.float16 if half else torch.float32
     model = model.to(dtype)

@@ -22,7 +22,6 @@ data.yaml adds `seg_train`, `seg_val`, `seg_names`, `seg_ignore` (`accelyolo.dat
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,23 +31,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import gather_object
 from torch import nn
 
 from accelyolo.config import ConfigError
 from accelyolo.data.demo import demo_multitask_yaml
 from accelyolo.data.loader import to_model_input
 from accelyolo.data.segmentation import SegmentationDataset, build_seg_dataloader, load_seg_spec
-from accelyolo.segmetrics import SegmentationResult, confusion_matrix, segmentation_result
+from accelyolo.evaluation import evaluate_segmentation
+from accelyolo.losses.objective import DetectionObjective, Objective
+from accelyolo.segmetrics import SegmentationResult
 from accelyolo.trainer import Trainer
 
 __all__ = [
     "MultiTaskLoss",
+    "MultiTaskObjective",
     "MultiTaskResult",
     "MultiTaskTrainer",
     "PairedLoader",
-    "evaluate_segmentation",
     "seg_class_weights",
 ]
 
@@ -94,6 +93,21 @@ class MultiTaskLoss(nn.Module):
         return total, torch.cat((det_items.detach().float().reshape(-1), seg.detach().reshape(1)))
 
 
+class MultiTaskObjective(Objective):
+    """Both tasks in ONE forward call `model(det_images, seg_images)` (DDP sees every parameter used), scored
+    by a `MultiTaskLoss`; the detection predictions go to a wrapping objective (distillation)."""
+
+    def __init__(self, loss: MultiTaskLoss, channels_last: bool = False) -> None:
+        self.loss, self.channels_last = loss, channels_last
+        self.names = tuple(loss.names)
+
+    def run(self, model: Any, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        seg_images = to_model_input(batch["seg_images"], self.channels_last)
+        det_preds, seg_logits = model(images, seg_images)
+        total, items = self.loss(det_preds, batch["targets"], seg_logits, batch["seg_masks"])
+        return total, items, det_preds
+
+
 class PairedLoader:
     """One detection batch and one segmentation batch per step; the shorter loader sets the length.
 
@@ -115,44 +129,6 @@ class PairedLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for det_batch, seg_batch in zip(self.det_loader, self.seg_loader):
             yield {**det_batch, "seg_images": seg_batch["images"], "seg_masks": seg_batch["masks"]}
-
-
-@torch.no_grad()
-def evaluate_segmentation(
-    model: nn.Module,
-    loader: Any,
-    accelerator: Accelerator,
-    names: list[str],
-    ignore: int,
-    channels_last: bool = False,
-) -> SegmentationResult:
-    """Pixel accuracy and mIoU of `model.segment` over this rank's shard of `loader`, gathered over ranks.
-
-    One confusion matrix per image, keyed by its path, so images that DDP's even batches repeat on
-    a rank are counted once. Every rank returns the same result.
-    """
-    was_training = model.training
-    model.eval()
-    k = len(names)
-    per_image: dict[str, np.ndarray] = {}
-    for batch in loader:
-        images = to_model_input(batch["images"], channels_last)
-        with accelerator.autocast():
-            logits = model.segment(images)
-        pred = logits.argmax(1)  # (B, H, W)
-        masks = batch["masks"].to(pred.device)
-        for path, p, t in zip(batch["paths"], pred, masks):
-            per_image[str(path)] = confusion_matrix(p, t, k, ignore).cpu().numpy()
-    if accelerator.num_processes > 1:
-        merged: dict[str, np.ndarray] = {}
-        for part in gather_object([per_image]):
-            merged.update(part)
-        per_image = merged
-    total = np.zeros((k, k), np.int64)
-    for matrix in per_image.values():
-        total += matrix
-    model.train(was_training)
-    return segmentation_result(torch.from_numpy(total), names)
 
 
 @dataclass
@@ -243,16 +219,15 @@ class MultiTaskTrainer(Trainer):
     def model_keywords(self) -> dict[str, Any]:
         return {"seg_classes": len(self.seg_names)}
 
-    def build_loss(self, model: nn.Module) -> nn.Module:
+    def build_loss(self, model: nn.Module) -> Objective:
+        """The detection objective's loss and the segmentation cross-entropy, weighted (`MultiTaskLoss`)."""
         cfg = self.cfg
+        detection = super().build_loss(model)
+        if not isinstance(detection, DetectionObjective):
+            raise ConfigError(f"--segment builds on the detection objective, got {type(detection).__name__}")
         weights = seg_class_weights(cfg.seg_class_weights, self.seg_names, str(self.data_spec.yaml_path))
-        return MultiTaskLoss(super().build_loss(model), self.seg_spec.ignore, cfg.det_gain, cfg.seg_gain, weights)
-
-    def compute_loss(self, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward call for both tasks (DDP sees every parameter used), then the weighted sum."""
-        seg_images = to_model_input(batch["seg_images"], self.cfg.channels_last)
-        det_preds, seg_logits = self.model(images, seg_images)
-        return self.loss_fn(det_preds, batch["targets"], seg_logits, batch["seg_masks"])
+        loss = MultiTaskLoss(detection.loss, self.seg_spec.ignore, cfg.det_gain, cfg.seg_gain, weights)
+        return MultiTaskObjective(loss, cfg.channels_last)
 
     def seg_due(self, epoch: int) -> bool:
         """Whether this epoch's validation measures mIoU: every `seg_val_interval`, and every epoch of the last."""
@@ -262,8 +237,8 @@ class MultiTaskTrainer(Trainer):
     def validate(self) -> MultiTaskResult:
         """mAP (the detection evaluator) and, when due, pixel accuracy / mIoU of a fused EMA copy."""
         epoch = self.state.epoch + 1  # validate() runs before the epoch is counted as completed
-        model = copy.deepcopy(self.ema.ema).fuse()
-        detection = self.evaluator.evaluate(model)
+        model = self.model_to_validate()
+        detection = self.validate_detection(model)
         seg = None
         if self.seg_due(epoch):
             seg = evaluate_segmentation(
@@ -276,7 +251,6 @@ class MultiTaskTrainer(Trainer):
             )
             self.last_seg = seg
         miou = self.last_seg.miou if self.last_seg is not None else float(self.state.last_metrics.get("mIoU", 0.0))
-        self.last_result = detection  # the callbacks' per-class detection table reads it
         return MultiTaskResult(detection, seg, miou, self.cfg.det_weight)
 
     def metric_columns(self, metrics: dict[str, float] | None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch
 from accelyolo.boxes import non_max_suppression
 from accelyolo.callbacks import Callback
 from accelyolo.data.loader import collate_fn, to_model_input
+from accelyolo.defaults import VAL_IOU_THRES
 from accelyolo.plots import batch_grid, plot_results
 from accelyolo.trackers import image_trackers, log_image
 
@@ -37,7 +38,7 @@ def validation_predictions(
     names: list[str],
     images: int = 4,
     conf_thres: float = 0.3,
-    iou_thres: float = 0.7,
+    iou_thres: float = VAL_IOU_THRES,
     boxes_per_image: int = 5,
 ) -> tuple[Image.Image, list[torch.Tensor]]:
     """A grid of the first `images` items of `dataset` with `model`'s boxes (score >= `conf_thres`, at

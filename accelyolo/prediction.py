@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelyolo.config import PREDICT_CONF
+from accelyolo.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
 from accelyolo.errors import SourceError
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo", whose handler the CLI sets up
@@ -67,8 +67,8 @@ def predict(
     source: str,
     imgsz: int | None = None,
     conf: float = PREDICT_CONF,
-    iou: float = 0.45,
-    max_det: int = 300,
+    iou: float = PREDICT_IOU,
+    max_det: int = MAX_DET,
     agnostic: bool = False,
     save: bool = False,
     project: str = "runs/predict",
@@ -180,9 +180,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--source", required=True, help="an image file or a folder of images")
     parser.add_argument("--imgsz", type=int, default=None, help="inference size (default: the training size)")
-    parser.add_argument("--conf", type=float, default=PREDICT_CONF, help="confidence threshold")
-    parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=300)
+    parser.add_argument(  # --conf-thres / --iou-thres: the training options' names work here too
+        "--conf", "--conf-thres", dest="conf", type=float, default=PREDICT_CONF, help="confidence threshold"
+    )
+    parser.add_argument("--iou", "--iou-thres", dest="iou", type=float, default=PREDICT_IOU, help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=MAX_DET)
     parser.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     parser.add_argument("--save", action="store_true", help="write annotated images and predictions.json")
     parser.add_argument(

@@ -63,12 +63,14 @@ from accelyolo.config import ConfigError, TrainConfig, save_config
 from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
 from accelyolo.data.dataset import report_summary
 from accelyolo.data.loader import ImageWeightSampler, class_maps, start_next_pass
+from accelyolo.defaults import MAX_STRIDE, stride_multiple
 from accelyolo.ema import ModelEMA
 from accelyolo.errors import AccelyoloError
 from accelyolo.evaluation import DetectionValidator
 from accelyolo.failure import close_process_group_at_exit, share_failure
 from accelyolo.families import build_model, family_of, get_family, model_spec
 from accelyolo.logs import setup_logging
+from accelyolo.losses.objective import DetectionObjective, Objective, as_objective
 from accelyolo.memory import give_back_freed_memory, retain_freed_memory
 from accelyolo.models import freeze_layers, transfer_weights
 from accelyolo.optim import (
@@ -100,9 +102,11 @@ class Parts:
     """Ready objects or factories `f(trainer, ...)` that replace the trainer's own `build_*` methods.
 
     `datasets`: `f(trainer) -> (train_dataset, val_dataset)`; `model`: `f(trainer) -> nn.Module`;
-    `loss`: `f(trainer, model) -> nn.Module`; `optimizer`: `f(trainer, model) -> Optimizer`;
-    `scheduler`: `f(trainer, optimizer) -> LRScheduler`; `evaluator`: `f(trainer) -> object with
-    .evaluate(model)`. A non-callable object (or an `nn.Module`) is used as it is.
+    `loss`: `f(trainer, model) ->` an `Objective` (`accelyolo.losses.objective`), or a detection loss
+    `total, items = loss(preds, targets)` with `.names`, which is wrapped as a `DetectionObjective`;
+    `optimizer`: `f(trainer, model) -> Optimizer`; `scheduler`: `f(trainer, optimizer) -> LRScheduler`;
+    `evaluator`: `f(trainer) -> object with .evaluate(model)`. A non-callable object (or an `nn.Module`, an
+    optimizer, an objective) is used as it is.
     """
 
     datasets: Any = None
@@ -117,9 +121,21 @@ class Parts:
         part = getattr(self, name)
         if part is None:
             return None
-        if callable(part) and not isinstance(part, (torch.nn.Module, torch.optim.Optimizer)):
+        if callable(part) and not isinstance(part, (torch.nn.Module, torch.optim.Optimizer, Objective)):
             return part(trainer, *args)
         return part
+
+
+def class_names(dataset: Any) -> list[str]:
+    """The run's class names: the training dataset's `names`, whichever code built it (the trainer's
+    `build_datasets` or a `Parts(datasets=...)` factory, whose datasets must carry them)."""
+    names = getattr(dataset, "names", None)
+    if not names:
+        raise ConfigError(
+            f"the training dataset ({type(dataset).__name__}) has no class names: a dataset passed as "
+            "Parts(datasets=...) needs a `names` list, one name per class id"
+        )
+    return [str(name) for name in names]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -349,13 +365,15 @@ class Trainer:
             use_deterministic_algorithms()
         bundle = load_checkpoint_bundle(self.resume_from) if self.resume_from else None
         self.train_dataset, self.val_dataset = self.parts.get("datasets", self) or self.build_datasets()
+        self.names = class_names(self.train_dataset)  # ['item'] with single_cls
         self.train_loader, self.val_loader = self.build_dataloaders()
         self.cfg = cfg = self.resolve_optimizer(cfg)
         model = self.parts.get("model", self) or self.build_model()
         if bundle is not None:
             with self.resuming():
                 model.load_state_dict(bundle.model_state)
-        self.loss_fn = self.parts.get("loss", self, model) or self.build_loss(model)
+        loss = self.parts.get("loss", self, model)
+        self.loss_fn = as_objective(loss if loss is not None else self.build_loss(model))
         optimizer = self.parts.get("optimizer", self, model) or self.build_optimizer(model)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -411,7 +429,7 @@ class Trainer:
                 names=list(self.data_spec.names),  # the class check; single_cls keeps every box as 'item'
                 cache=cfg.cache or None,
                 cache_budget_mb=cfg.cache_budget_mb,
-                stride=32,
+                stride=MAX_STRIDE,
                 single_cls=cfg.single_cls,
                 seed=cfg.seed,
             )
@@ -434,7 +452,6 @@ class Trainer:
                 batch_size=cfg.batch_size * 2,
                 **common,
             )
-        self.names = list(train.names)  # ['item'] with single_cls
         for split, dataset in (("train", train), ("val", val)):
             LOGGER.info("%s", report_summary(split, dataset.report))
         return train, val
@@ -512,9 +529,16 @@ class Trainer:
         """Extra `build_model` keywords: the recipe's `anchors` (a multi-task trainer adds `seg_classes`)."""
         return {"anchors": self.cfg.anchors} if self.cfg.anchors else {}
 
-    def build_loss(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The loss of the model's family: `total, items = loss(preds, targets)`, with `.names` for `items`."""
-        return family_of(model).build_loss(model, self.cfg.hyp(), self.cfg.imgsz)
+    def build_loss(self, model: torch.nn.Module) -> Objective:
+        """The run's objective: `total, items = objective(model, batch, images)`, `.names` for `items`; here the
+        detection loss of the model's family. A task or added terms wrap or replace it
+        (`accelyolo.losses.objective`)."""
+        return DetectionObjective(family_of(model).build_loss(model, self.cfg.hyp(), self.cfg.imgsz))
+
+    @property
+    def total_batch(self) -> int:
+        """Images per forward pass over all processes (batch_size is per process)."""
+        return self.cfg.batch_size * self.accelerator.num_processes
 
     def resolve_optimizer(self, cfg: TrainConfig) -> TrainConfig:
         """`optimizer: auto` made concrete once the dataset size is known (`optim.auto_optimizer`); the
@@ -525,8 +549,7 @@ class Trainer:
                     f"'optimizer' must be auto or one of {', '.join(OPTIMIZERS)} (any case), got {cfg.optimizer!r}."
                 )
             return cfg
-        total_batch = cfg.batch_size * self.accelerator.num_processes
-        steps = math.ceil(len(self.train_dataset) / max(total_batch, cfg.nbs)) * cfg.epochs
+        steps = math.ceil(len(self.train_dataset) / max(self.total_batch, cfg.nbs)) * cfg.epochs
         nc = len(self.train_dataset.names or []) or 1
         name, lr0, momentum, bias_lr = auto_optimizer(nc, steps, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr)
         LOGGER.info("optimizer: auto -> %s (lr0 %g, momentum %g) for about %d optimizer steps", name, lr0, momentum,
@@ -535,7 +558,6 @@ class Trainer:
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         cfg = self.cfg
-        self.total_batch = cfg.batch_size * self.accelerator.num_processes
         accumulate = accumulate_steps(cfg.nbs, self.total_batch)
         weight_decay = scaled_weight_decay(cfg.weight_decay, self.total_batch, accumulate, cfg.nbs)
         fused = self.accelerator.device.type == "cuda"  # on CPU the foreach kernels, as before
@@ -544,7 +566,6 @@ class Trainer:
     def build_schedule(self) -> YoloSchedule:
         """When the optimizer steps and at which LR/momentum: pure functions of the global iteration."""
         cfg = self.cfg
-        total_batch = cfg.batch_size * self.accelerator.num_processes
         warmup = warmup_iterations(cfg.warmup_epochs, self.batches_per_epoch, cfg.warmup_min_iters, cfg.epochs)
         return YoloSchedule(
             lr0=cfg.lr0,
@@ -557,7 +578,7 @@ class Trainer:
             warmup_momentum=cfg.warmup_momentum,
             momentum=cfg.momentum,
             nbs=cfg.nbs,
-            total_batch=total_batch,
+            total_batch=self.total_batch,
         )
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -797,8 +818,8 @@ class Trainer:
         return images
 
     def compute_loss(self, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(total, items)` of one batch; a subclass adds terms here (distillation, a second task)."""
-        return self.loss_fn(self.model(images), batch["targets"])
+        """`(total, items)` of one batch: the objective's (`build_loss`), which runs the model."""
+        return self.loss_fn(self.model, batch, images)
 
     def optimizer_step(self) -> None:
         """Clip, step (when the window holds a finite batch), update the EMA, advance the scheduler."""
@@ -833,14 +854,14 @@ class Trainer:
         return self._scale < scale_before
 
     def _multi_scale(self, images: torch.Tensor, ni: int) -> torch.Tensor:
-        """Resize the batch to a size in [0.5, 1.5] x imgsz (a multiple of 32), chosen from (seed, ni)."""
+        """Resize the batch to a size in [0.5, 1.5] x imgsz (a multiple of MAX_STRIDE), chosen from (seed, ni)."""
         rng = np.random.default_rng([self.cfg.seed, ni])
-        low, high = int(self.cfg.imgsz * 0.5) // 32, int(self.cfg.imgsz * 1.5) // 32
-        size = max(int(rng.integers(low, high + 1)) * 32, 32)
+        low, high = int(self.cfg.imgsz * 0.5) // MAX_STRIDE, int(self.cfg.imgsz * 1.5) // MAX_STRIDE
+        size = max(int(rng.integers(low, high + 1)) * MAX_STRIDE, MAX_STRIDE)
         factor = size / max(images.shape[2:])
         if factor == 1:
             return images
-        new_shape = [max(round(s * factor / 32) * 32, 32) for s in images.shape[2:]]
+        new_shape = [stride_multiple(s * factor) for s in images.shape[2:]]
         return F.interpolate(images, size=new_shape, mode="bilinear", align_corners=False)
 
     def _check_loss(self, loss: torch.Tensor, items: torch.Tensor) -> tuple[bool, torch.Tensor]:
@@ -879,8 +900,16 @@ class Trainer:
 
     def validate(self) -> Any:
         """Validate a fused copy of the EMA model: each rank its shard, metrics computed on every rank."""
+        return self.validate_detection(self.model_to_validate())
+
+    def model_to_validate(self) -> torch.nn.Module:
+        """A fused copy of the EMA model (BatchNorm folded: the same outputs, ~15% faster)."""
         self.start_val_workers()  # already done by train_epochs, unless validate() is called on its own
-        model = copy.deepcopy(self.ema.ema).fuse()  # BatchNorm folded: the same outputs, ~15% faster
+        return copy.deepcopy(self.ema.ema).fuse()
+
+    def validate_detection(self, model: torch.nn.Module) -> Any:
+        """The evaluator's result for `model`, kept as `last_result`; `--image-weights` draws the next epoch
+        from its per-class mAPs. Every task's validation goes through here."""
         self.last_result = self.evaluator.evaluate(model)
         if self.image_sampler is not None:
             self.image_sampler.set_class_maps(self._shared(class_maps(self.last_result, len(self.names))))

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelyolo.defaults import MAX_DET, MAX_STRIDE, VAL_CONF_THRES, VAL_IOU_THRES
+
 LOGGER = logging.getLogger("accelyolo")
 
 
@@ -33,9 +35,9 @@ def validate(
     data: str | None = None,
     imgsz: int | None = None,
     batch_size: int = 32,
-    conf: float = 0.001,
-    iou: float = 0.7,
-    max_det: int = 300,
+    conf: float = VAL_CONF_THRES,
+    iou: float = VAL_IOU_THRES,
+    max_det: int = MAX_DET,
     workers: int = 2,
     save_json: bool = False,
     plots: bool = True,
@@ -51,18 +53,12 @@ def validate(
     """
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import gather_object
 
-    from accelyolo.boxes import scale_boxes
     from accelyolo.config import check_detection_flags
-    from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml
-    from accelyolo.data.demo import demo_multitask_yaml
-    from accelyolo.data.sources import source_of
-    from accelyolo.errors import DataError
+    from accelyolo.data import build_dataloader
     from accelyolo.evaluation import evaluate
     from accelyolo.failure import close_process_group_at_exit
-    from accelyolo.logs import render_text, setup_logging
-    from accelyolo.metrics import coco_json_records, write_coco_results
+    from accelyolo.logs import setup_logging
     from accelyolo.runs import make_run_dir
     from accelyolo.threads import use_available_cores
     from accelyolo.weights.importers import load_weights
@@ -73,43 +69,11 @@ def validate(
     setup_logging(main_process=accelerator.is_main_process)
     LOGGER.info("%s", use_available_cores(accelerator.device))
     model, meta = load_weights(weights)  # a bundle (EMA preferred), or a YOLOv5/v8/11 .pt imported
-    trained = meta.get("config", {})
-    imgsz = imgsz or int(trained.get("imgsz", 640))
-    segments = hasattr(model, "seg_head")
+    imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
     with accelerator.main_process_first():
-        spec = load_data_yaml(data or trained.get("data") or (demo_multitask_yaml() if segments else demo_data_yaml()))
-        single_cls = bool(trained.get("single_cls", False))
-        names = ["item"] if single_cls else list(meta.get("names") or spec.names)
-        data_classes = 1 if single_cls else len(spec.names)  # single_cls trains one class
-        if not model.nc == len(names) == data_classes:
-            raise DataError(
-                f"{weights}: the model has {model.nc} classes, the dataset {spec.yaml_path} "
-                f"{data_classes}; pass the data.yaml the model was trained on."
-            )
-        if not spec.splits.get("val"):
-            raise DataError(
-                f"{spec.yaml_path}: the 'val' split has no images; point 'val:' at a folder or list of images."
-            )
-        if spec.category_ids and not single_cls and meta.get("names") and list(meta["names"]) != spec.names:
-            raise DataError(  # an annotation file names its classes: the model's must be the same, in order
-                f"{weights}: the model's classes {list(meta['names'])} differ from the categories of "
-                f"{spec.yaml_path} {spec.names} (sorted by id); pass the annotation file the model was trained on."
-            )
-        dataset = YoloDataset(
-            spec.splits["val"],
-            imgsz=imgsz,
-            augment=False,
-            hyp=None,
-            names=list(spec.names) if single_cls else names,  # single_cls: check, then every box is 'item'
-            rect=rect,
-            batch_size=batch_size,
-            stride=32,
-            single_cls=single_cls,
-        )
-        # a multi-task model's segmentation split, checked before the run folder exists
-        seg_data = _segmentation_data(model, weights, spec.yaml_path, meta, imgsz) if segments else None
+        val = _val_data(weights, model, meta, data, imgsz, rect, batch_size)
     loader = build_dataloader(  # this rank's whole batches (see accelyolo.data.loader), not prepared
-        dataset,
+        val.dataset,
         batch_size=batch_size,
         workers=workers,
         shuffle=False,
@@ -118,84 +82,155 @@ def validate(
         shard=accelerator.process_index,
     )
     model = model.fuse().to(accelerator.device, memory_format=torch.channels_last).eval()
-
     save_dir = make_run_dir(accelerator, Path(project) / name, exist_ok)
-
-    # image path -> its COCO records; an image that DDP's even batching repeats keeps its first records,
-    # the same rule the evaluator applies to its per-image records
-    json_by_image: dict[str, list[dict[str, Any]]] = {}
-    # a COCO file's own image and category ids (a YOLO split: the file stem and the class index)
-    source = source_of(spec.splits["val"])
-    image_ids = source.image_ids() if source is not None else {}
-    category_ids = spec.category_ids if not single_cls else None
-    plotted = {"n": 0}
-
-    def on_batch(batch: dict[str, Any], detections: list[torch.Tensor]) -> None:
-        if save_json:
-            for det, path, orig, ratio_pad in zip(
-                detections, batch["paths"], batch["orig_shapes"], batch["ratio_pads"]
-            ):
-                det = det.detach().float().cpu().clone()
-                det[:, :4] = scale_boxes(det[:, :4], ratio_pad=ratio_pad, orig_shape=tuple(orig))
-                records = coco_json_records(str(path), det.numpy(), image_ids.get(str(path)), category_ids)
-                json_by_image.setdefault(str(path), records)
-        if plots and accelerator.is_main_process and plotted["n"] < 3:
-            from accelyolo.plots import plot_batch
-
-            n = plotted["n"]
-            plot_batch(
-                batch["images"].cpu(),
-                batch["targets"].cpu(),
-                batch["paths"],
-                names,
-                save_dir / f"val_batch{n}_labels.png",
-            )
-            plot_batch(
-                batch["images"].cpu(),
-                None,
-                batch["paths"],
-                names,
-                save_dir / f"val_batch{n}_pred.png",
-                preds=[d.detach().cpu() for d in detections],
-            )
-            plotted["n"] += 1
-
+    outputs = _BatchOutputs(val, save_dir, save_json, plots and accelerator.is_main_process)
     result = evaluate(
         model,
         loader,
         accelerator,
         nc=model.nc,
-        names=names,
+        names=val.names,
         conf_thres=conf,
         iou_thres=iou,
         max_det=max_det,
-        on_batch=on_batch,
+        on_batch=outputs,
         channels_last=True,
     )
-    json_path = None
-    if save_json:
-        pairs = list(json_by_image.items())
+    json_path = outputs.write_json(accelerator) if save_json else None
+    metrics = result.as_dict()
+    if val.seg_data is not None:
+        metrics.update(_segmentation_metrics(model, val.seg_data, batch_size, workers, accelerator))
+    if accelerator.is_main_process:
+        _report(result, val.names, save_dir, verbose, plots)
+    accelerator.wait_for_everyone()
+    return ValResult(metrics=metrics, result=result, save_dir=save_dir, predictions_json=json_path)
+
+
+@dataclass
+class _ValData:
+    """What a validation reads: the data spec, the class names scored, the val dataset, a multi-task model's
+    segmentation dataset, and the ids its predictions.json takes (a COCO file's own, else stems and indices)."""
+
+    spec: Any
+    names: list[str]
+    dataset: Any
+    seg_data: Any
+    image_ids: dict[str, Any]
+    category_ids: Any
+
+
+def _val_data(
+    weights: str, model: Any, meta: dict[str, Any], data: str | None, imgsz: int, rect: bool, batch_size: int
+) -> _ValData:
+    """The val split of `data` (default: the model's training data, else the demo data) as the model scores
+    it; a `DataError` when the classes or the split do not fit the model. Nothing is written."""
+    from accelyolo.data import YoloDataset, demo_data_yaml, load_data_yaml
+    from accelyolo.data.demo import demo_multitask_yaml
+    from accelyolo.data.sources import source_of
+    from accelyolo.errors import DataError
+
+    trained = meta.get("config", {})
+    segments = hasattr(model, "seg_head")
+    spec = load_data_yaml(data or trained.get("data") or (demo_multitask_yaml() if segments else demo_data_yaml()))
+    single_cls = bool(trained.get("single_cls", False))
+    names = ["item"] if single_cls else list(meta.get("names") or spec.names)
+    data_classes = 1 if single_cls else len(spec.names)  # single_cls trains one class
+    if not model.nc == len(names) == data_classes:
+        raise DataError(
+            f"{weights}: the model has {model.nc} classes, the dataset {spec.yaml_path} "
+            f"{data_classes}; pass the data.yaml the model was trained on."
+        )
+    if not spec.splits.get("val"):
+        raise DataError(f"{spec.yaml_path}: the 'val' split has no images; point 'val:' at a folder or list of images.")
+    if spec.category_ids and not single_cls and meta.get("names") and list(meta["names"]) != spec.names:
+        raise DataError(  # an annotation file names its classes: the model's must be the same, in order
+            f"{weights}: the model's classes {list(meta['names'])} differ from the categories of "
+            f"{spec.yaml_path} {spec.names} (sorted by id); pass the annotation file the model was trained on."
+        )
+    dataset = YoloDataset(
+        spec.splits["val"],
+        imgsz=imgsz,
+        augment=False,
+        hyp=None,
+        names=list(spec.names) if single_cls else names,  # single_cls: check, then every box is 'item'
+        rect=rect,
+        batch_size=batch_size,
+        stride=MAX_STRIDE,
+        single_cls=single_cls,
+    )
+    # a multi-task model's segmentation split, checked before the run folder exists
+    seg_data = _segmentation_data(model, weights, spec.yaml_path, meta, imgsz) if segments else None
+    source = source_of(spec.splits["val"])
+    return _ValData(
+        spec=spec,
+        names=names,
+        dataset=dataset,
+        seg_data=seg_data,
+        image_ids=source.image_ids() if source is not None else {},
+        category_ids=spec.category_ids if not single_cls else None,
+    )
+
+
+class _BatchOutputs:
+    """Called with each validated batch: its COCO records (`save_json`) and the first three batches' label and
+    prediction pictures (`plots`). An image that DDP's even batching repeats keeps its first records, the rule
+    the evaluator applies to its per-image records."""
+
+    def __init__(self, val: _ValData, save_dir: Path, save_json: bool, plots: bool) -> None:
+        self.val, self.save_dir, self.save_json, self.plots = val, save_dir, save_json, plots
+        self.json_by_image: dict[str, list[dict[str, Any]]] = {}
+        self.plotted = 0
+
+    def __call__(self, batch: dict[str, Any], detections: list[Any]) -> None:
+        from accelyolo.boxes import scale_boxes
+        from accelyolo.metrics import coco_json_records
+
+        if self.save_json:
+            for det, path, orig, ratio_pad in zip(
+                detections, batch["paths"], batch["orig_shapes"], batch["ratio_pads"]
+            ):
+                det = det.detach().float().cpu().clone()
+                det[:, :4] = scale_boxes(det[:, :4], ratio_pad=ratio_pad, orig_shape=tuple(orig))
+                records = coco_json_records(
+                    str(path), det.numpy(), self.val.image_ids.get(str(path)), self.val.category_ids
+                )
+                self.json_by_image.setdefault(str(path), records)
+        if self.plots and self.plotted < 3:
+            from accelyolo.plots import plot_batch
+
+            images, paths, names, n = batch["images"].cpu(), batch["paths"], self.val.names, self.plotted
+            plot_batch(images, batch["targets"].cpu(), paths, names, self.save_dir / f"val_batch{n}_labels.png")
+            preds = [d.detach().cpu() for d in detections]
+            plot_batch(images, None, paths, names, self.save_dir / f"val_batch{n}_pred.png", preds=preds)
+            self.plotted += 1
+
+    def write_json(self, accelerator: Any) -> Path | None:
+        """predictions.json of every rank's records (written by the main process, which returns its path)."""
+        from accelerate.utils import gather_object
+
+        from accelyolo.metrics import write_coco_results
+
+        pairs = list(self.json_by_image.items())
         if accelerator.num_processes > 1:
             pairs = gather_object(pairs)
         merged: dict[str, list[dict[str, Any]]] = {}
         for path, records in pairs:
             merged.setdefault(path, records)
-        json_records = [record for records in merged.values() for record in records]
-        if accelerator.is_main_process:
-            json_path = write_coco_results(save_dir / "predictions.json", json_records)
-    metrics = result.as_dict()
-    if seg_data is not None:
-        metrics.update(_segmentation_metrics(model, seg_data, batch_size, workers, accelerator))
-    if accelerator.is_main_process:
-        from accelyolo.reports import per_class_table, plot_confusion_matrix, plot_curves
+        if not accelerator.is_main_process:
+            return None
+        return write_coco_results(self.save_dir / "predictions.json", [r for rs in merged.values() for r in rs])
 
-        if verbose:
-            LOGGER.info("%s", render_text(per_class_table(result, names)))
-        if plots:
-            plot_curves(result, names, save_dir)
-            plot_confusion_matrix(result, names, save_dir)
-    accelerator.wait_for_everyone()
-    return ValResult(metrics=metrics, result=result, save_dir=save_dir, predictions_json=json_path)
+
+def _report(result: Any, names: list[str], save_dir: Path, verbose: bool, plots: bool) -> None:
+    """The per-class table (logged) and the curves and confusion matrix (plotted) of a validation."""
+    from accelyolo.logs import render_text
+    from accelyolo.reports import per_class_table, plot_confusion_matrix, plot_curves
+
+    if verbose:
+        LOGGER.info("%s", render_text(per_class_table(result, names)))
+    if plots:
+        plot_curves(result, names, save_dir)
+        plot_confusion_matrix(result, names, save_dir)
 
 
 def _segmentation_data(model: Any, weights: str, yaml_path: Path, meta: dict[str, Any], imgsz: int) -> Any:
@@ -225,7 +260,7 @@ def _segmentation_metrics(
 ) -> dict[str, float]:
     """Pixel accuracy and mIoU of a multi-task model on its segmentation split (table logged)."""
     from accelyolo.data.segmentation import build_seg_dataloader
-    from accelyolo.multitask import evaluate_segmentation
+    from accelyolo.evaluation import evaluate_segmentation
 
     loader = accelerator.prepare(build_seg_dataloader(dataset, batch_size, workers, shuffle=False))
     seg = evaluate_segmentation(model, loader, accelerator, dataset.names, dataset.ignore, channels_last=True)
@@ -241,9 +276,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")
     parser.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=32)
-    parser.add_argument("--conf", type=float, default=0.001, help="confidence threshold")
-    parser.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=300)
+    parser.add_argument(  # --conf-thres / --iou-thres: the training options' names work here too
+        "--conf", "--conf-thres", dest="conf", type=float, default=VAL_CONF_THRES, help="confidence threshold"
+    )
+    parser.add_argument("--iou", "--iou-thres", dest="iou", type=float, default=VAL_IOU_THRES, help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=MAX_DET)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--save-json", action="store_true", help="write predictions.json (COCO results)")
     parser.add_argument("--no-rect", dest="rect", action="store_false", help="square batches instead of rectangular")

@@ -1,13 +1,15 @@
 """Training quality against ultralytics: the same budget from scratch, both scored by pycocotools on one truth.
 
     python benchmarks/quality.py DATA_YAML [--epochs 30] [--imgsz 320] [--batch 16] [--seeds 3]
-        [--first-seed 0] [--model yolov8n] [--workers 2] [--close-mosaic 5] [--out DIR] [--ours KEY=VALUE ...] [--no-peer]
+        [--first-seed 0] [--model yolov8n] [--workers 2] [--close-mosaic 5] [--out DIR]
+        [--ours KEY=VALUE ...] [--no-peer]
 
-For each seed F..F+N-1 (F = `--first-seed`, 0 unless given) it trains ours (`accelyolo.fit`, seed s) and, where `../peer-venv` and
-`../shared/peer` stand beside the checkout, ultralytics (`peer_train.sh`, PEER_SEED=s) with the same
-epochs, image size, batch and close_mosaic. Each final model (EMA weights of the last epoch, not the
-best one, so that neither side is chosen on the validation split) writes COCO predictions of the val
-split at conf 0.001: ours through `accelyolo.validate(save_json=True)`, theirs through `peer_val.py`.
+For each seed F..F+N-1 (F = `--first-seed`, 0 unless given) it trains ours (`accelyolo.fit`, seed s) and,
+where `../peer-venv` and `../shared/peer` stand beside the checkout, ultralytics (`peer_train.sh`,
+PEER_SEED=s) with the same epochs, image size, batch and close_mosaic. Each final model (EMA weights of the
+last epoch, not the best one, so that neither side is chosen on the validation split) writes COCO predictions
+of the val split at conf 0.001: ours through `accelyolo.validate(save_json=True)`, theirs through
+`peer_val.py`.
 Both files are scored by pycocotools against the same ground truth, built here from the split's YOLO
 labels in original-image pixels; each side's `image_id` (the file stem, an int when it is all digits)
 is mapped to that truth's ids. Prints per-seed lines, the mean and range over the seeds of AP50, AP75

@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "foundation",
         (
             "accelyolo.errors",
+            "accelyolo.defaults",
             "accelyolo.failure",
             "accelyolo.fileio",
             "accelyolo.boxes",
@@ -350,3 +351,84 @@ def test_checker_flags_a_lower_layer_importing_a_higher_one():
     assert layer_violations(graph) == [
         "accelyolo.data.dataset (layer 'data and measures') imports accelyolo.trainer (layer 'training loop') at line 2"
     ]
+
+
+# ------------------------------------------------------------------------------------ one home per fact
+
+# (parameter or keyword name, value): numbers that `accelyolo.defaults` or the hyperparameter table owns.
+OWNED_DEFAULTS = {
+    ("conf_thres", 0.001),
+    ("conf", 0.001),
+    ("iou_thres", 0.7),
+    ("iou", 0.7),
+    ("iou", 0.45),
+    ("max_det", 300),
+    ("stride", 32),
+}
+FLAG_DEFAULTS = {("--conf", 0.001), ("--conf", 0.25), ("--iou", 0.7), ("--iou", 0.45), ("--max-det", 300)}
+
+
+def _number(node: ast.AST | None) -> float | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return node.value
+    return None
+
+
+def owned_numbers_written_again(source: str, hyperparameters: set[str]) -> list[str]:
+    """Each place in `source` that writes one of the shared numbers as a literal instead of importing it:
+    a parameter default or keyword argument of `OWNED_DEFAULTS`, a flag default of `FLAG_DEFAULTS`, a
+    stride arithmetic (`% 32`, `// 32`, `* 32`), or `hyp.get("<hyperparameter>", <literal>)`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args
+            pairs = list(zip(args[len(args) - len(node.args.defaults) :], node.args.defaults))
+            pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            found += [
+                f"line {d.lineno}: {a.arg}={_number(d)}" for a, d in pairs if (a.arg, _number(d)) in OWNED_DEFAULTS
+            ]
+        elif isinstance(node, ast.Call):
+            found += [
+                f"line {k.lineno}: {k.arg}={_number(k.value)}"
+                for k in node.keywords
+                if (k.arg, _number(k.value)) in OWNED_DEFAULTS
+            ]
+            flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            default = next((_number(k.value) for k in node.keywords if k.arg == "default"), None)
+            found += [f"line {node.lineno}: {f} default {default}" for f in flags if (f, default) in FLAG_DEFAULTS]
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr == "get" and len(node.args) == 2:
+                key = node.args[0]
+                if isinstance(key, ast.Constant) and key.value in hyperparameters and _number(node.args[1]) is not None:
+                    found.append(f"line {node.lineno}: .get({key.value!r}, {_number(node.args[1])})")
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mod, ast.FloorDiv, ast.Mult)):
+            found += [f"line {node.lineno}: stride arithmetic with a literal 32"] * (_number(node.right) == 32)
+    return found
+
+
+def test_shared_numbers_have_one_home():
+    """Validation and prediction thresholds, the largest stride and the hyperparameter defaults are written
+    once (`accelyolo/defaults.py`, `accelyolo/hyp.py`) and imported everywhere else."""
+    from accelyolo.hyp import HYPERPARAMETERS
+
+    probe = owned_numbers_written_again(
+        "def f(conf_thres=0.001, *, max_det=300):\n    x = y % 32\n    hyp.get('cls_pw', 1.0)\n"
+        "parser.add_argument('--iou', default=0.7)\n",
+        set(HYPERPARAMETERS),
+    )
+    assert sorted(probe) == sorted(
+        [  # the checker itself finds each kind
+            "line 1: conf_thres=0.001",
+            "line 1: max_det=300",
+            "line 2: stride arithmetic with a literal 32",
+            "line 3: .get('cls_pw', 1.0)",
+            "line 4: --iou default 0.7",
+        ]
+    ), probe
+    offenders = {
+        str(path.relative_to(PACKAGE_DIR)): found
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if path.name not in ("defaults.py", "hyp.py")
+        and (found := owned_numbers_written_again(path.read_text(encoding="utf-8"), set(HYPERPARAMETERS)))
+    }
+    assert not offenders, offenders

@@ -135,3 +135,58 @@ def test_args_yaml_round_trip(tmp_path):
     again = load_config(**yaml.safe_load((tmp_path / "args.yaml").read_text()))
     assert again == cfg
     assert isinstance(again, TrainConfig)
+
+
+# ------------------------------------------------------------------------------------ options by concept
+
+
+def test_every_option_belongs_to_exactly_one_concept():
+    import dataclasses
+
+    from accelyolo.config import CONCEPTS, TrainConfig
+
+    listed = [key for keys in CONCEPTS.values() for key in keys]
+    assert sorted(listed) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+    assert len(listed) == len(set(listed))
+
+
+def test_a_recipe_may_group_options_by_concept(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("model: yolov8n\nimgsz: 320\nlr0: 0.02\nwarmup_epochs: 1.0\nmosaic: 0.5\nconf_thres: 0.01\n")
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text(
+        "core: {model: yolov8n}\ndata: {imgsz: 320}\noptimisation: {lr0: 0.02, warmup_epochs: 1.0}\n"
+        "augmentation: {mosaic: 0.5}\nevaluation: {conf_thres: 0.01}\n"
+    )
+    assert load_config(grouped) == load_config(flat)
+    cfg = load_config(grouped, optimisation={"lr0": 0.03}, batch=8)  # fit() keywords may be grouped too
+    assert cfg.concept("optimisation")["lr0"] == 0.03 and cfg.concept("data")["batch_size"] == 8
+    assert load_config(data="some.yaml").data == "some.yaml"  # a string is the option, a mapping the section
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("data: {lr0: 0.02}\n", r"'data.lr0': 'lr0' belongs to 'optimisation', not 'data'"),
+        ("optimisation: {lr00: 0.02}\n", r"'optimisation.lr00' is no optimisation option. Did you mean 'lr0'\?"),
+        ("lr0: 0.01\noptimisation: {lr0: 0.02}\n", r"'lr0' is set twice, on its own and under 'optimisation'"),
+    ],
+)
+def test_a_misplaced_grouped_option_is_named(tmp_path, text, match):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(recipe)
+
+
+def test_train_help_lists_the_options_by_concept():
+    import argparse
+
+    from accelyolo.config import CONCEPTS, add_config_arguments
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    titles = [group.title for group in parser._action_groups]
+    assert [t for t in titles if t in CONCEPTS] == list(CONCEPTS)
+    optimisation = next(g for g in parser._action_groups if g.title == "optimisation")
+    assert "--lr0" in [s for action in optimisation._group_actions for s in action.option_strings]

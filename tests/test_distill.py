@@ -248,6 +248,15 @@ open(OUT.format(rank=rank), "w").write(json.dumps(out))
 """
 
 
+def watch_two_ranks(opts, tmp_path):
+    """Run SCRIPT's watched `fit(**opts)` under a 2-process launch; each rank's record."""
+    script = tmp_path / "ddp_distill.py"
+    out = str(tmp_path / "rank-{rank}.json")
+    script.write_text(textwrap.dedent(SCRIPT).replace("OPTIONS", repr(opts)).replace("OUT", repr(out)))
+    run(launch_args(2) + [str(script)])
+    return [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+
 @pytest.mark.slow
 def test_ddp_epoch_with_a_teacher(tiny_demo, tmp_path, teacher_path):
     """Two processes train one epoch with a teacher: each rank's teacher unchanged and not DDP-wrapped; the
@@ -255,11 +264,7 @@ def test_ddp_epoch_with_a_teacher(tiny_demo, tmp_path, teacher_path):
     opts = tiny_train_options(
         tiny_demo, tmp_path, epochs=1, batch_size=4, nbs=8, teacher=str(teacher_path), distill_feat=True
     )
-    script = tmp_path / "ddp_distill.py"
-    out = str(tmp_path / "rank-{rank}.json")
-    script.write_text(textwrap.dedent(SCRIPT).replace("OPTIONS", repr(opts)).replace("OUT", repr(out)))
-    run(launch_args(2) + [str(script)])
-    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = watch_two_ranks(opts, tmp_path)
     for r in ranks:
         assert r["before"] == r["after"] and r["wrapped"] == "YOLO" and r["epochs"] == 1
         assert r["steps"] == 6 and r["names"][-3:] == ["distill_cls", "distill_box", "distill_feat"]
@@ -335,3 +340,64 @@ def test_the_distillation_benchmark_prints_its_table(tiny_demo, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| demo")]
     assert [row.split(" | ")[1] for row in rows] == ["self", "other"]
     assert out.strip().splitlines()[-1].startswith("distill_gain=")
+
+
+# ------------------------------------------------------------------------------------ with segmentation
+
+
+def test_a_distilled_multitask_model_trains_and_resumes_exactly(tiny_demo, tmp_path, teacher_path):
+    """`teacher` + `segment`: the distillation objective wraps the multi-task one (one forward call for both
+    tasks; the teacher sees the detection images and the feature term the student's detection features). The
+    teacher stays frozen, every term is its own column, and a run stopped after epoch 1 resumes exactly."""
+    data = tiny_demo.with_name("data-multitask.yaml")
+    opts = tiny_train_options(
+        data, tmp_path, epochs=2, segment=True, teacher=str(teacher_path), distill_feat=True, max_steps_per_epoch=3
+    )
+    seen = []
+
+    class StopAfterFirst(TeacherWatch):
+        def on_epoch_end(self, trainer, row):
+            super().on_epoch_end(trainer, row)
+            trainer.request_stop()
+
+    class Which(TeacherWatch):
+        def on_fit_start(self, trainer):
+            super().on_fit_start(trainer)
+            seen.append(type(trainer))
+
+    straight = Which()
+    whole = fit(callbacks=[straight], **{**opts, "name": "straight"})
+    assert issubclass(seen[0], DistillTrainer) and seen[0].__name__ == "DistillMultiTaskTrainer"
+    names = ["box", "cls", "dfl", "seg", "distill_cls", "distill_box", "distill_feat"]
+    assert [list(s) for s in straight.steps] == [names] * 6
+    assert all(straight.steps[0][k] > 0 for k in names[3:])
+    for snap in straight.after:
+        assert all(torch.equal(snap[k], straight.before[k]) for k in snap)
+    with (whole.run_dir / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[-1]["metrics/mIoU"] and rows[-1]["train/distill_feat_loss"] and rows[-1]["train/seg_loss"]
+
+    first = StopAfterFirst()
+    stopped = fit(callbacks=[first], **{**opts, "name": "stopped"})
+    second = TeacherWatch()
+    resumed = fit(callbacks=[second], resume=str(stopped.last_checkpoint))
+    assert resumed.epochs_completed == 2 and first.steps + second.steps == straight.steps
+    a, b = load_checkpoint_bundle(whole.last_checkpoint), load_checkpoint_bundle(resumed.last_checkpoint)
+    assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
+    assert a.metadata["seg_names"] == b.metadata["seg_names"] and a.metadata["model"]["seg_classes"] == 5
+
+
+@pytest.mark.slow
+def test_ddp_epoch_of_a_distilled_multitask_model(tiny_demo, tmp_path, teacher_path):
+    """Two processes, `teacher` + `segment`: the student (with its segmentation head) and the adapters end
+    identical on both ranks, each rank's teacher unchanged."""
+    data = tiny_demo.with_name("data-multitask.yaml")
+    opts = tiny_train_options(
+        data, tmp_path, epochs=1, batch_size=4, nbs=8, segment=True, teacher=str(teacher_path), distill_feat=True
+    )
+    ranks = watch_two_ranks(opts, tmp_path)
+    for r in ranks:
+        assert r["before"] == r["after"] and r["epochs"] == 1
+        assert r["names"] == ["box", "cls", "dfl", "seg", "distill_cls", "distill_box", "distill_feat"]
+    assert ranks[0]["student"] == ranks[1]["student"]
+    assert ranks[0]["adapters"] == ranks[1]["adapters"]

@@ -168,6 +168,15 @@ def test_model_card_names_metrics_data_options_classes_licence_and_usage(pushed_
     assert "accelyolo predict --weights me/shapes --source" in text
     assert 'accelyolo.from_pretrained("me/shapes")' in text
     assert "`mit`" in text
+    assert "for 4 classes at 64 px" in text
+
+
+def test_model_card_counts_one_class_in_the_singular():
+    from accelyolo.weights.card import _summary
+
+    config = {"variant": "yolov8n", "family": "anchor_free", "nc": 1, "imgsz": 320, "strides": [8, 16, 32]}
+    assert "for 1 class at 320 px" in _summary(config)
+    assert "segments 2 classes (road, sky)" in _summary({**config, "seg_classes": 2, "seg_names": ["road", "sky"]})
 
 
 def test_push_command_uploads_a_bundle_and_local_dir_writes_it(pushed_run, tmp_path, monkeypatch, capsys):

@@ -38,6 +38,7 @@ def test_class_options_change_only_the_class_term_of_the_anchor_free_loss():
 
 
 def test_class_loss_matches_the_formulas_element_by_element():
+    gains = get_family("anchor_free").loss_gains
     head = build_model(TINY_ANCHOR_FREE, nc=2).head
     logits = torch.tensor([[[2.0, -1.0], [0.5, 0.3]]])  # (B=1, N=2, nc=2)
     scores = torch.tensor([[[0.8, 0.0], [0.0, 0.0]]])  # anchor 0 holds an object of class 0
@@ -49,17 +50,17 @@ def test_class_loss_matches_the_formulas_element_by_element():
 
     eps = 0.1
     smoothed = torch.tensor([[[0.8 * (1 - eps) + eps / 2, eps / 2], [0.0, 0.0]]])  # background anchor stays 0
-    got = AnchorFreeLoss(head, label_smoothing=eps).class_loss(logits, scores, fg)
+    got = AnchorFreeLoss(head, **gains, label_smoothing=eps).class_loss(logits, scores, fg)
     assert got.item() == pytest.approx(bce(smoothed).sum().item(), rel=1e-5)
 
-    got = AnchorFreeLoss(head, cls_pw=2.5).class_loss(logits, scores, fg)
+    got = AnchorFreeLoss(head, **gains, cls_pw=2.5).class_loss(logits, scores, fg)
     assert got.item() == pytest.approx(bce(scores, 2.5).sum().item(), rel=1e-5)
 
     gamma = 2.0
     p_t = scores * p + (1 - scores) * (1 - p)
     alpha_t = scores * 0.25 + (1 - scores) * 0.75
     expected = (bce(scores) * alpha_t * (1 - p_t) ** gamma).sum()
-    got = AnchorFreeLoss(head, fl_gamma=gamma).class_loss(logits, scores, fg)
+    got = AnchorFreeLoss(head, **gains, fl_gamma=gamma).class_loss(logits, scores, fg)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

@@ -27,6 +27,7 @@ from accelyolo.engine import fit
 from accelyolo.families import build_loss, build_model
 from accelyolo.multitask import MultiTaskLoss, MultiTaskResult, PairedLoader, seg_class_weights
 from accelyolo.segmetrics import confusion_matrix, segmentation_result
+from accelyolo.trainer import Parts
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -426,3 +427,25 @@ def test_miou_is_measured_every_interval_and_every_epoch_near_the_end():
     skipped = MultiTaskResult(_DetStub(0.4), None, 0.7, 0.25).as_dict()  # not measured: the last mIoU counts
     assert np.isnan(skipped["pixel_accuracy"]) and skipped["fitness"] == pytest.approx(0.25 * 0.4 + 0.75 * 0.7)
     assert trainer.metric_columns(skipped)["metrics/mIoU"] is None
+
+
+class RiggedClassMaps:
+    """The real evaluator, its per-class mAP50-95 replaced by known values (0.1, 0.2, ...)."""
+
+    def __init__(self, trainer):
+        self.inner = trainer.build_evaluator()
+        self.nc = len(trainer.names)
+
+    def evaluate(self, model):
+        result = self.inner.evaluate(model)
+        result.classes, result.ap = np.arange(self.nc), np.arange(1, self.nc + 1) / 10.0
+        return result
+
+
+def test_segment_with_image_weights_draws_from_the_validated_class_maps(tiny_multitask, tmp_path):
+    """The multi-task validation goes through the detection trainer's, which hands the per-class mAPs to the
+    image-weight sampler (it once evaluated on its own and the weights never changed)."""
+    options = tiny_train_options(tiny_multitask, tmp_path, segment=True, image_weights=True, epochs=1)
+    result = fit(parts=Parts(evaluator=RiggedClassMaps), **options)
+    maps = read_checkpoint_metadata(result.last_checkpoint)["class_maps"]
+    assert maps == pytest.approx([(i + 1) / 10.0 for i in range(len(maps))])

@@ -13,6 +13,7 @@ from accelyolo.callbacks import Callback
 from accelyolo.checkpoint import read_checkpoint_metadata
 from accelyolo.engine import fit
 from accelyolo.families import build_loss
+from accelyolo.losses import Objective
 from accelyolo.trainer import Parts, RunState, StepOutput
 from tests.conftest import tiny_train_options
 from tests.test_distributed import launch_args, run
@@ -213,3 +214,65 @@ def test_optimizer_auto_is_resolved_and_recorded(tiny_demo, tmp_path):
     sgd = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1, name="sgd", optimizer="SGD"))
     recorded = yaml.safe_load((sgd.run_dir / "args.yaml").read_text())
     assert recorded["optimizer"] == "SGD" and recorded["lr0"] == 0.01
+
+
+def test_datasets_passed_to_fit_name_the_classes(tiny_demo, tmp_path):
+    """`Parts(datasets=)` skips `build_datasets`; the model, evaluator and checkpoint still get the
+    classes, from the datasets given."""
+    from accelyolo.data import YoloDataset, load_data_yaml
+
+    spec = load_data_yaml(tiny_demo)
+    names = [f"shape{i}" for i in range(len(spec.names))]
+
+    def make_datasets(trainer):
+        common = dict(imgsz=64, names=names, stride=32, seed=0)
+        train = YoloDataset(spec.splits["train"], augment=True, hyp=trainer.cfg.hyp(), batch_size=8, **common)
+        return train, YoloDataset(spec.splits["val"], augment=False, hyp=None, batch_size=8, **common)
+
+    result = fit(parts=Parts(datasets=make_datasets), **tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    assert read_checkpoint_metadata(result.last_checkpoint)["names"] == names
+    assert result.epochs_completed == 1
+
+
+def test_datasets_without_class_names_are_refused(tiny_demo, tmp_path):
+    from accelyolo.config import ConfigError
+
+    class Unnamed(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise AssertionError("never read")
+
+    with pytest.raises(ConfigError, match=r"Unnamed\) has no class names.*Parts\(datasets=\.\.\.\)"):
+        fit(parts=Parts(datasets=(Unnamed(), Unnamed())), **tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    assert not (tmp_path / "exp").exists()
+
+
+class WithL2(Objective):
+    """The README's example: the run's own objective plus an explicit L2 penalty, as its own loss column."""
+
+    def __init__(self, inner, weight=1e-5):
+        self.inner, self.weight = inner, weight
+        self.names = (*inner.names, "l2")
+
+    def run(self, model, batch, images):
+        total, items, preds = self.inner.run(model, batch, images)
+        l2 = self.weight * sum(p.pow(2).sum() for p in model.parameters())
+        return total + l2 * images.shape[0], torch.cat((items, l2.detach().reshape(1))), preds
+
+
+@pytest.mark.parametrize("segment", [False, True])
+def test_an_objective_wrapping_the_runs_own_stacks_with_any_task(tiny_demo, tmp_path, segment):
+    """`Parts(loss=)` given an objective that wraps `trainer.build_loss(model)`: its term is added to the
+    detection (or detection + segmentation) objective and shows as a column, whatever the task."""
+    data = tiny_demo.with_name("data-multitask.yaml") if segment else tiny_demo
+    record = Record()
+    parts = Parts(loss=lambda trainer, model: WithL2(trainer.build_loss(model)))
+    opts = tiny_train_options(data, tmp_path, epochs=1, segment=segment, max_steps_per_epoch=2)
+    result = fit(callbacks=[record], parts=parts, **opts)
+    names = ["box", "cls", "dfl"] + (["seg"] if segment else []) + ["l2"]
+    assert [list(s.losses) for s in record.steps] == [names] * 2
+    assert all(s.losses["l2"] > 0 for s in record.steps)
+    with (result.run_dir / "results.csv").open() as handle:
+        assert "train/l2_loss" in handle.readline().split(",")

@@ -22,6 +22,7 @@ from accelyolo.callbacks import Callback, write_results_csv
 from accelyolo.checkpoint import read_checkpoint_metadata
 from accelyolo.config import ConfigError
 from accelyolo.engine import fit
+from accelyolo.losses import Objective
 from accelyolo.trainer import NonFiniteLossError, Trainer
 from tests.conftest import TINY_ANCHOR_FREE, tiny_train_options
 
@@ -232,16 +233,16 @@ class PoisonedLossTrainer(Trainer):
     def build_loss(self, model):
         real = super().build_loss(model)
 
-        class Poisoned(torch.nn.Module):
+        class Poisoned(Objective):
             names = real.names
             calls = 0
 
-            def forward(self, preds, targets):
-                total, items = real(preds, targets)
+            def run(self, model, batch, images):
+                total, items, preds = real.run(model, batch, images)
                 Poisoned.calls += 1
                 if Poisoned.calls > 12:
                     total = total * float("nan")
-                return total, items
+                return total, items, preds
 
         return Poisoned()
 

@@ -178,3 +178,16 @@ def test_cli_help_lists_the_subcommands():
     assert proc.returncode == 0
     for word in ("train", "val", "predict", "data"):
         assert word in proc.stdout
+
+
+@pytest.mark.parametrize("module", ["accelyolo.validation", "accelyolo.prediction"])
+def test_val_and_predict_take_the_training_options_names_for_the_thresholds(module):
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module).add_arguments(parser)
+    base = ["--weights", "w.safetensors"] + (["--source", "x.jpg"] if module.endswith("prediction") else [])
+    by_config_name = parser.parse_args(base + ["--conf-thres", "0.2", "--iou-thres", "0.55"])
+    by_short_name = parser.parse_args(base + ["--conf", "0.2", "--iou", "0.55"])
+    assert (by_config_name.conf, by_config_name.iou) == (by_short_name.conf, by_short_name.iou) == (0.2, 0.55)

@@ -30,6 +30,7 @@ from accelyolo.data.checks import load_rgb
 from accelyolo.data.pool import PoolSlots, shared_pool_slots
 from accelyolo.data.sources import checked_entries
 from accelyolo.data.transforms import build_train_transform, letterbox, load_user_transform, mixup, resolve_hyp
+from accelyolo.defaults import MAX_STRIDE
 from accelyolo.errors import DataError
 
 SINGLE_CLASS_NAMES = ("item",)  # the one class of a `single_cls` run
@@ -97,7 +98,7 @@ class YoloDataset(torch.utils.data.Dataset):
         cache: Literal["ram", "disk"] | None = None,
         rect: bool = False,
         batch_size: int = 16,
-        stride: int = 32,
+        stride: int = MAX_STRIDE,
         single_cls: bool = False,
         seed: int = 0,
         *,

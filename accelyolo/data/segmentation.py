@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 
 from accelyolo.data.spec import DataConfigError, _names, _root, _split_images
 from accelyolo.data.transforms import PAD_VALUE, HsvGain, resolve_hyp
+from accelyolo.defaults import MAX_STRIDE
 from accelyolo.errors import DataError
 
 __all__ = [
@@ -159,7 +160,7 @@ def check_masks(images: list[Path], num_classes: int, ignore: int) -> tuple[list
 
 def seg_shape(imgsz: int, aspect: float) -> tuple[int, int]:
     """(height, width) of a training crop: width imgsz, height imgsz·aspect rounded up to a multiple of 32."""
-    return max(32, math.ceil(imgsz * aspect / 32) * 32), imgsz
+    return max(MAX_STRIDE, math.ceil(imgsz * aspect / MAX_STRIDE) * MAX_STRIDE), imgsz
 
 
 def build_seg_transform(

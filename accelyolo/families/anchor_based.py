@@ -52,14 +52,14 @@ class AnchorBasedFamily(ModelFamily):
         nl = head.nl
         return AnchorBasedLoss(
             head,
-            box=self.gain(hyp, "box") * 3 / nl,
-            obj=self.gain(hyp, "obj") * (imgsz / 640) ** 2 * 3 / nl,
-            cls=self.gain(hyp, "cls") * head.nc / 80 * 3 / nl,
-            cls_pw=float(hyp.get("cls_pw", 1.0)),
-            obj_pw=float(hyp.get("obj_pw", 1.0)),
-            anchor_t=float(hyp.get("anchor_t", 4.0)),
-            fl_gamma=float(hyp.get("fl_gamma", 0.0)),
-            label_smoothing=float(hyp.get("label_smoothing", 0.0)),
+            box=self.option(hyp, "box") * 3 / nl,
+            obj=self.option(hyp, "obj") * (imgsz / 640) ** 2 * 3 / nl,
+            cls=self.option(hyp, "cls") * head.nc / 80 * 3 / nl,
+            cls_pw=self.option(hyp, "cls_pw"),
+            obj_pw=self.option(hyp, "obj_pw"),
+            anchor_t=self.option(hyp, "anchor_t"),
+            fl_gamma=self.option(hyp, "fl_gamma"),
+            label_smoothing=self.option(hyp, "label_smoothing"),
         )
 
     def prepare_for_training(
@@ -72,7 +72,7 @@ class AnchorBasedFamily(ModelFamily):
         seed: int,
     ) -> None:
         """Autoanchor: refit the anchors to the labels when their best possible recall is below 0.98."""
-        report = check_anchors(model, labels, shapes, imgsz, thr=float(hyp.get("anchor_t", 4.0)), seed=seed)
+        report = check_anchors(model, labels, shapes, imgsz, thr=self.option(hyp, "anchor_t"), seed=seed)
         LOGGER.info(
             "autoanchor: best possible recall %.4f%s",
             report["bpr_before"],

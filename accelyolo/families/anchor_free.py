@@ -33,12 +33,12 @@ class AnchorFreeFamily(ModelFamily):
         self.check_options(hyp)
         return AnchorFreeLoss(
             model.head,
-            box=self.gain(hyp, "box"),
-            cls=self.gain(hyp, "cls"),
-            dfl=self.gain(hyp, "dfl"),
-            cls_pw=float(hyp.get("cls_pw", 1.0)),
-            fl_gamma=float(hyp.get("fl_gamma", 0.0)),
-            label_smoothing=float(hyp.get("label_smoothing", 0.0)),
+            box=self.option(hyp, "box"),
+            cls=self.option(hyp, "cls"),
+            dfl=self.option(hyp, "dfl"),
+            cls_pw=self.option(hyp, "cls_pw"),
+            fl_gamma=self.option(hyp, "fl_gamma"),
+            label_smoothing=self.option(hyp, "label_smoothing"),
         )
 
     def distill_layout(self, model: nn.Module) -> dict[str, Any]:

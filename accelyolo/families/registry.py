@@ -122,10 +122,13 @@ class ModelFamily:
         or None when `source` is not laid out as a model of this family (see `accelyolo.weights`)."""
         return None
 
-    def gain(self, hyp: Mapping[str, Any], key: str) -> float:
-        """The configured gain of loss term `key`, or this family's default when it is unset (None)."""
+    def option(self, hyp: Mapping[str, Any], key: str) -> float:
+        """The configured value of hyperparameter `key`; when it is unset (None or absent), this family's
+        default for a loss gain and the hyperparameter table's default for anything else."""
         value = hyp.get(key)
-        return float(self.loss_gains[key] if value is None else value)
+        if value is None:
+            value = self.loss_gains[key] if key in self.loss_gains else HYPERPARAMETERS[key].default
+        return float(value)
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from accelyolo.boxes import bbox_iou
+from accelyolo.hyp import HYPERPARAMETERS
 from accelyolo.models.heads import AnchorBasedHead
 
 __all__ = ["AnchorBasedLoss", "FocalLoss"]
@@ -57,11 +58,11 @@ class AnchorBasedLoss(nn.Module):
         box: float,
         obj: float,
         cls: float,
-        cls_pw: float = 1.0,
-        obj_pw: float = 1.0,
-        anchor_t: float = 4.0,
-        fl_gamma: float = 0.0,
-        label_smoothing: float = 0.0,
+        cls_pw: float = HYPERPARAMETERS["cls_pw"].default,
+        obj_pw: float = HYPERPARAMETERS["obj_pw"].default,
+        anchor_t: float = HYPERPARAMETERS["anchor_t"].default,
+        fl_gamma: float = HYPERPARAMETERS["fl_gamma"].default,
+        label_smoothing: float = HYPERPARAMETERS["label_smoothing"].default,
         gr: float = 1.0,
     ) -> None:
         super().__init__()

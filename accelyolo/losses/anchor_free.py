@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from accelyolo.boxes import bbox_iou, xywh2xyxy
+from accelyolo.hyp import HYPERPARAMETERS
 from accelyolo.losses.assigner import TaskAlignedAssigner
 from accelyolo.models.heads import AnchorFreeHead, make_anchor_points
 
@@ -44,9 +45,7 @@ def pad_targets(targets: torch.Tensor, batch_size: int, scale: torch.Tensor) -> 
     counts = torch.bincount(image.clamp(0, batch_size - 1), minlength=batch_size)  # (B,)
     low, high, m = torch.stack((image.min(), image.max(), counts.max())).tolist()  # one device-to-host wait
     if low < 0 or high >= batch_size:
-        raise ValueError(
-            f"loss: target image indices (column 0) must lie in [0, {batch_size}), got {low}..{high}"
-        )
+        raise ValueError(f"loss: target image indices (column 0) must lie in [0, {batch_size}), got {low}..{high}")
     order = torch.argsort(image, stable=True)
     image = image[order]
     starts = torch.cumsum(counts, 0) - counts  # first row of each image in the sorted order
@@ -63,7 +62,7 @@ class AnchorFreeLoss(nn.Module):
 
     Args:
         head: the model's head (supplies nc, reg_max and strides).
-        box, cls, dfl: component gains.
+        box, cls, dfl: component gains (the family's defaults: `AnchorFreeFamily.loss_gains`).
         topk, alpha, beta: task-aligned assigner settings.
         cls_pw: positive weight of the class BCE (1 = plain BCE).
         fl_gamma: focal-loss gamma of the class BCE (0 = plain BCE).
@@ -79,15 +78,15 @@ class AnchorFreeLoss(nn.Module):
     def __init__(
         self,
         head: AnchorFreeHead,
-        box: float = 7.5,
-        cls: float = 0.5,
-        dfl: float = 1.5,
+        box: float,
+        cls: float,
+        dfl: float,
         topk: int = 10,
         alpha: float = 0.5,
         beta: float = 6.0,
-        cls_pw: float = 1.0,
-        fl_gamma: float = 0.0,
-        label_smoothing: float = 0.0,
+        cls_pw: float = HYPERPARAMETERS["cls_pw"].default,
+        fl_gamma: float = HYPERPARAMETERS["fl_gamma"].default,
+        label_smoothing: float = HYPERPARAMETERS["label_smoothing"].default,
         sync_normaliser: bool = True,
     ) -> None:
         super().__init__()

@@ -11,7 +11,7 @@ from torch import nn
 
 from accelyolo.models.layers import C3, C2f, Conv, scale_channels, scale_depth
 
-__all__ = ["YOLOv5PAN", "YOLOv8PAN"]
+__all__ = ["SixBlockPAN", "YOLOv5PAN", "YOLOv8PAN"]
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,23 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
-class YOLOv8PAN(nn.Module):
+class SixBlockPAN(nn.Module):
+    """The PAN wiring of YOLOv8 and YOLO11: `blocks` = [top-down P4, top-down P3, downsample, bottom-up P4,
+    downsample, bottom-up P5]; a subclass chooses the blocks."""
+
+    blocks: nn.ModuleList
+
+    def forward(self, feats: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        p3, p4, p5 = feats
+        b = self.blocks
+        t4 = b[0](torch.cat((_up(p5), p4), 1))
+        o3 = b[1](torch.cat((_up(t4), p3), 1))
+        o4 = b[3](torch.cat((b[2](o3), t4), 1))
+        o5 = b[5](torch.cat((b[4](o4), p5), 1))
+        return [o3, o4, o5]
+
+
+class YOLOv8PAN(SixBlockPAN):
     """YOLOv8 neck: C2f blocks (no residuals) fusing P3-P5; outputs keep the backbone's channel counts.
 
     Args:
@@ -41,15 +57,6 @@ class YOLOv8PAN(nn.Module):
             ]
         )
         self.out_channels = (c3, c4, c5)
-
-    def forward(self, feats: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        p3, p4, p5 = feats
-        b = self.blocks
-        t4 = b[0](torch.cat((_up(p5), p4), 1))
-        o3 = b[1](torch.cat((_up(t4), p3), 1))
-        o4 = b[3](torch.cat((b[2](o3), t4), 1))
-        o5 = b[5](torch.cat((b[4](o4), p5), 1))
-        return [o3, o4, o5]
 
 
 class YOLOv5PAN(nn.Module):

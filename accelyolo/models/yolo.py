@@ -10,14 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from accelyolo.defaults import MAX_STRIDE, STRIDES, imgsz_problem
 from accelyolo.models.layers import Conv
 from accelyolo.models.seghead import SegmentationHead
 
-__all__ = ["YOLO", "freeze_layers", "model_info", "transfer_weights"]
+__all__ = ["STRIDES", "YOLO", "freeze_layers", "model_info", "transfer_weights"]
 
 logger = logging.getLogger(__name__)
-
-STRIDES = (8.0, 16.0, 32.0)  # pixels per cell of the P3, P4, P5 levels
 
 
 class YOLO(nn.Module):
@@ -90,8 +89,8 @@ class YOLO(nn.Module):
 
 
 def _check_input(x: torch.Tensor) -> torch.Tensor:
-    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % 32 or x.shape[3] % 32:
-        raise ValueError(f"YOLO: input must be (B, 3, H, W) with H, W multiples of 32, got {tuple(x.shape)}")
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % MAX_STRIDE or x.shape[3] % MAX_STRIDE:
+        raise ValueError(f"YOLO: input must be (B, 3, H, W) with H, W multiples of {MAX_STRIDE}, got {tuple(x.shape)}")
     return x
 
 
@@ -119,8 +118,8 @@ def model_info(
     Returns:
         {"layers": modules, "parameters": n, "gradients": n requiring grad, "gflops": float}.
     """
-    if imgsz % 32:
-        raise ValueError(f"model_info: imgsz must be a multiple of 32, got {imgsz}")
+    if problem := imgsz_problem("model_info: imgsz", imgsz):
+        raise ValueError(problem)
     info = {
         "layers": len(list(model.modules())),
         "parameters": sum(p.numel() for p in model.parameters()),

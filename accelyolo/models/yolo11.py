@@ -15,7 +15,7 @@ from torch import nn
 from accelyolo.models.backbone import _Backbone
 from accelyolo.models.heads import AnchorFreeHead
 from accelyolo.models.layers import SPPF, Bottleneck, Conv, scale_channels, scale_depth
-from accelyolo.models.neck import _up
+from accelyolo.models.neck import SixBlockPAN
 
 __all__ = ["C2PSA", "C3k", "C3k2", "PSABlock", "PositionAttention", "YOLO11Backbone", "YOLO11Head", "YOLO11PAN"]
 
@@ -157,7 +157,7 @@ class YOLO11Backbone(_Backbone):
         return outputs[0], outputs[1], outputs[2]
 
 
-class YOLO11PAN(nn.Module):
+class YOLO11PAN(SixBlockPAN):
     """YOLO11 neck: the YOLOv8 PAN with C3k2 blocks (C3k inner blocks at P5, or everywhere for m/l/x)."""
 
     def __init__(self, width: float, depth: float, max_channels: int, c3k: bool) -> None:
@@ -176,15 +176,6 @@ class YOLO11PAN(nn.Module):
             ]
         )
         self.out_channels = (c3, c4, c5)
-
-    def forward(self, feats: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        p3, p4, p5 = feats
-        b = self.blocks
-        t4 = b[0](torch.cat((_up(p5), p4), 1))
-        o3 = b[1](torch.cat((_up(t4), p3), 1))
-        o4 = b[3](torch.cat((b[2](o3), t4), 1))
-        o5 = b[5](torch.cat((b[4](o4), p5), 1))
-        return [o3, o4, o5]
 
 
 class YOLO11Head(AnchorFreeHead):
