@@ -22,9 +22,9 @@ PREDICT_CONF = 0.25
 PREDICT_IOU = 0.45
 
 
-def stride_multiple(value: int, floor: int = MAX_STRIDE) -> int:
-    """`value` rounded to the nearest multiple of the largest stride, at least `floor`."""
-    return max(round(value / MAX_STRIDE) * MAX_STRIDE, floor)
+def stride_multiple(value: float) -> int:
+    """`value` rounded to the nearest multiple of the largest stride, at least one stride."""
+    return max(round(value / MAX_STRIDE) * MAX_STRIDE, MAX_STRIDE)
 
 
 def imgsz_problem(name: str, imgsz: int) -> str | None:

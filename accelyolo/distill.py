@@ -296,8 +296,9 @@ class DistillTrainer(Trainer):
             else:
                 self.adapters = self.adapters.to(self.accelerator.device)
             self._student_feats: list[torch.Tensor] | None = None
-            neck = self.unwrap(self.model).neck
-            self._hook = neck.register_forward_hook(self._keep_student_feats)
+            if isinstance(self.loss_fn, DistillationObjective):  # it takes the features the hook keeps, each step
+                neck = self.unwrap(self.model).neck
+                self._hook = neck.register_forward_hook(self._keep_student_feats)
 
     def _keep_student_feats(self, module: nn.Module, inputs: Any, output: list[torch.Tensor]) -> None:
         """The neck's first training call of a step: the detection images (a multi-task forward calls the
@@ -312,9 +313,8 @@ class DistillTrainer(Trainer):
         return feats
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any] | None:
-        self.distill_scale = distill_weight_at(epoch, self.cfg.epochs, self.cfg.distill_weight)
         if isinstance(self.loss_fn, DistillationObjective):  # not when Parts(loss=) replaced the objective
-            self.loss_fn.scale = self.distill_scale
+            self.loss_fn.scale = distill_weight_at(epoch, self.cfg.epochs, self.cfg.distill_weight)
         if self.adapters is not None:
             self.adapters.train()
         return super().train_one_epoch(epoch)

@@ -82,7 +82,7 @@ def base_hyp(cfg: TrainConfig) -> dict[str, float]:
     hyp = cfg.hyp()
     out = {}
     for key in evolvable_keys(cfg.model):
-        out[key] = family.option(hyp, key) if key in family.loss_gains else float(hyp[key])
+        out[key] = family.option(hyp, key)
     return out
 
 

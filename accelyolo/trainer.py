@@ -550,7 +550,7 @@ class Trainer:
                 )
             return cfg
         steps = math.ceil(len(self.train_dataset) / max(self.total_batch, cfg.nbs)) * cfg.epochs
-        nc = len(self.train_dataset.names or []) or 1
+        nc = len(self.names)
         name, lr0, momentum, bias_lr = auto_optimizer(nc, steps, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr)
         LOGGER.info("optimizer: auto -> %s (lr0 %g, momentum %g) for about %d optimizer steps", name, lr0, momentum,
                     steps)  # fmt: skip

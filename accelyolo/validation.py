@@ -177,14 +177,16 @@ class _BatchOutputs:
     the evaluator applies to its per-image records."""
 
     def __init__(self, val: _ValData, save_dir: Path, save_json: bool, plots: bool) -> None:
+        from accelyolo.boxes import scale_boxes  # imported here, not per batch (the module stays torch-free)
+        from accelyolo.metrics import coco_json_records
+
         self.val, self.save_dir, self.save_json, self.plots = val, save_dir, save_json, plots
+        self.scale_boxes, self.coco_json_records = scale_boxes, coco_json_records
         self.json_by_image: dict[str, list[dict[str, Any]]] = {}
         self.plotted = 0
 
     def __call__(self, batch: dict[str, Any], detections: list[Any]) -> None:
-        from accelyolo.boxes import scale_boxes
-        from accelyolo.metrics import coco_json_records
-
+        scale_boxes, coco_json_records = self.scale_boxes, self.coco_json_records
         if self.save_json:
             for det, path, orig, ratio_pad in zip(
                 detections, batch["paths"], batch["orig_shapes"], batch["ratio_pads"]

@@ -72,21 +72,21 @@ def _eval_results(config: dict[str, Any], dataset: str) -> list[Any] | None:
     return results or None
 
 
-def _count(n: int, noun: str) -> str:
+def _classes(n: int) -> str:
     """'1 class', '4 classes'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
+    return f"{n} class" if n == 1 else f"{n} classes"
 
 
 def _summary(config: dict[str, Any]) -> str:
     strides = ", ".join(str(s) for s in config["strides"])
     text = (
         f"An accelyolo **{config['variant']}** object detector ({config['family']} family) for "
-        f"{_count(config['nc'], 'class')} at {config['imgsz']} px (strides {strides}), trained with "
+        f"{_classes(config['nc'])} at {config['imgsz']} px (strides {strides}), trained with "
         f"accelyolo {config.get('accelyolo_version', '')} (YOLO training on Hugging Face Accelerate)."
     )
     if config.get("seg_classes"):
         text += (
-            f" It also segments {_count(config['seg_classes'], 'class')} ({', '.join(config.get('seg_names', []))}) "
+            f" It also segments {_classes(config['seg_classes'])} ({', '.join(config.get('seg_names', []))}) "
             "with a second head on the same trunk."
         )
     if config.get("imported"):
