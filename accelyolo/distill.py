@@ -1,7 +1,8 @@
 """Knowledge distillation (YOLOv6's engine): a frozen teacher guides the student through extra loss terms.
 
 The teacher is part of the run's objective (`DistillationObjective`, wrapping the objective the run has
-without a teacher), not an edit inside the loop. `DistillTrainer.build_loss` loads it (`load_teacher`), checks it against the student (`check_teacher`: predictions that pair grid point by
+without a teacher), not an edit inside the loop. `DistillTrainer.build_loss` loads it (`load_teacher`),
+checks it against the student (`check_teacher`: predictions that pair grid point by
 grid point, so yolov8 and yolo11 teach each other at any size, and the same class list), keeps it frozen (eval
 mode, so its BatchNorm statistics stay fixed; no gradients; never passed to `accelerator.prepare`, so
 under DDP each rank holds its own copy and nothing of it is synchronised) on the student's device, and

@@ -266,7 +266,9 @@ def _last_line(command: list[str], env: dict[str, str], prefix: str, what: str) 
     return lines[-1]
 
 
-def _validate_peer(weights: Path, args: argparse.Namespace, data_yaml: Path, out: Path, env: dict) -> tuple[Path, float]:
+def _validate_peer(
+    weights: Path, args: argparse.Namespace, data_yaml: Path, out: Path, env: dict[str, str]
+) -> tuple[Path, float]:
     """`peer_val.py` on one checkpoint of the peer: its predictions.json (YOLO class ids) and own mAP50-95."""
     val_line = _last_line(
         [str(PEER_VENV / "bin" / "python"), str(PEER_DIR / "peer_val.py"), str(weights), str(data_yaml)]

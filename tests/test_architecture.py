@@ -457,12 +457,13 @@ def attribute_writes_in_build_steps(source: str) -> list[str]:
                 elif isinstance(node, ast.Delete):
                     targets = list(node.targets)
                 elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
-                    if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "self":
+                    first = node.args[0] if node.args else None
+                    if isinstance(first, ast.Name) and first.id == "self":
                         found.append(f"{cls.name}.{method.name}: line {node.lineno} setattr(self, ...)")
                 for target in targets:
-                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
-                        if target.value.id == "self":
-                            found.append(f"{cls.name}.{method.name}: line {node.lineno} self.{target.attr}")
+                    value = getattr(target, "value", None)
+                    if isinstance(target, ast.Attribute) and isinstance(value, ast.Name) and value.id == "self":
+                        found.append(f"{cls.name}.{method.name}: line {node.lineno} self.{target.attr}")
     return found
 
 

@@ -416,7 +416,8 @@ def test_segment_with_datasets_from_parts_needs_their_segmentation_data(tiny_mul
         YoloDataset(spec.splits["train"], augment=False, hyp=None, **common),
         YoloDataset(spec.splits["val"], augment=False, hyp=None, **common),
     )
-    with pytest.raises(ConfigError, match=r"datasets from Parts\(datasets=\.\.\.\) must come as a MultiTaskData, got RunData"):
+    refused = r"datasets from Parts\(datasets=\.\.\.\) must come as a MultiTaskData, got RunData"
+    with pytest.raises(ConfigError, match=refused):
         fit(parts=Parts(datasets=datasets), **tiny_train_options(tiny_multitask, tmp_path, segment=True, epochs=1))
     assert not (tmp_path / "exp").exists()
 
