@@ -103,7 +103,7 @@ class TrainConfig:
     epochs: int = _opt(100, "total epochs", "train")
     optimizer: str = _opt(
         "auto",
-        "SGD, Adam, AdamW, RMSProp, or auto: AdamW at lr0 0.002*5/(4+nc) for runs of up to 10,000 optimizer "
+        "SGD, Adam, AdamW, RMSProp, or auto: AdamW at lr0 0.002 for runs of up to 10,000 optimizer "
         "steps, SGD with the hyp's lr0/momentum beyond (auto ignores lr0, momentum and warmup_bias_lr then)",
         "train",
     )

@@ -1,7 +1,8 @@
 """Knowledge distillation (YOLOv6's engine): a frozen teacher guides the student through extra loss terms.
 
-The teacher is one more part of the trainer, not an edit inside the loop. `DistillTrainer` loads it
-(`load_teacher`), checks it against the student (`check_teacher`: predictions that pair grid point by
+The teacher is part of the run's objective (`DistillationObjective`, wrapping the objective the run has
+without a teacher), not an edit inside the loop. `DistillTrainer.build_loss` loads it (`load_teacher`),
+checks it against the student (`check_teacher`: predictions that pair grid point by
 grid point, so yolov8 and yolo11 teach each other at any size, and the same class list), keeps it frozen (eval
 mode, so its BatchNorm statistics stay fixed; no gradients; never passed to `accelerator.prepare`, so
 under DDP each rank holds its own copy and nothing of it is synchronised) on the student's device, and
@@ -24,6 +25,7 @@ saved: the bundle records its path in the config, and a resumed run reads it aga
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -45,6 +47,7 @@ __all__ = [
     "DistillTrainer",
     "DistillationObjective",
     "FeatureAdapters",
+    "FeatureTap",
     "channel_wise_kl",
     "check_teacher",
     "distill_weight_at",
@@ -172,14 +175,44 @@ def distillation_terms(
     return terms
 
 
+class FeatureTap:
+    """Keeps a module's first training-mode output of each step through a forward hook: the student's neck
+    on the detection images (a multi-task forward calls the neck again on the segmentation images)."""
+
+    def __init__(self) -> None:
+        self.kept: list[torch.Tensor] | None = None
+        self.handle: Any = None
+
+    def attach(self, module: nn.Module) -> None:
+        self.remove()
+        self.handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: Any, output: list[torch.Tensor]) -> None:
+        if module.training and self.kept is None:
+            self.kept = output
+
+    def take(self) -> list[torch.Tensor]:
+        """This step's kept output, handed over once (the next step records anew)."""
+        feats, self.kept = self.kept, None
+        if feats is None:
+            raise RuntimeError("distillation: the student's neck features of this step were not recorded")
+        return feats
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
 class DistillationObjective(Objective):
     """Another objective (detection, or detection + segmentation) plus the weighted distillation terms.
 
     The inner objective runs the student; the teacher sees the same (augmented) detection images. Items are the
     inner ones followed by `distill_<term>` in the order of `terms`, each already times `scale` (the epoch's
     distillation weight, set by the trainer). `student` returns the unwrapped student (its family reads the
-    maps); `student_feats` returns, once per step, the student's neck outputs of the detection images (the
-    feature term only) and `adapters` maps them to the teacher's channels.
+    maps). With the feature term, `tap` holds the student's neck outputs of the step (the trainer attaches it
+    to the student's neck) and `adapters` (trained with the student, saved in the bundle's extra state) maps
+    them to the teacher's channels. The teacher and the adapters live here, never in the student.
     """
 
     def __init__(
@@ -189,11 +222,13 @@ class DistillationObjective(Objective):
         terms: tuple[str, ...],
         temperature: float,
         student: Callable[[], nn.Module],
-        student_feats: Callable[[], list[torch.Tensor]] | None = None,
-        adapters: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
+        adapters: nn.Module | None = None,
+        tap: FeatureTap | None = None,
     ) -> None:
+        if "feat" in terms and (adapters is None or tap is None):
+            raise ValueError("the feature term needs the adapters and the tap of the student's neck")
         self.inner, self.teacher, self.terms, self.temperature = inner, teacher, terms, temperature
-        self.student, self.student_feats, self.adapters = student, student_feats, adapters
+        self.student, self.adapters, self.tap = student, adapters, tap
         self.scale = 1.0
         self.names = tuple(inner.names) + tuple(f"distill_{t}" for t in terms)
 
@@ -209,12 +244,16 @@ class DistillationObjective(Objective):
             self.teacher,
             t_maps,
             self.temperature,
-            student_feats=self.adapters(self.student_feats()) if feat else None,
+            student_feats=self.adapters(self.tap.take()) if feat else None,
             teacher_feats=t_feats if feat else None,
         )
         weighted = torch.stack([terms[name] for name in self.terms]) * self.scale
         batch_size = images.shape[0]  # the detection loss is a sum over the batch (YOLOv5); so are these
         return total + weighted.sum() * batch_size, torch.cat((items, weighted.detach().to(items.dtype))), preds
+
+    def trained_adapters(self) -> bool:
+        """Whether the adapters have parameters (channel counts that differ somewhere): they train and are saved."""
+        return self.adapters is not None and any(True for _ in self.adapters.parameters())
 
 
 class FeatureAdapters(nn.Module):
@@ -236,107 +275,107 @@ class FeatureAdapters(nn.Module):
 
 
 class DistillTrainer(Trainer):
-    """`Trainer` with a frozen teacher (`cfg.teacher`); `fit()` picks it when a teacher is set."""
+    """`Trainer` with a frozen teacher (`cfg.teacher`); `fit()` picks it when a teacher is set.
 
-    teacher: nn.Module
-    adapters: nn.Module | None = None
+    Its objective (`build_loss`) is the run's objective without a teacher wrapped in a `DistillationObjective`,
+    which holds the teacher and the feature adapters; the trainer adds the adapters to the optimizer, sets the
+    epoch's distillation weight, and saves and restores the adapters beside the student.
+    """
 
-    def build_model(self) -> nn.Module:
-        """The student (as the base trainer builds it), then the teacher, checked against it."""
-        model = super().build_model()
+    @property
+    def distillation(self) -> DistillationObjective | None:
+        """The run's distillation objective; None before `setup` or where `Parts(loss=)` replaced it."""
+        objective = getattr(self, "loss_fn", None)
+        return objective if isinstance(objective, DistillationObjective) else None
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self.distillation.teacher if self.distillation is not None else None
+
+    @property
+    def adapters(self) -> nn.Module | None:
+        return self.distillation.adapters if self.distillation is not None else None
+
+    def setup(self) -> None:
+        # the teacher's absolute path goes into args.yaml and the bundles: a resumed run reads it from there
+        self.cfg = dataclasses.replace(self.cfg, teacher=str(Path(self.cfg.teacher).resolve()))
+        super().setup()
+        distillation = self.distillation
+        if distillation is not None and distillation.adapters is not None:
+            if distillation.trained_adapters():  # DDP-wrapped under several processes: gradients are averaged
+                distillation.adapters = self.accelerator.prepare(distillation.adapters)
+            else:
+                distillation.adapters = distillation.adapters.to(self.accelerator.device)
+            distillation.tap.attach(self.unwrap(self.model).neck)
+
+    def build_loss(self, model: nn.Module) -> Objective:
+        """The objective of the run without a teacher (`super()`: detection, or detection + segmentation),
+        wrapped with the distillation terms of the teacher, which is loaded and checked against the student."""
         cfg = self.cfg
-        cfg.teacher = str(Path(cfg.teacher).resolve())  # resume reads it again from the bundle's config
-        self.teacher, teacher_names = load_teacher(cfg.teacher, device=self.accelerator.device)
-        check_teacher(self.teacher, teacher_names, model, self.names, cfg.teacher)
+        teacher, teacher_names = load_teacher(cfg.teacher, device=self.accelerator.device)
+        check_teacher(teacher, teacher_names, model, self.names, cfg.teacher)
         if cfg.channels_last:
-            self.teacher = self.teacher.to(memory_format=torch.channels_last)
+            teacher = teacher.to(memory_format=torch.channels_last)
         LOGGER.info(
             "distillation: teacher %s (%s), weight %g (cosine to 0), temperature %g%s",
-            self.teacher.config.get("name"),
+            teacher.config.get("name"),
             cfg.teacher,
             cfg.distill_weight,
             cfg.temperature,
             ", with neck features (CWD)" if cfg.distill_feat else "",
         )
-        if cfg.distill_feat:
-            self.adapters = FeatureAdapters(tuple(model.neck.out_channels), tuple(self.teacher.neck.out_channels))
-        return model
-
-    def build_loss(self, model: nn.Module) -> Objective:
-        """The objective of the run without a teacher (`super()`: detection, or detection + segmentation),
-        wrapped with the distillation terms."""
         inner = super().build_loss(model)
         probe = torch.zeros(1, 3, 64, 64, device=self.accelerator.device)
-        _, box = family_of(self.teacher).distill_logits(self.teacher, teacher_outputs(self.teacher, probe)[0])
-        terms = ("cls",) + (("box",) if box is not None else ()) + (("feat",) if self.cfg.distill_feat else ())
+        _, box = family_of(teacher).distill_logits(teacher, teacher_outputs(teacher, probe)[0])
+        terms = ("cls",) + (("box",) if box is not None else ()) + (("feat",) if cfg.distill_feat else ())
+        adapters = None
+        if cfg.distill_feat:
+            adapters = FeatureAdapters(tuple(model.neck.out_channels), tuple(teacher.neck.out_channels))
         return DistillationObjective(
             inner,
-            self.teacher,
+            teacher,
             terms,
-            self.cfg.temperature,
+            cfg.temperature,
             student=lambda: self.unwrap(self.model),
-            student_feats=self._take_student_feats,
-            adapters=lambda feats: self.adapters(feats),
+            adapters=adapters,
+            tap=FeatureTap() if adapters is not None else None,
         )
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """The base optimizer's groups over the student and the feature adapters (when any)."""
-        if not self._adapter_parameters():
+        """The base optimizer's groups over the student and the feature adapters (when they have parameters)."""
+        distillation = self.distillation
+        if distillation is None or not distillation.trained_adapters():
             return super().build_optimizer(model)
-        return super().build_optimizer(nn.ModuleDict({"model": model, "adapters": self.adapters}))
-
-    def _adapter_parameters(self) -> list[nn.Parameter]:
-        return [] if self.adapters is None else list(self.adapters.parameters())
-
-    def setup(self) -> None:
-        super().setup()
-        if self.adapters is not None:
-            if self._adapter_parameters():  # DDP-wrapped under several processes: its gradients are averaged
-                self.adapters = self.accelerator.prepare(self.adapters)
-            else:
-                self.adapters = self.adapters.to(self.accelerator.device)
-            self._student_feats: list[torch.Tensor] | None = None
-            if isinstance(self.loss_fn, DistillationObjective):  # it takes the features the hook keeps, each step
-                neck = self.unwrap(self.model).neck
-                self._hook = neck.register_forward_hook(self._keep_student_feats)
-
-    def _keep_student_feats(self, module: nn.Module, inputs: Any, output: list[torch.Tensor]) -> None:
-        """The neck's first training call of a step: the detection images (a multi-task forward calls the
-        neck again on the segmentation images)."""
-        if module.training and self._student_feats is None:
-            self._student_feats = output
-
-    def _take_student_feats(self) -> list[torch.Tensor]:
-        feats, self._student_feats = self._student_feats, None
-        if feats is None:
-            raise RuntimeError("distillation: the student's neck features of this step were not recorded")
-        return feats
+        return super().build_optimizer(nn.ModuleDict({"model": model, "adapters": distillation.adapters}))
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any] | None:
-        if isinstance(self.loss_fn, DistillationObjective):  # not when Parts(loss=) replaced the objective
-            self.loss_fn.scale = distill_weight_at(epoch, self.cfg.epochs, self.cfg.distill_weight)
-        if self.adapters is not None:
-            self.adapters.train()
+        distillation = self.distillation
+        if distillation is not None:
+            distillation.scale = distill_weight_at(epoch, self.cfg.epochs, self.cfg.distill_weight)
+            if distillation.adapters is not None:
+                distillation.adapters.train()
         return super().train_one_epoch(epoch)
 
     def extra_checkpoint_state(self) -> dict[str, Any] | None:
-        if not self._adapter_parameters():
+        distillation = self.distillation
+        if distillation is None or not distillation.trained_adapters():
             return None
-        return {"distill_adapters": self.unwrap(self.adapters).state_dict()}
+        return {"distill_adapters": self.unwrap(distillation.adapters).state_dict()}
 
     def restore(self, bundle: Any) -> None:
         super().restore(bundle)
+        distillation = self.distillation
         saved = (bundle.extra_state or {}).get("distill_adapters")
-        if self._adapter_parameters():
+        if distillation is not None and distillation.trained_adapters():
             if saved is None:
                 raise ConfigError(
                     f"{bundle.path}: this distillation run has feature adapters but the bundle holds none; "
                     "resume with the options it was trained with."
                 )
-            self.unwrap(self.adapters).load_state_dict(saved)
+            self.unwrap(distillation.adapters).load_state_dict(saved)
 
     def close(self) -> None:
-        hook = getattr(self, "_hook", None)
-        if hook is not None:
-            hook.remove()
+        distillation = self.distillation
+        if distillation is not None and distillation.tap is not None:
+            distillation.tap.remove()
         super().close()

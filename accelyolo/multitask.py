@@ -36,13 +36,16 @@ from torch import nn
 from accelyolo.config import ConfigError
 from accelyolo.data.demo import demo_multitask_yaml
 from accelyolo.data.loader import to_model_input
-from accelyolo.data.segmentation import SegmentationDataset, build_seg_dataloader, load_seg_spec
+from accelyolo.data.segmentation import SegmentationDataset, SegSpec, build_seg_dataloader, load_seg_spec
 from accelyolo.evaluation import evaluate_segmentation
 from accelyolo.losses.objective import DetectionObjective, Objective
+from accelyolo.records import RunData, RunLoaders
 from accelyolo.segmetrics import SegmentationResult
 from accelyolo.trainer import Trainer
 
 __all__ = [
+    "MultiTaskData",
+    "MultiTaskLoaders",
     "MultiTaskLoss",
     "MultiTaskObjective",
     "MultiTaskResult",
@@ -131,6 +134,22 @@ class PairedLoader:
             yield {**det_batch, "seg_images": seg_batch["images"], "seg_masks": seg_batch["masks"]}
 
 
+@dataclass(frozen=True, kw_only=True)
+class MultiTaskData(RunData):
+    """The detection data plus the segmentation spec (`seg_*` keys of the data.yaml) and its two datasets."""
+
+    seg_spec: SegSpec
+    seg_train: SegmentationDataset
+    seg_val: SegmentationDataset
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiTaskLoaders(RunLoaders):
+    """`train` pairs a detection and a segmentation batch per step (`PairedLoader`); `seg_val` feeds mIoU."""
+
+    seg_val: Any
+
+
 @dataclass
 class MultiTaskResult:
     """A validation of both tasks; `as_dict()` = detection metrics, `pixel_accuracy`, `mIoU`, `det_fitness`,
@@ -177,21 +196,20 @@ class MultiTaskTrainer(Trainer):
     def data_yaml(self) -> Path:
         return Path(self.cfg.data) if self.cfg.data else demo_multitask_yaml()
 
-    def build_datasets(self) -> tuple[Any, Any]:
-        """Detection datasets as `Trainer`'s, plus `self.seg_train_dataset` / `self.seg_val_dataset`."""
-        train, val = super().build_datasets()
+    def build_datasets(self) -> MultiTaskData:
+        """Detection datasets as `Trainer`'s, plus the segmentation spec and datasets of the same data.yaml."""
+        detection = super().build_datasets()
         cfg = self.cfg
+        yaml_path = detection.spec.yaml_path
         with self.accelerator.main_process_first():
-            spec = load_seg_spec(self.data_spec.yaml_path)
+            spec = load_seg_spec(yaml_path)
             if spec is None:
                 raise ConfigError(
-                    f"--segment: {self.data_spec.yaml_path} has no 'seg_train'; add seg_train, seg_val and "
+                    f"--segment: {yaml_path} has no 'seg_train'; add seg_train, seg_val and "
                     "seg_names (see accelyolo.data.segmentation), or train without --segment"
                 )
-            self.seg_spec = spec
-            self.seg_names = list(spec.names)
             common = dict(names=spec.names, imgsz=cfg.imgsz, ignore=spec.ignore, seed=cfg.seed)
-            self.seg_train_dataset = SegmentationDataset(
+            seg_train = SegmentationDataset(
                 spec.splits["seg_train"],
                 augment=True,
                 hyp=cfg.hyp(),
@@ -199,22 +217,41 @@ class MultiTaskTrainer(Trainer):
                 scale=cfg.seg_scale,
                 **common,
             )
-            self.seg_val_dataset = SegmentationDataset(spec.splits["seg_val"], augment=False, **common)
-        return train, val
+            seg_val = SegmentationDataset(spec.splits["seg_val"], augment=False, **common)
+        return MultiTaskData(
+            train=detection.train, val=detection.val, spec=detection.spec, seg_spec=spec, seg_train=seg_train,
+            seg_val=seg_val,
+        )  # fmt: skip
 
-    def build_dataloaders(self) -> tuple[Any, Any]:
+    def build_dataloaders(self, data: RunData) -> MultiTaskLoaders:
         """The paired (detection, segmentation) train loader, prepared here, and the detection val loader.
 
         Accelerate's `prepare` in `setup` passes the `PairedLoader` through unchanged, so its two loaders
         are prepared (sharded, moved to the device) here; so is the segmentation val loader.
         """
+        if not isinstance(data, MultiTaskData):
+            raise ConfigError(
+                "--segment trains on the detection and segmentation data its own build_datasets reads from the "
+                f"data.yaml; datasets from Parts(datasets=...) must come as a MultiTaskData, got {type(data).__name__}"
+            )
         cfg = self.cfg
-        det_train, det_val = super().build_dataloaders()
+        detection = super().build_dataloaders(data)
         batch = cfg.seg_batch_size or cfg.batch_size
-        seg_train = build_seg_dataloader(self.seg_train_dataset, batch, cfg.workers, shuffle=True, seed=cfg.seed)
-        seg_val = build_seg_dataloader(self.seg_val_dataset, batch * 2, cfg.workers, shuffle=False, seed=cfg.seed)
-        det_train, seg_train, self.seg_val_loader = self.accelerator.prepare(det_train, seg_train, seg_val)
-        return PairedLoader(det_train, seg_train, self.seg_train_dataset), det_val
+        seg_train = build_seg_dataloader(data.seg_train, batch, cfg.workers, shuffle=True, seed=cfg.seed)
+        seg_val = build_seg_dataloader(data.seg_val, batch * 2, cfg.workers, shuffle=False, seed=cfg.seed)
+        det_train, seg_train, seg_val = self.accelerator.prepare(detection.train, seg_train, seg_val)
+        return MultiTaskLoaders(
+            train=PairedLoader(det_train, seg_train, data.seg_train), val=detection.val,
+            image_sampler=detection.image_sampler, seg_val=seg_val,
+        )  # fmt: skip
+
+    @property
+    def seg_spec(self) -> SegSpec:
+        return self.data.seg_spec
+
+    @property
+    def seg_names(self) -> list[str]:
+        return list(self.data.seg_spec.names)
 
     def model_keywords(self) -> dict[str, Any]:
         return {"seg_classes": len(self.seg_names)}
@@ -225,7 +262,7 @@ class MultiTaskTrainer(Trainer):
         detection = super().build_loss(model)
         if not isinstance(detection, DetectionObjective):
             raise ConfigError(f"--segment builds on the detection objective, got {type(detection).__name__}")
-        weights = seg_class_weights(cfg.seg_class_weights, self.seg_names, str(self.data_spec.yaml_path))
+        weights = seg_class_weights(cfg.seg_class_weights, self.seg_names, str(self.data.spec.yaml_path))
         loss = MultiTaskLoss(detection.loss, self.seg_spec.ignore, cfg.det_gain, cfg.seg_gain, weights)
         return MultiTaskObjective(loss, cfg.channels_last)
 
@@ -243,7 +280,7 @@ class MultiTaskTrainer(Trainer):
         if self.seg_due(epoch):
             seg = evaluate_segmentation(
                 model,
-                self.seg_val_loader,
+                self.loaders.seg_val,
                 self.accelerator,
                 self.seg_names,
                 self.seg_spec.ignore,

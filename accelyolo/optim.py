@@ -49,19 +49,23 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = tuple(
 )
 OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSProp")
 AUTO_MAX_STEPS = 10_000  # `optimizer: auto` picks AdamW up to this many optimizer steps, SGD beyond
+AUTO_ADAMW_LR0 = 0.002  # its AdamW learning rate, any class count (see auto_optimizer)
 
 
 def auto_optimizer(nc: int, optimizer_steps: int, lr0: float, momentum: float, warmup_bias_lr: float) -> tuple:
     """What `optimizer: auto` resolves to: `(optimizer, lr0, momentum, warmup_bias_lr)`.
 
     A run of at most `AUTO_MAX_STEPS` optimizer steps (from scratch on a small dataset, a short fine-tune)
-    gets AdamW at `lr0 = 0.002 * 5 / (4 + nc)` (6 decimals), beta1 0.9 and a bias warm-up from 0: the rule
-    of ultralytics' `optimizer=auto`, which learns far more in few steps than YOLOv5's SGD at lr0 0.01 (see
-    `benchmarks/quality.py`). A longer run keeps SGD with the given lr0, momentum and bias warm-up LR.
+    gets AdamW at `lr0 = AUTO_ADAMW_LR0` whatever the class count `nc`, beta1 0.9 and a bias warm-up from 0.
+    ultralytics' rule lowers that LR with the classes (`0.002 * 5 / (4 + nc)`); on the real photograph sets
+    (1, 6 and 7 classes, 3 seeds each, README "Optimizer and warm-up") the flat 0.002 beat it by 0.07 and 0.017
+    mAP50-95 on the two many-class sets (where the rule gave 0.001 and 0.00091) and beat YOLOv5's SGD at
+    lr0 0.01 on all three. A longer run keeps SGD with the given lr0, momentum and bias warm-up LR; `nc` is
+    kept in the signature for rules that use it.
     """
     if optimizer_steps > AUTO_MAX_STEPS:
         return "SGD", lr0, momentum, warmup_bias_lr
-    return "AdamW", round(0.002 * 5 / (4 + nc), 6), 0.9, 0.0
+    return "AdamW", AUTO_ADAMW_LR0, 0.9, 0.0
 
 
 LR_SCHEDULES = ("cosine", "linear")

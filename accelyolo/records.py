@@ -1,11 +1,36 @@
-"""The records the training loop hands out: one per step (`StepOutput`), the run's progress that a
-checkpoint saves (`RunState`), and what `fit()` returns (`FitResult`). Epochs are 1-based in all three."""
+"""The records of a run. What its build steps return to the trainer: the data (`RunData`) and its loaders
+(`RunLoaders`), frozen, so no build step has to write a trainer attribute. What the training loop hands out:
+one per step (`StepOutput`), the run's progress that a checkpoint saves (`RunState`), and what `fit()`
+returns (`FitResult`). Epochs are 1-based in all three."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What `Trainer.build_datasets` returns (a feature adds its own data in a subclass of this record).
+
+    `spec` is the data.yaml read (`accelyolo.data.DataSpec`), None for datasets that a `Parts(datasets=...)`
+    factory made; every dataset carries its class `names`.
+    """
+
+    train: Any
+    val: Any
+    spec: Any = None
+
+
+@dataclass(frozen=True)
+class RunLoaders:
+    """What `Trainer.build_dataloaders` returns: the train and val loaders and, with `--image-weights`, the
+    sampler whose class maps each validation refreshes (a feature adds its own loaders in a subclass)."""
+
+    train: Any
+    val: Any
+    image_sampler: Any = None
 
 
 @dataclass

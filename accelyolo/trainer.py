@@ -85,7 +85,7 @@ from accelyolo.optim import (
     warmup_iterations,
 )
 from accelyolo.pictures import ResultsPlotCallback, TrackerImagesCallback
-from accelyolo.records import FitResult, RunState, StepOutput
+from accelyolo.records import FitResult, RunData, RunLoaders, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
 from accelyolo.runs import make_run_dir
 from accelyolo.threads import use_available_cores
@@ -364,9 +364,13 @@ class Trainer:
         if cfg.deterministic:
             use_deterministic_algorithms()
         bundle = load_checkpoint_bundle(self.resume_from) if self.resume_from else None
-        self.train_dataset, self.val_dataset = self.parts.get("datasets", self) or self.build_datasets()
+        data = self.parts.get("datasets", self) or self.build_datasets()
+        self.data = data if isinstance(data, RunData) else RunData(*data)  # a factory's (train, val)
+        self.train_dataset, self.val_dataset, self.data_spec = self.data.train, self.data.val, self.data.spec
         self.names = class_names(self.train_dataset)  # ['item'] with single_cls
-        self.train_loader, self.val_loader = self.build_dataloaders()
+        self.loaders = self.build_dataloaders(self.data)
+        self.train_loader, self.val_loader = self.loaders.train, self.loaders.val
+        self.image_sampler = self.loaders.image_sampler
         self.cfg = cfg = self.resolve_optimizer(cfg)
         model = self.parts.get("model", self) or self.build_model()
         if bundle is not None:
@@ -416,17 +420,17 @@ class Trainer:
             **kwargs,
         )
 
-    def build_datasets(self) -> tuple[YoloDataset, YoloDataset]:
+    def build_datasets(self) -> RunData:
         """The train (augmented) and val (letterboxed, rectangular batches) datasets of `cfg.data`."""
         cfg = self.cfg
         with self.accelerator.main_process_first():
-            self.data_spec = load_data_yaml(self.data_yaml())
+            spec = load_data_yaml(self.data_yaml())
             for split in ("train", "val"):
-                if not self.data_spec.splits.get(split):
-                    raise ConfigError(f"{self.data_spec.yaml_path}: the '{split}' split has no images.")
+                if not spec.splits.get(split):
+                    raise ConfigError(f"{spec.yaml_path}: the '{split}' split has no images.")
             common = dict(
                 imgsz=cfg.imgsz,
-                names=list(self.data_spec.names),  # the class check; single_cls keeps every box as 'item'
+                names=list(spec.names),  # the class check; single_cls keeps every box as 'item'
                 cache=cfg.cache or None,
                 cache_budget_mb=cfg.cache_budget_mb,
                 stride=MAX_STRIDE,
@@ -436,7 +440,7 @@ class Trainer:
             if cfg.rect:
                 LOGGER.warning("rect: training batches keep the images sorted by aspect: no shuffle, no mosaic")
             train = YoloDataset(
-                self.data_spec.splits["train"],
+                spec.splits["train"],
                 augment=True,
                 hyp=cfg.hyp(),
                 rect=cfg.rect,
@@ -445,7 +449,7 @@ class Trainer:
                 **common,
             )
             val = YoloDataset(
-                self.data_spec.splits["val"],
+                spec.splits["val"],
                 augment=False,
                 hyp=None,
                 rect=cfg.rect_val,
@@ -454,7 +458,7 @@ class Trainer:
             )
         for split, dataset in (("train", train), ("val", val)):
             LOGGER.info("%s", report_summary(split, dataset.report))
-        return train, val
+        return RunData(train, val, spec)
 
     def write_data_report(self, path: Path) -> None:
         """Every split's check counts and each skipped file and dropped or repaired label row (file, line,
@@ -472,21 +476,22 @@ class Trainer:
         """The run's data.yaml: `cfg.data`, or the built-in demo data's."""
         return Path(self.cfg.data) if self.cfg.data else demo_data_yaml()
 
-    def build_dataloaders(self) -> tuple[Any, Any]:
+    def build_dataloaders(self, data: RunData) -> RunLoaders:
+        """The train loader (through an `ImageWeightSampler` with `--image-weights`) and this rank's val loader."""
         cfg = self.cfg
-        self.image_sampler = ImageWeightSampler(self.train_dataset, seed=cfg.seed) if cfg.image_weights else None
+        sampler = ImageWeightSampler(data.train, seed=cfg.seed) if cfg.image_weights else None
         pin = self.accelerator.device.type == "cuda"  # page-locked batches: asynchronous host-to-GPU copies
         train = build_dataloader(
-            self.train_dataset,
+            data.train,
             batch_size=cfg.batch_size,
             workers=cfg.workers,
             shuffle=True,
             seed=cfg.seed,
-            sampler=self.image_sampler,
+            sampler=sampler,
             pin_memory=pin,
         )
         val = build_dataloader(  # this rank's whole (rect) batches; not passed to prepare(), see data.loader
-            self.val_dataset,
+            data.val,
             batch_size=cfg.batch_size * 2,
             workers=cfg.workers,
             shuffle=False,
@@ -495,7 +500,7 @@ class Trainer:
             shard=self.accelerator.process_index,
             pin_memory=pin,
         )
-        return train, val
+        return RunLoaders(train, val, sampler)
 
     def build_model(self) -> torch.nn.Module:
         """The registered model for the dataset's classes; `--weights` transferred, layers frozen, and the
@@ -938,7 +943,7 @@ class Trainer:
 
     def category_ids_apply(self) -> bool:
         """Whether the run's classes are a COCO file's categories (their ids go into the checkpoint)."""
-        spec = getattr(self, "data_spec", None)
+        spec = self.data.spec
         return spec is not None and spec.category_ids is not None and not self.cfg.single_cls
 
     def save(self, epoch: int, improved: bool) -> None:

@@ -432,3 +432,60 @@ def test_shared_numbers_have_one_home():
         and (found := owned_numbers_written_again(path.read_text(encoding="utf-8"), set(HYPERPARAMETERS)))
     }
     assert not offenders, offenders
+
+
+# The trainer classes whose build steps must return what they make (`accelyolo.records`), never store it.
+TRAINER_MODULES = ("trainer.py", "distill.py", "multitask.py")
+
+
+def attribute_writes_in_build_steps(source: str) -> list[str]:
+    """`Class.method: line N self.attr` for each write to an attribute of `self` (assignment, augmented or
+    annotated assignment, `setattr(self, ...)`, `del self.x`) inside a method named `build_*` or `resolve_*`."""
+    found = []
+    for cls in ast.walk(ast.parse(source)):
+        if not isinstance(cls, ast.ClassDef):
+            continue
+        for method in cls.body:
+            if not isinstance(method, ast.FunctionDef) or not method.name.startswith(("build_", "resolve_")):
+                continue
+            for node in ast.walk(method):
+                targets: list[ast.AST] = []
+                if isinstance(node, ast.Assign):
+                    targets = [t for target in node.targets for t in ast.walk(target)]
+                elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                    targets = [node.target]
+                elif isinstance(node, ast.Delete):
+                    targets = list(node.targets)
+                elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
+                    first = node.args[0] if node.args else None
+                    if isinstance(first, ast.Name) and first.id == "self":
+                        found.append(f"{cls.name}.{method.name}: line {node.lineno} setattr(self, ...)")
+                for target in targets:
+                    value = getattr(target, "value", None)
+                    if isinstance(target, ast.Attribute) and isinstance(value, ast.Name) and value.id == "self":
+                        found.append(f"{cls.name}.{method.name}: line {node.lineno} self.{target.attr}")
+    return found
+
+
+def test_build_steps_return_what_they_make_and_write_no_trainer_attribute():
+    """A build step's product reaches the trainer only as its return value (the data and loaders as the
+    frozen records of `accelyolo.records`), so a part replaced through `Parts` leaves nothing unset."""
+    probe = attribute_writes_in_build_steps(
+        "class T:\n"
+        "    def build_x(self):\n        self.a = 1\n        self.b, c = 2, 3\n        self.n += 1\n"
+        "        setattr(self, 'd', 4)\n        del self.e\n        other.f = 5\n        return self.g\n"
+        "    def setup(self):\n        self.h = 6\n"
+    )
+    assert sorted(probe) == [
+        "T.build_x: line 3 self.a",
+        "T.build_x: line 4 self.b",
+        "T.build_x: line 5 self.n",
+        "T.build_x: line 6 setattr(self, ...)",
+        "T.build_x: line 7 self.e",
+    ], probe
+    offenders = {
+        name: found
+        for name in TRAINER_MODULES
+        if (found := attribute_writes_in_build_steps((PACKAGE_DIR / name).read_text(encoding="utf-8")))
+    }
+    assert not offenders, offenders

@@ -24,6 +24,7 @@ from accelyolo.distill import (
 )
 from accelyolo.engine import fit
 from accelyolo.families import build_model
+from accelyolo.trainer import Parts
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 from tests.test_distributed import launch_args, run
 
@@ -105,6 +106,21 @@ class TeacherWatch(Callback):
 
     def on_epoch_end(self, trainer, row):
         self.after.append(self.snapshot(trainer))
+
+
+def test_a_student_passed_as_a_part_is_distilled(tiny_demo, tmp_path, teacher_path):
+    """The teacher belongs to the objective, not to `build_model`: a student given as `Parts(model=)` is
+    checked against it and distilled, and the teacher is reachable through the trainer."""
+    watch = TeacherWatch()
+    student = build_model(TINY_ANCHOR_FREE, nc=len(DEMO_NAMES))
+    opts = tiny_train_options(tiny_demo, tmp_path, epochs=1, teacher=str(teacher_path))
+    result = fit(callbacks=[watch], parts=Parts(model=student), **opts)
+    assert result.epochs_completed == 1
+    assert list(watch.steps[0]) == ["box", "cls", "dfl", "distill_cls", "distill_box"]
+    assert watch.steps[0]["distill_cls"] > 0
+    wrong = build_model(TINY_ANCHOR_FREE, nc=len(DEMO_NAMES) + 1)  # another class count than the teacher's
+    with pytest.raises(ConfigError, match="class"):
+        fit(parts=Parts(model=wrong), **{**opts, "name": "wrong"})
 
 
 def test_the_teacher_stays_frozen_and_never_reaches_the_student_checkpoint(tiny_demo, tmp_path, teacher_path):

@@ -405,6 +405,23 @@ def test_segment_needs_seg_data_and_checks_its_options(tiny_demo, tmp_path):
         fit(**tiny_train_options(tiny_demo, tmp_path, segment=True, seg_class_weights={"x": -1}))
 
 
+def test_segment_with_datasets_from_parts_needs_their_segmentation_data(tiny_multitask, tmp_path):
+    """Datasets passed as `Parts(datasets=)` with --segment must bring the segmentation data (a
+    `MultiTaskData`); plain detection datasets get a message saying so, before any run folder exists."""
+    from accelyolo.data import YoloDataset, load_data_yaml
+
+    spec = load_data_yaml(tiny_multitask)
+    common = dict(imgsz=64, names=list(spec.names), stride=32, seed=0, batch_size=8)
+    datasets = (
+        YoloDataset(spec.splits["train"], augment=False, hyp=None, **common),
+        YoloDataset(spec.splits["val"], augment=False, hyp=None, **common),
+    )
+    refused = r"datasets from Parts\(datasets=\.\.\.\) must come as a MultiTaskData, got RunData"
+    with pytest.raises(ConfigError, match=refused):
+        fit(parts=Parts(datasets=datasets), **tiny_train_options(tiny_multitask, tmp_path, segment=True, epochs=1))
+    assert not (tmp_path / "exp").exists()
+
+
 @pytest.mark.slow
 def test_ddp_multitask_epoch(tiny_multitask, tmp_path):
     """Two CPU processes train one multi-task epoch; mIoU is measured on all 16 val images once."""

@@ -163,7 +163,8 @@ def test_warmup_iterations():
 
 def test_auto_optimizer_rule():
     assert auto_optimizer(1, 45, 0.01, 0.937, 0.1) == ("AdamW", 0.002, 0.9, 0.0)
-    assert auto_optimizer(80, 10_000, 0.01, 0.937, 0.1) == ("AdamW", round(0.01 / 84, 6), 0.9, 0.0)
+    assert auto_optimizer(7, 100, 0.01, 0.937, 0.1) == ("AdamW", 0.002, 0.9, 0.0)  # any class count
+    assert auto_optimizer(80, 10_000, 0.01, 0.937, 0.1) == ("AdamW", 0.002, 0.9, 0.0)
     assert auto_optimizer(80, 10_001, 0.02, 0.95, 0.05) == ("SGD", 0.02, 0.95, 0.05)  # long runs: the hyp's SGD
 
 

@@ -15,7 +15,15 @@ from PIL import Image  # noqa: E402
 from accelyolo.data import load_data_yaml  # noqa: E402
 from accelyolo.data.checks import check_image_label, img2label_path  # noqa: E402
 from accelyolo.metrics import coco_json_records  # noqa: E402
-from benchmarks.quality import GroundTruth, coco_scores, ground_truth, peer_data_yaml  # noqa: E402
+from benchmarks.quality import (  # noqa: E402
+    GroundTruth,
+    coco_scores,
+    ground_truth,
+    main,
+    peer_data_yaml,
+    report,
+    set_name,
+)
 from benchmarks.varied_set import ASPECTS, WIDTHS, make_varied_set  # noqa: E402
 from tests.conftest import assert_close_to_scale  # noqa: E402
 
@@ -132,3 +140,72 @@ def test_peer_data_yaml_has_an_absolute_path(varied, tmp_path):
     spec = load_data_yaml(copy)
     assert spec.root == varied.parent.resolve()
     assert spec.splits["val"] == load_data_yaml(varied).splits["val"]
+
+
+def _record(name, side, seed, checkpoint, ap, options=None):
+    return {"set": name, "side": side, "seed": seed, "checkpoint": checkpoint, "options": options or {},
+            "AP50": ap + 0.2, "AP75": ap + 0.05, "AP50-95": ap, "own_map": ap, "train_s": 60.0}
+
+
+def _ratio_lines(text):
+    return dict(line.rsplit("=", 1) for line in text.splitlines() if line.startswith("quality_ratio"))
+
+
+def test_report_table_and_ratios_over_sets_seeds_and_checkpoints():
+    records = [
+        _record("aquarium", "ours", 0, "last", 0.4), _record("aquarium", "ours", 1, "last", 0.6),
+        _record("aquarium", "ours", 0, "best", 0.6), _record("aquarium", "ours", 1, "best", 0.6),
+        _record("aquarium", "peer", 0, "last", 0.4), _record("aquarium", "peer", 1, "last", 0.4),
+        _record("cards", "ours", 0, "last", 0.2), _record("cards", "peer", 0, "last", 0.25),
+        _record("cards", "peer", 0, "best", 0.2),
+    ]  # fmt: skip
+    text = report(records)
+    row = "| aquarium | ours | last | 0,1 | 0.7000 [0.6000-0.8000] | 0.5500 [0.4500-0.6500] | 0.5000 [0.4000-0.6000] |"
+    assert row in text
+    assert "| cards | peer | best | 0 | " in text
+    # last: aquarium 0.5/0.4 = 1.25, cards 0.2/0.25 = 0.8 -> geometric mean 1.0
+    # best (each side's best, else its last): aquarium 0.6/0.4 = 1.5, cards 0.2/0.2 = 1.0 -> sqrt(1.5), min 1.0
+    assert _ratio_lines(text) == {
+        "quality_ratio_best": "1.2247",
+        "quality_ratio_last": "1.0000",
+        "quality_ratio_min": "1.0000",
+    }
+    assert text.splitlines()[-1] == "quality_ratio_min=1.0000"
+    assert "aquarium: ours / peer (AP50-95 mean, best checkpoints) = 1.5000" in text
+
+
+def test_report_names_each_option_set_of_ours_and_is_nan_without_the_peer():
+    records = [_record("cards", "ours", 0, "last", 0.3), _record("cards", "ours", 0, "last", 0.5, {"optimizer": "SGD"})]
+    text = report(records)
+    assert "| cards | ours optimizer=SGD | last | 0 |" in text
+    assert _ratio_lines(text) == {
+        "quality_ratio_best": "nan",
+        "quality_ratio_last": "nan",
+        "quality_ratio_min": "nan",
+        "quality_ratio_best[optimizer=SGD]": "nan",
+        "quality_ratio_last[optimizer=SGD]": "nan",
+        "quality_ratio_min[optimizer=SGD]": "nan",
+    }
+    records.append(_record("cards", "peer", 0, "last", 0.4))
+    ratios = _ratio_lines(report(records))
+    assert ratios["quality_ratio_last"] == "0.7500" and ratios["quality_ratio_last[optimizer=SGD]"] == "1.2500"
+
+
+def test_report_mode_reads_the_scores_of_several_runs(tmp_path, capsys):
+    import json
+
+    for i, record in enumerate([_record("cards", "ours", 0, "last", 0.3), _record("cards", "peer", 0, "last", 0.2)]):
+        folder = tmp_path / f"run{i}" / "cards"
+        folder.mkdir(parents=True)
+        (folder / "scores.jsonl").write_text(json.dumps(record) + "\n")
+    assert main(["--report", str(tmp_path / "run0"), str(tmp_path / "run1")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-2] == "quality_ratio_last=1.5000"
+    (tmp_path / "empty").mkdir()
+    assert main(["--report", str(tmp_path / "empty")]) == 2
+    assert "no scores.jsonl" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_set_names_come_from_the_data_yaml_folder():
+    assert set_name("/x/datasets/cards/data.yaml") == "cards"
+    assert set_name("/x/varied.yaml") == "varied"
