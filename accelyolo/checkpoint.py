@@ -245,7 +245,8 @@ def _read_header(path: Path) -> dict[str, Any]:
         start = file.read(8)
         # A safetensors file starts with the header length as a little-endian u64.
         header_size = int.from_bytes(start, "little") if len(start) == 8 else -1
-        _reject_foreign_start(path, start, header_size)
+        _reject_foreign_start(path, start, header_size, file.read(1))
+        file.seek(8)
         if 8 + header_size > size:
             raise CheckpointError(
                 path, f"truncated: the header needs {8 + header_size} bytes, the file has {size}", _CUT_OFF
@@ -265,11 +266,17 @@ def _read_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def _reject_foreign_start(path: Path, start: bytes, header_size: int) -> None:
-    """Recognize pickle/zip files and non-safetensors bytes from the first 8 bytes."""
-    is_zip = start.startswith(b"PK\x03\x04")  # torch.save's default zip container
-    is_pickle = start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+def _reject_foreign_start(path: Path, start: bytes, header_size: int, first_header_byte: bytes = b"") -> None:
+    """Recognize pickle/zip files and non-safetensors bytes from the first 8 bytes and the 9th.
+
+    A safetensors header is JSON (`{` at byte 8), and its length may itself begin with the bytes of a pickle
+    protocol mark (a header of 394,368 bytes is 80 04 06 00 ...): with a plausible length and `{` next, the file
+    is read as safetensors, whatever its first two bytes.
+    """
     plausible = 2 <= header_size <= _MAX_HEADER_BYTES
+    safetensors_like = plausible and first_header_byte == b"{"
+    is_zip = start.startswith(b"PK\x03\x04") and not safetensors_like  # torch.save's default zip container
+    is_pickle = start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and not safetensors_like
     if is_zip or is_pickle or (not plausible and path.suffix in (".pt", ".pth", ".ckpt", ".bin")):
         raise CheckpointError(path, _PICKLE_PROBLEM, _PICKLE_ADVICE)
     if header_size == -1:
