@@ -266,7 +266,7 @@ def _read_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def _reject_foreign_start(path: Path, start: bytes, header_size: int, first_header_byte: bytes = b"") -> None:
+def _reject_foreign_start(path: Path, start: bytes, header_size: int, first_header_byte: bytes) -> None:
     """Recognize pickle/zip files and non-safetensors bytes from the first 8 bytes and the 9th.
 
     A safetensors header is JSON (`{` at byte 8), and its length may itself begin with the bytes of a pickle

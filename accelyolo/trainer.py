@@ -216,7 +216,8 @@ class Trainer:
         self.last_result: Any = None  # the last validation's DetectionResult
         self._stop_aug_improved = False  # this epoch's validation set a new best_stop_aug
         self._val_workers_started = False  # the validation loader's persistent workers exist (start_val_workers)
-        self.image_sampler: ImageWeightSampler | None = None  # --image-weights
+        self.data: RunData | None = None  # what build_datasets returned (setup stores it)
+        self.loaders: RunLoaders | None = None  # what build_dataloaders returned
         self._scale: float | None = None  # the GradScaler's scale after the last optimizer step (fp16)
 
     # ------------------------------------------------------------------------------------ fit
@@ -366,11 +367,9 @@ class Trainer:
         bundle = load_checkpoint_bundle(self.resume_from) if self.resume_from else None
         data = self.parts.get("datasets", self) or self.build_datasets()
         self.data = data if isinstance(data, RunData) else RunData(*data)  # a factory's (train, val)
-        self.train_dataset, self.val_dataset, self.data_spec = self.data.train, self.data.val, self.data.spec
         self.names = class_names(self.train_dataset)  # ['item'] with single_cls
         self.loaders = self.build_dataloaders(self.data)
-        self.train_loader, self.val_loader = self.loaders.train, self.loaders.val
-        self.image_sampler = self.loaders.image_sampler
+        self.train_loader, self.val_loader = self.loaders.train, self.loaders.val  # prepare() wraps train_loader
         self.cfg = cfg = self.resolve_optimizer(cfg)
         model = self.parts.get("model", self) or self.build_model()
         if bundle is not None:
@@ -459,6 +458,24 @@ class Trainer:
         for split, dataset in (("train", train), ("val", val)):
             LOGGER.info("%s", report_summary(split, dataset.report))
         return RunData(train, val, spec)
+
+    @property
+    def train_dataset(self) -> Any:
+        return self.data.train
+
+    @property
+    def val_dataset(self) -> Any:
+        return self.data.val
+
+    @property
+    def data_spec(self) -> Any:
+        """The data.yaml read (`DataSpec`); None for datasets a `Parts(datasets=)` factory made."""
+        return self.data.spec
+
+    @property
+    def image_sampler(self) -> ImageWeightSampler | None:
+        """The `--image-weights` sampler (None without it, or before `setup`)."""
+        return self.loaders.image_sampler if self.loaders is not None else None
 
     def write_data_report(self, path: Path) -> None:
         """Every split's check counts and each skipped file and dropped or repaired label row (file, line,
@@ -943,7 +960,7 @@ class Trainer:
 
     def category_ids_apply(self) -> bool:
         """Whether the run's classes are a COCO file's categories (their ids go into the checkpoint)."""
-        spec = self.data.spec
+        spec = self.data_spec
         return spec is not None and spec.category_ids is not None and not self.cfg.single_cls
 
     def save(self, epoch: int, improved: bool) -> None:

@@ -347,14 +347,18 @@ def _geometric_mean(values: list[float]) -> float:
     return math.exp(_mean([math.log(v) for v in values]))
 
 
-def report(records: list[dict[str, Any]]) -> str:
-    """The per-seed lines, the table (set x side x checkpoint: mean [range] over seeds) and the ratio lines."""
-    lines = [
+def seed_line(r: dict[str, Any]) -> str:
+    """One scored model: set, seed, side, checkpoint, the pycocotools metrics, its own evaluator, time."""
+    return (
         f"{r['set']} seed {r['seed']} {side_label(r)} {r['checkpoint']}: "
         + " ".join(f"{key}={r[key]:.4f}" for key in METRICS)
         + f" (its own evaluator: mAP50-95={r['own_map']:.4f}; trained in {r['train_s']:.0f} s)"
-        for r in records
-    ]
+    )
+
+
+def report(records: list[dict[str, Any]]) -> str:
+    """The per-seed lines, the table (set x side x checkpoint: mean [range] over seeds) and the ratio lines."""
+    lines = [seed_line(r) for r in records]
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["set"], side_label(r), r["checkpoint"]), []).append(r)
@@ -452,7 +456,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
                     records.append(record)
                     with open(out / SCORES_FILE, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
-                    print(report([record]).splitlines()[0], flush=True)
+                    print(seed_line(record), flush=True)
     print(report(records))
     return 0
 
