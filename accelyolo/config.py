@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,8 +317,14 @@ def fields_in_section(section: str) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(TrainConfig) if f.metadata["section"] == section]
 
 
+@functools.cache
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
+
+
+@functools.cache
+def _fields_by_name() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def _suggest(name: str, choices: list[str]) -> str:
@@ -578,13 +587,13 @@ def unit_interval_problems(values: dict[str, float]) -> list[str]:
 
 
 def check_detection_flags(
-    imgsz: int | None, conf: float, iou: float, max_det: int, batch_size: int = 1, workers: int = 0
+    imgsz: int | None, conf_thres: float, iou_thres: float, max_det: int, batch_size: int = 1, workers: int = 0
 ) -> None:
     """The flags of `accelyolo val` and `predict`, checked before any file is read or written: a
     `ConfigError` naming each flag out of range (the thresholds would fail only inside NMS)."""
     if imgsz is not None and (problem := imgsz_problem("--imgsz", imgsz)):
         raise ConfigError(f"{problem}.")
-    problems = unit_interval_problems({"--conf": conf, "--iou": iou})
+    problems = unit_interval_problems({"--conf-thres": conf_thres, "--iou-thres": iou_thres})
     for flag, value in (("--max-det", max_det), ("--batch-size", batch_size)):
         if value < 1:
             problems.append(f"{flag} must be at least 1, got {value}")
@@ -624,39 +633,75 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per `TrainConfig` field (`--batch-size`), plus `--recipe` and `--hyp`."""
     parser.add_argument("--recipe", default=None, help="recipe yaml (path or shipped name, e.g. demo)")
     parser.add_argument("--hyp", default=None, help="hyperparameter yaml (YOLOv5 hyp.*.yaml style)")
-    types_ = _field_types()
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for concept, keys in CONCEPTS.items():
         group = parser.add_argument_group(concept)
-        for f in (fields[key] for key in keys):
-            flag = "--" + f.name.replace("_", "-")
-            text = f.metadata["help"].replace("%", "%%")  # argparse %-formats help strings
-            kind = types_[f.name]
-            allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-            base = next(a for a in allowed if a is not type(None))
-            extra = ["--batch"] if f.name == "batch_size" else []
-            if base is bool:
-                group.add_argument(
-                    flag,
-                    *extra,
-                    dest=f.name,
-                    default=argparse.SUPPRESS,
-                    action=argparse.BooleanOptionalAction,
-                    help=text,
-                )
-            else:
-                # `--resume` alone means `--resume auto`, as in YOLOv5.
-                more = {"nargs": "?", "const": "auto"} if f.name == "resume" else {}
-                group.add_argument(
-                    flag,
-                    *extra,
-                    dest=f.name,
-                    default=argparse.SUPPRESS,
-                    type=_parse_optional(base),
-                    metavar=base.__name__.upper(),
-                    help=f"{text} (default: {f.default})",
-                    **more,
-                )
+        for key in keys:
+            add_option_flag(group, key, *(["--batch"] if key == "batch_size" else []))
+
+
+def option_flag(key: str) -> str:
+    """The command-line flag of the option `key`: `batch_size` -> `--batch-size`."""
+    return "--" + key.replace("_", "-")
+
+
+def add_option_flag(
+    parser: Any, key: str, *aliases: str, default: Any = argparse.SUPPRESS, help: str | None = None
+) -> None:
+    """Add the flag of the `TrainConfig` field `key` to `parser` (a parser or argument group): the field's
+    flag name, `dest`, type and help, so that `train`, `val`, `predict` and `evolve` name and parse an option
+    alike. `aliases` are further spellings; `default` is the command's own default (none: the option is
+    absent from the namespace unless given, as `train` needs); `help` replaces the field's text."""
+    f = _fields_by_name()[key]
+    text = (help or f.metadata["help"]).replace("%", "%%")  # argparse %-formats help strings
+    kind = _field_types()[key]
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    base = next(a for a in allowed if a is not type(None))
+    shown = f.default if default is argparse.SUPPRESS else default
+    text += "" if shown is None else f" (default: {shown})"
+    if base is bool:
+        parser.add_argument(
+            option_flag(key), *aliases, dest=key, default=default, action=argparse.BooleanOptionalAction, help=text
+        )
+        return
+    # `--resume` alone means `--resume auto`, as in YOLOv5.
+    more = {"nargs": "?", "const": "auto"} if key == "resume" else {}
+    parser.add_argument(
+        option_flag(key),
+        *aliases,
+        dest=key,
+        default=default,
+        type=_parse_optional(base),
+        metavar=base.__name__.upper(),
+        help=text,
+        **more,
+    )
+
+
+# Keywords of `validate()` and `predict()` that now carry the option's own name (`conf_thres`, as in a recipe,
+# `fit()` and every flag); the old names still work, with a FutureWarning.
+RENAMED_KEYWORDS = {"conf": "conf_thres", "iou": "iou_thres", "rect": "rect_val"}
+
+
+def takes_option_names(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` called with an old keyword of `RENAMED_KEYWORDS` gets it under the option's name, with a
+    FutureWarning; both names at once are a TypeError."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for old, new in RENAMED_KEYWORDS.items():
+            if old not in kwargs:
+                continue
+            if new in kwargs:
+                raise TypeError(f"{function.__name__}() got both '{old}' and '{new}': they are the same option")
+            warnings.warn(
+                f"{function.__name__}(): '{old}' is now '{new}', the option's name everywhere",
+                FutureWarning,
+                stacklevel=2,
+            )
+            kwargs[new] = kwargs.pop(old)
+        return function(*args, **kwargs)
+
+    return call
 
 
 def _parse_optional(base: type):

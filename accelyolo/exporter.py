@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from accelyolo.config import add_option_flag
 from accelyolo.defaults import imgsz_problem
 from accelyolo.errors import AccelyoloError, ExportError, MissingDependencyError
 
@@ -215,7 +216,7 @@ class OnnxDetector:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="an accelyolo .safetensors bundle or a YOLOv5/v8/11 .pt")
     parser.add_argument("--format", default="onnx", choices=FORMATS)
-    parser.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
+    add_option_flag(parser, "imgsz", default=None, help="input size (default: the training size)")
     parser.add_argument("--dynamic", action="store_true", help="free batch size and image size")
     parser.add_argument("--half", action="store_true", help="float16 (for GPU runtimes)")
     parser.add_argument("--opset", type=int, default=OPSET)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelyolo.config import add_option_flag, takes_option_names
 from accelyolo.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
 from accelyolo.errors import SourceError
 
@@ -62,12 +63,13 @@ def list_images(source: str | Path) -> list[Path]:
     raise SourceError(f"--source: '{source}' is neither an image nor a folder.")
 
 
+@takes_option_names
 def predict(
     weights: str,
     source: str,
     imgsz: int | None = None,
-    conf: float = PREDICT_CONF,
-    iou: float = PREDICT_IOU,
+    conf_thres: float = PREDICT_CONF,
+    iou_thres: float = PREDICT_IOU,
     max_det: int = MAX_DET,
     agnostic: bool = False,
     save: bool = False,
@@ -89,7 +91,7 @@ def predict(
     from accelyolo.runs import create_folder, increment_path
     from accelyolo.weights.importers import load_weights
 
-    check_detection_flags(imgsz, conf, iou, max_det)
+    check_detection_flags(imgsz, conf_thres, iou_thres, max_det)
     images = list_images(source)  # a wrong --source fails before the model is loaded
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,7 +122,9 @@ def predict(
         with torch.no_grad():
             out, logits = model(x, x) if segments else (model(x), None)
         out = out[0] if isinstance(out, (tuple, list)) else out
-        (det,) = non_max_suppression(out.float(), conf_thres=conf, iou_thres=iou, agnostic=agnostic, max_det=max_det)
+        (det,) = non_max_suppression(
+            out.float(), conf_thres=conf_thres, iou_thres=iou_thres, agnostic=agnostic, max_det=max_det
+        )
         det = det.cpu()
         det[:, :4] = scale_boxes(det[:, :4], ratio_pad=(ratio, pad), orig_shape=image.shape[:2])
         classes = det[:, 5].long().numpy()
@@ -175,24 +179,24 @@ def colour_mask(mask: Any) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training options' flags where prediction has the same option (`--conf-thres`, `--imgsz`, ...), with
+    prediction's defaults; `--conf` and `--iou` are kept as short spellings."""
     parser.add_argument(
         "--weights", required=True, help="an accelyolo .safetensors, an exported .onnx, or a YOLOv5/v8/11 .pt"
     )
     parser.add_argument("--source", required=True, help="an image file or a folder of images")
-    parser.add_argument("--imgsz", type=int, default=None, help="inference size (default: the training size)")
-    parser.add_argument(  # --conf-thres / --iou-thres: the training options' names work here too
-        "--conf", "--conf-thres", dest="conf", type=float, default=PREDICT_CONF, help="confidence threshold"
-    )
-    parser.add_argument("--iou", "--iou-thres", dest="iou", type=float, default=PREDICT_IOU, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=MAX_DET)
+    add_option_flag(parser, "imgsz", default=None, help="inference size (default: the training size)")
+    add_option_flag(parser, "conf_thres", "--conf", default=PREDICT_CONF, help="confidence threshold")
+    add_option_flag(parser, "iou_thres", "--iou", default=PREDICT_IOU, help="NMS IoU threshold")
+    add_option_flag(parser, "max_det", default=MAX_DET, help="detections per image")
     parser.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     parser.add_argument("--save", action="store_true", help="write annotated images and predictions.json")
     parser.add_argument(
         "--save-masks", action="store_true", help="multi-task models: also write the class-id mask PNG of each image"
     )
-    parser.add_argument("--project", default="runs/predict")
-    parser.add_argument("--name", default="exp")
-    parser.add_argument("--exist-ok", action="store_true")
+    add_option_flag(parser, "project", default="runs/predict", help="parent folder of the prediction folders")
+    add_option_flag(parser, "name", default="exp")
+    add_option_flag(parser, "exist_ok", default=False, help="reuse an existing folder")
 
 
 def run(args: argparse.Namespace) -> int:

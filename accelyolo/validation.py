@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelyolo.config import add_option_flag, takes_option_names
 from accelyolo.defaults import MAX_DET, MAX_STRIDE, VAL_CONF_THRES, VAL_IOU_THRES
 
 LOGGER = logging.getLogger("accelyolo")
@@ -30,13 +31,14 @@ class ValResult:
     predictions_json: Path | None
 
 
+@takes_option_names
 def validate(
     weights: str,
     data: str | None = None,
     imgsz: int | None = None,
     batch_size: int = 32,
-    conf: float = VAL_CONF_THRES,
-    iou: float = VAL_IOU_THRES,
+    conf_thres: float = VAL_CONF_THRES,
+    iou_thres: float = VAL_IOU_THRES,
     max_det: int = MAX_DET,
     workers: int = 2,
     save_json: bool = False,
@@ -44,12 +46,13 @@ def validate(
     project: str = "runs/val",
     name: str = "exp",
     exist_ok: bool = False,
-    rect: bool = True,
+    rect_val: bool = True,
     verbose: bool = True,
 ) -> ValResult:
     """Validate a `.safetensors` checkpoint on a dataset's `val` split (EMA weights when present).
 
-    `data` and `imgsz` default to the ones the checkpoint was trained with (the demo data if none).
+    `data` and `imgsz` default to the ones the checkpoint was trained with (the demo data if none); the
+    keywords are the training options' names (`conf_thres`, `rect_val`, ...).
     """
     import torch
     from accelerate import Accelerator
@@ -63,7 +66,7 @@ def validate(
     from accelyolo.threads import use_available_cores
     from accelyolo.weights.importers import load_weights
 
-    check_detection_flags(imgsz, conf, iou, max_det, batch_size, workers)
+    check_detection_flags(imgsz, conf_thres, iou_thres, max_det, batch_size, workers)
     accelerator = Accelerator()
     close_process_group_at_exit()  # a clean exit under accelerate launch (see accelyolo.failure)
     setup_logging(main_process=accelerator.is_main_process)
@@ -71,7 +74,7 @@ def validate(
     model, meta = load_weights(weights)  # a bundle (EMA preferred), or a YOLOv5/v8/11 .pt imported
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
     with accelerator.main_process_first():
-        val = _val_data(weights, model, meta, data, imgsz, rect, batch_size)
+        val = _val_data(weights, model, meta, data, imgsz, rect_val, batch_size)
     loader = build_dataloader(  # this rank's whole batches (see accelyolo.data.loader), not prepared
         val.dataset,
         batch_size=batch_size,
@@ -90,8 +93,8 @@ def validate(
         accelerator,
         nc=model.nc,
         names=val.names,
-        conf_thres=conf,
-        iou_thres=iou,
+        conf_thres=conf_thres,
+        iou_thres=iou_thres,
         max_det=max_det,
         on_batch=outputs,
         channels_last=True,
@@ -272,24 +275,24 @@ def _segmentation_metrics(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training options' flags where validation has the same option (`--conf-thres`, `--rect-val`, ...),
+    with validation's defaults; `--conf`, `--iou` and `--no-rect` are kept as short spellings."""
     parser.add_argument("--weights", required=True, help="an accelyolo .safetensors or a YOLOv5/v8/11 .pt")
-    parser.add_argument(
-        "--data", default=None, help="data.yaml or COCO .json (default: the data the model was trained on)"
+    add_option_flag(
+        parser, "data", default=None, help="data.yaml or COCO .json (default: the data the model was trained on)"
     )
-    parser.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")
-    parser.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=32)
-    parser.add_argument(  # --conf-thres / --iou-thres: the training options' names work here too
-        "--conf", "--conf-thres", dest="conf", type=float, default=VAL_CONF_THRES, help="confidence threshold"
-    )
-    parser.add_argument("--iou", "--iou-thres", dest="iou", type=float, default=VAL_IOU_THRES, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=MAX_DET)
-    parser.add_argument("--workers", type=int, default=2)
+    add_option_flag(parser, "imgsz", default=None, help="image size (default: the training size)")
+    add_option_flag(parser, "batch_size", "--batch", default=32, help="images per batch on each process")
+    add_option_flag(parser, "conf_thres", "--conf", default=VAL_CONF_THRES, help="confidence threshold")
+    add_option_flag(parser, "iou_thres", "--iou", default=VAL_IOU_THRES, help="NMS IoU threshold")
+    add_option_flag(parser, "max_det", default=MAX_DET)
+    add_option_flag(parser, "workers", default=2, help="dataloader worker processes per process")
+    add_option_flag(parser, "rect_val", "--rect", default=True, help="rectangular (aspect-preserving) batches")
+    add_option_flag(parser, "plots", default=True, help="write curves, confusion matrix and example images")
+    add_option_flag(parser, "project", default="runs/val", help="parent folder of the validation folders")
+    add_option_flag(parser, "name", default="exp")
+    add_option_flag(parser, "exist_ok", default=False, help="reuse an existing folder")
     parser.add_argument("--save-json", action="store_true", help="write predictions.json (COCO results)")
-    parser.add_argument("--no-rect", dest="rect", action="store_false", help="square batches instead of rectangular")
-    parser.add_argument("--no-plots", dest="plots", action="store_false")
-    parser.add_argument("--project", default="runs/val")
-    parser.add_argument("--name", default="exp")
-    parser.add_argument("--exist-ok", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -162,7 +162,7 @@ def _validate_ours(checkpoint: Path, args: argparse.Namespace, data: str, out: P
         data=data,
         imgsz=args.imgsz,
         batch_size=args.batch,
-        conf=0.001,
+        conf_thres=0.001,
         workers=args.workers,
         save_json=True,
         plots=False,

@@ -365,7 +365,18 @@ OWNED_DEFAULTS = {
     ("max_det", 300),
     ("stride", 32),
 }
-FLAG_DEFAULTS = {("--conf", 0.001), ("--conf", 0.25), ("--iou", 0.7), ("--iou", 0.45), ("--max-det", 300)}
+# a flag by its spelling, or by the option name that `config.add_option_flag` takes
+FLAG_DEFAULTS = {
+    (flag, value)
+    for flags, value in (
+        (("--conf", "conf_thres"), 0.001),
+        (("--conf", "conf_thres"), 0.25),
+        (("--iou", "iou_thres"), 0.7),
+        (("--iou", "iou_thres"), 0.45),
+        (("--max-det", "max_det"), 300),
+    )
+    for flag in flags
+}
 
 
 def _number(node: ast.AST | None) -> float | None:

@@ -401,7 +401,7 @@ def test_training_on_a_coco_file_keeps_its_ids_and_reports_its_annotations(cards
     assert scores[0]["mAP50"] == pytest.approx(scores[1]["mAP50"], abs=1e-6)
     from accelyolo.prediction import predict
 
-    (found,) = predict(str(result.last_checkpoint), source=_first_image(cards), conf=0.0,
+    (found,) = predict(str(result.last_checkpoint), source=_first_image(cards), conf_thres=0.0,
                        max_det=5, project=str(tmp_path / "predict"))  # fmt: skip
     detections = found.to_dict()["detections"]
     assert detections and all(d["category_id"] == CATEGORY_IDS[d["class"]] for d in detections)

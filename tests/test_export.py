@@ -141,8 +141,8 @@ def test_predict_with_the_onnx_file_finds_the_same_objects(tmp_path, tiny_demo, 
     assert cli_main(["export", "--weights", str(weights), "--imgsz", "64", "-o", str(tmp_path / "m.onnx")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "m.onnx")
     source = str(tiny_demo.parent / "images" / "val")
-    ours = predict(weights=str(weights), source=source, imgsz=64, conf=0.3, device="cpu")
-    onnx_results = predict(weights=str(tmp_path / "m.onnx"), source=source, imgsz=64, conf=0.3)
+    ours = predict(weights=str(weights), source=source, imgsz=64, conf_thres=0.3, device="cpu")
+    onnx_results = predict(weights=str(tmp_path / "m.onnx"), source=source, imgsz=64, conf_thres=0.3)
     assert sum(len(r.classes) for r in ours) > 0
     for a, b in zip(ours, onnx_results, strict=True):
         assert a.path == b.path and len(a.classes) == len(b.classes)
@@ -168,7 +168,7 @@ def test_predict_with_a_multitask_onnx_writes_the_masks(tmp_path, tiny_demo):
     source = tiny_demo.parent / "images" / "val"
     args = ["predict", "--weights", str(path), "--source", str(source), "--imgsz", "64", "--conf", "0.3"]
     assert cli_main([*args, "--save", "--save-masks", "--project", str(tmp_path / "pred")]) == 0
-    ours = predict(weights=str(weights), source=str(source), imgsz=64, conf=0.3, device="cpu")
+    ours = predict(weights=str(weights), source=str(source), imgsz=64, conf_thres=0.3, device="cpu")
     out = tmp_path / "pred" / "exp"
     assert len(ours) == 16
     for result in ours:

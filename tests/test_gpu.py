@@ -236,7 +236,7 @@ def test_validation_on_cuda_equals_cpu(trained_weights, tiny_demo, tmp_path):
 
 def test_predict_on_cuda_equals_cpu(trained_weights, tiny_demo):
     images = tiny_demo.parent / "images" / "val"
-    kwargs = dict(imgsz=64, conf=0.05)
+    kwargs = dict(imgsz=64, conf_thres=0.05)
     on_gpu = accelyolo.predict(weights=str(trained_weights), source=str(images), device="cuda", **kwargs)
     on_cpu = accelyolo.predict(weights=str(trained_weights), source=str(images), device="cpu", **kwargs)
     assert len(on_gpu) == len(on_cpu) > 0

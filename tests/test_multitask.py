@@ -350,7 +350,7 @@ def test_multitask_fit_writes_seg_columns_and_a_rebuildable_bundle(tiny_multitas
         save=True,
         save_masks=True,
         project=str(tmp_path / "predict"),
-        conf=0.01,
+        conf_thres=0.01,
     )
     assert len(found) == 16 and all(f.mask is not None and f.mask.shape == (64, 64) for f in found)
     out = tmp_path / "predict" / "exp"
@@ -365,7 +365,7 @@ def test_multitask_fit_writes_seg_columns_and_a_rebuildable_bundle(tiny_multitas
         str(result.last_checkpoint),
         data=str(tiny_multitask),
         workers=0,
-        rect=False,
+        rect_val=False,
         plots=False,
         project=str(tmp_path / "val"),
     )

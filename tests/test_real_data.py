@@ -101,7 +101,7 @@ def test_single_cls_trains_validates_checks_and_predicts_every_box(three_classes
     assert report["names"] == ["item"]
     assert report["splits"]["val"]["boxes_per_class"] == {"item": boxes}
 
-    found = predict(str(done.last_checkpoint), sorted(truth)[0], imgsz=64, conf=0.0, device="cpu")
+    found = predict(str(done.last_checkpoint), sorted(truth)[0], imgsz=64, conf_thres=0.0, device="cpu")
     assert found[0].names and set(found[0].names) == {"item"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def test_validate_matches_the_trainers_validation(trained, demo96, tmp_path):
         imgsz=96,
         batch_size=16,
         workers=0,
-        rect=False,
+        rect_val=False,
         project=str(tmp_path),
         save_json=True,
     )
@@ -157,7 +158,7 @@ def test_predict_folder_with_a_corrupt_file(trained, demo96, tmp_path, caplog):
     results = accelyolo.predict(
         weights=str(trained.inference_checkpoint),
         source=str(folder),
-        conf=0.001,
+        conf_thres=0.001,
         save=True,
         project=str(tmp_path / "pred"),
     )
@@ -180,14 +181,61 @@ def test_cli_help_lists_the_subcommands():
         assert word in proc.stdout
 
 
-@pytest.mark.parametrize("module", ["accelyolo.validation", "accelyolo.prediction"])
-def test_val_and_predict_take_the_training_options_names_for_the_thresholds(module):
+@pytest.mark.parametrize("module", ["accelyolo.validation", "accelyolo.prediction", "accelyolo.exporter"])
+def test_val_predict_and_export_flags_are_the_training_options(module):
+    """Every flag of val/predict/export that is a training option has the option's flag, dest and type (one
+    name everywhere); val and predict keep `--conf` / `--iou` as short spellings."""
     import argparse
+    import dataclasses
     import importlib
 
+    from accelyolo.config import TrainConfig, add_config_arguments, option_flag
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train = argparse.ArgumentParser()
+    add_config_arguments(train)
+    train_types = {a.dest: a.type for a in train._actions}
     parser = argparse.ArgumentParser()
     importlib.import_module(module).add_arguments(parser)
+    shared = [a for a in parser._actions if a.dest in fields and a.dest != "weights"]
+    assert len(shared) == {"validation": 12, "prediction": 7, "exporter": 1}[module.rsplit(".", 1)[1]]
+    for action in shared:
+        assert action.option_strings[0] == option_flag(action.dest), action.option_strings
+        assert getattr(action.type, "__name__", None) == getattr(train_types[action.dest], "__name__", None)
+    if module.endswith("exporter"):
+        return
     base = ["--weights", "w.safetensors"] + (["--source", "x.jpg"] if module.endswith("prediction") else [])
     by_config_name = parser.parse_args(base + ["--conf-thres", "0.2", "--iou-thres", "0.55"])
     by_short_name = parser.parse_args(base + ["--conf", "0.2", "--iou", "0.55"])
-    assert (by_config_name.conf, by_config_name.iou) == (by_short_name.conf, by_short_name.iou) == (0.2, 0.55)
+    assert (by_config_name.conf_thres, by_config_name.iou_thres) == (0.2, 0.55)
+    assert (by_short_name.conf_thres, by_short_name.iou_thres) == (0.2, 0.55)
+
+
+@pytest.mark.parametrize("function", ["validate", "predict"])
+def test_validate_and_predict_keywords_are_the_option_names(function, tmp_path):
+    """The keywords of `validate()` / `predict()` that are training options carry the options' names; an old
+    name (`conf=`) still works with a FutureWarning, and both names at once are refused."""
+    import dataclasses
+    import inspect
+
+    from accelyolo.config import RENAMED_KEYWORDS, TrainConfig
+    from accelyolo.errors import AccelyoloError
+
+    call = getattr(accelyolo, function)
+    target = getattr(importlib.import_module(f"accelyolo.{'validation' if function == 'validate' else 'prediction'}"),
+                     function)  # fmt: skip
+    parameters = set(inspect.signature(target).parameters)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {"imgsz", "conf_thres", "iou_thres", "max_det", "project", "name", "exist_ok"} <= parameters & fields
+    assert not parameters & set(RENAMED_KEYWORDS)
+    missing = tmp_path / "missing.safetensors"
+    where = {"source": str(tmp_path)} if function == "predict" else {}
+    (tmp_path / "a.jpg").write_bytes(b"")  # predict reads the source before the weights
+    old_name = dict(conf=0.5, plots=False) if function == "validate" else dict(conf=0.5)
+    with (
+        pytest.warns(FutureWarning, match="'conf' is now 'conf_thres'"),
+        pytest.raises(AccelyoloError, match="missing"),
+    ):
+        call(weights=str(missing), **old_name, **where)
+    with pytest.raises(TypeError, match="same option"):
+        call(weights=str(missing), conf=0.5, conf_thres=0.5, **where)
