@@ -81,35 +81,15 @@ def predict(
 ) -> list[Detections]:
     """Detect objects in `source` (an image or a folder). With `save`, annotated copies go to the run folder
     (and the colour mask of a multi-task model); `save_masks` also writes the class-id mask PNGs."""
-    import torch
-
-    from accelyolo.boxes import non_max_suppression, scale_boxes
     from accelyolo.config import check_detection_flags
     from accelyolo.data.checks import load_rgb
-    from accelyolo.data.loader import to_model_input
-    from accelyolo.data.transforms import letterbox
     from accelyolo.runs import create_folder, increment_path
-    from accelyolo.weights.importers import load_weights
 
     check_detection_flags(imgsz, conf_thres, iou_thres, max_det)
     images = list_images(source)  # a wrong --source fails before the model is loaded
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if Path(weights).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime on the CPU
-        from accelyolo.exporter import OnnxDetector
-
-        model, device = OnnxDetector(weights), "cpu"
-        meta = model.metadata()
-    else:  # an accelyolo bundle, or another tool's .pt imported without running its code
-        model, meta = load_weights(weights)
-        model = model.to(device).eval()
-    names = list(meta.get("names") or [str(i) for i in range(model.nc)])
-    category_ids = meta.get("category_ids")  # the COCO file's ids of the classes, when it was trained on one
-    imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
-    segments = bool(getattr(model, "seg_classes", 0))  # a multi-task model, PyTorch or ONNX: (x, x) -> (det, logits)
-    save_dir = None
-    if save or save_masks:
-        save_dir = create_folder(increment_path(Path(project) / name, exist_ok))
+    predictor = Predictor.load(weights, device, imgsz)
+    nms = dict(conf_thres=conf_thres, iou_thres=iou_thres, agnostic=agnostic, max_det=max_det)
+    save_dir = create_folder(increment_path(Path(project) / name, exist_ok)) if save or save_masks else None
     results = []
     for path in images:
         try:
@@ -117,44 +97,88 @@ def predict(
         except Exception as exc:  # a corrupt file is reported and skipped, the others still run
             LOGGER.warning("predict: skipping '%s': cannot read it as an image (%s)", path, exc)
             continue
-        boxed, ratio, pad = letterbox(image, (imgsz, imgsz))
-        x = to_model_input(torch.from_numpy(boxed).permute(2, 0, 1)[None].to(device))  # (1, 3, S, S)
+        results.append(predictor(path, image, **nms))
+        if save_dir is not None:
+            write_pictures(results[-1], image, predictor.names, save_dir, save_masks)
+    if save_dir is not None:
+        (save_dir / "predictions.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
+    return results
+
+
+@dataclass
+class Predictor:
+    """A loaded model (PyTorch, or an exported `.onnx` run by onnxruntime) with what its checkpoint says:
+    class names, the COCO category ids it was trained on (if any) and the input size; called on one image,
+    it letterboxes it, runs the model and NMS, and maps the boxes back to the image's pixels."""
+
+    model: Any
+    device: str
+    names: list[str]
+    category_ids: list[int] | None
+    imgsz: int
+
+    @classmethod
+    def load(cls, weights: str, device: str | None, imgsz: int | None) -> Predictor:
+        import torch
+
+        from accelyolo.weights.importers import load_weights
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if Path(weights).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime on the CPU
+            from accelyolo.exporter import OnnxDetector
+
+            model, device = OnnxDetector(weights), "cpu"
+            meta = model.metadata()
+        else:  # an accelyolo bundle, or another tool's .pt imported without running its code
+            model, meta = load_weights(weights)
+            model = model.to(device).eval()
+        names = list(meta.get("names") or [str(i) for i in range(model.nc)])
+        imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
+        return cls(model, device, names, meta.get("category_ids"), imgsz)
+
+    def __call__(self, path: Path, image: Any, **nms: Any) -> Detections:
+        """The detections of one RGB image (and its class-id mask for a multi-task model)."""
+        import torch
+
+        from accelyolo.boxes import non_max_suppression, scale_boxes
+        from accelyolo.data.loader import to_model_input
+        from accelyolo.data.transforms import letterbox
+
+        boxed, ratio, pad = letterbox(image, (self.imgsz, self.imgsz))
+        x = to_model_input(torch.from_numpy(boxed).permute(2, 0, 1)[None].to(self.device))  # (1, 3, S, S)
+        segments = bool(getattr(self.model, "seg_classes", 0))  # multi-task, PyTorch or ONNX: (x, x) -> (det, logits)
         with torch.no_grad():
-            out, logits = model(x, x) if segments else (model(x), None)
+            out, logits = self.model(x, x) if segments else (self.model(x), None)
         out = out[0] if isinstance(out, (tuple, list)) else out
-        (det,) = non_max_suppression(
-            out.float(), conf_thres=conf_thres, iou_thres=iou_thres, agnostic=agnostic, max_det=max_det
-        )
+        (det,) = non_max_suppression(out.float(), **nms)
         det = det.cpu()
         det[:, :4] = scale_boxes(det[:, :4], ratio_pad=(ratio, pad), orig_shape=image.shape[:2])
         classes = det[:, 5].long().numpy()
-        result = Detections(
+        return Detections(
             str(path),
             det[:, :4].numpy(),
             det[:, 4].numpy(),
             classes,
-            [names[c] if c < len(names) else str(c) for c in classes],
-            category_ids=[int(category_ids[c]) for c in classes] if category_ids else None,
+            [self.names[c] if c < len(self.names) else str(c) for c in classes],
+            mask=None if logits is None else class_mask(logits, ratio, pad, image.shape[:2]),
+            category_ids=[int(self.category_ids[c]) for c in classes] if self.category_ids else None,
         )
-        if logits is not None:
-            result.mask = class_mask(logits, ratio, pad, image.shape[:2])
-        results.append(result)
-        if save_dir is not None and result.mask is not None:
-            from PIL import Image
 
-            Image.fromarray(colour_mask(result.mask)).save(save_dir / f"{path.stem}_mask.png")
-            if save_masks:
-                Image.fromarray(result.mask).save(save_dir / f"{path.stem}_classes.png")
-        if save_dir is not None:
-            from PIL import Image
 
-            from accelyolo.plots import draw_boxes
+def write_pictures(result: Detections, image: Any, names: list[str], save_dir: Path, save_masks: bool) -> None:
+    """The annotated copy of one image (`<stem>.png`), and a multi-task model's colour mask
+    (`<stem>_mask.png`) and, with `save_masks`, its class-id mask (`<stem>_classes.png`)."""
+    from PIL import Image
 
-            drawn = draw_boxes(Image.fromarray(image), result.boxes, result.classes, names, scores=result.scores)
-            drawn.save(save_dir / f"{path.stem}.png")
-    if save_dir is not None:
-        (save_dir / "predictions.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
-    return results
+    from accelyolo.plots import draw_boxes
+
+    stem = Path(result.path).stem
+    if result.mask is not None:
+        Image.fromarray(colour_mask(result.mask)).save(save_dir / f"{stem}_mask.png")
+        if save_masks:
+            Image.fromarray(result.mask).save(save_dir / f"{stem}_classes.png")
+    drawn = draw_boxes(Image.fromarray(image), result.boxes, result.classes, names, scores=result.scores)
+    drawn.save(save_dir / f"{stem}.png")
 
 
 def class_mask(logits: Any, ratio: tuple[float, float], pad: tuple[int, int], shape: tuple[int, int]) -> Any:
