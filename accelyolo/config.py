@@ -228,6 +228,7 @@ class TrainConfig:
     anchor_t: float = _hyp("anchor_t")
     fl_gamma: float = _hyp("fl_gamma")
     label_smoothing: float = _hyp("label_smoothing")
+    tal_min_side: float = _hyp("tal_min_side")
     hsv_h: float = _hyp("hsv_h")
     hsv_s: float = _hyp("hsv_s")
     hsv_v: float = _hyp("hsv_v")
@@ -270,7 +271,8 @@ CONCEPTS: dict[str, tuple[str, ...]] = {
     "optimisation": ("optimizer", "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum")
     + ("warmup_bias_lr", "warmup_min_iters", "cos_lr", "scheduler", "scheduler_args", "nbs", "max_grad_norm")
     + ("ema_decay", "ema_tau", "sync_bn"),
-    "loss": ("box", "cls", "dfl", "obj", "cls_pw", "obj_pw", "anchor_t", "fl_gamma", "label_smoothing"),
+    "loss": ("box", "cls", "dfl", "obj", "cls_pw", "obj_pw", "anchor_t", "fl_gamma", "label_smoothing")
+    + ("tal_min_side",),
     "evaluation": ("val_interval", "heavy_eval_range", "val_final_only", "conf_thres", "iou_thres", "max_det")
     + ("patience", "best_min_score"),
     "distillation": ("teacher", "distill_weight", "distill_feat", "temperature"),
@@ -522,6 +524,8 @@ def check_values(cfg: TrainConfig) -> None:
         problems.append(f"'best_min_score' must lie in [0, 1], got {cfg.best_min_score}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         problems.append(f"'label_smoothing' must lie in [0, 1), got {cfg.label_smoothing}")
+    if cfg.tal_min_side < 0:
+        problems.append(f"'tal_min_side' must be >= 0 (pixels), got {cfg.tal_min_side}")
     problems += _scheduler_problems(cfg) + _training_problems(cfg) + _multitask_problems(cfg)
     fractions = ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup", "crop", "crop_erosion")
     problems += unit_interval_problems({f"'{key}'": getattr(cfg, key) for key in fractions})

@@ -34,6 +34,7 @@ HYPERPARAMETERS: dict[str, Hyp] = {
     "anchor_t": Hyp(4.0, "anchor-multiple threshold, anchor-based models"),
     "fl_gamma": Hyp(0.0, "focal loss gamma (0 = plain BCE)"),
     "label_smoothing": Hyp(0.0, "label smoothing epsilon of the class targets"),
+    "tal_min_side": Hyp(0.0, "anchor-free models: the smallest box side (px) in the assigner's candidate test"),
     # augmentation
     "hsv_h": Hyp(0.015, "hue jitter (fraction)"),
     "hsv_s": Hyp(0.7, "saturation jitter (fraction)"),
@@ -106,6 +107,7 @@ MUTATION_LIMITS: dict[str, Limit] = {
     "obj_pw": Limit(1.0, 0.5, 2.0),
     "anchor_t": Limit(1.0, 2.0, 8.0),
     "fl_gamma": Limit(0.0, 0.0, 2.0),
+    "tal_min_side": Limit(0.0, 0.0, 32.0),
     "hsv_h": Limit(1.0, 0.0, 0.1),
     "hsv_s": Limit(1.0, 0.0, 0.9),
     "hsv_v": Limit(1.0, 0.0, 0.9),

@@ -37,6 +37,13 @@ def test_class_options_change_only_the_class_term_of_the_anchor_free_loss():
     assert _items(cls_pw=3.0)[1] > plain[1]
 
 
+def test_tal_min_side_reaches_the_assigner_from_the_config():
+    cfg = load_config(model=TINY_ANCHOR_FREE, tal_min_side=12.0)
+    assert build_loss(build_model(TINY_ANCHOR_FREE, nc=3), **cfg.hyp()).assigner.min_side == 12.0
+    with pytest.raises(ConfigError, match="'tal_min_side' must be >= 0"):
+        load_config(model=TINY_ANCHOR_FREE, tal_min_side=-1.0)
+
+
 def test_class_loss_matches_the_formulas_element_by_element():
     gains = get_family("anchor_free").loss_gains
     head = build_model(TINY_ANCHOR_FREE, nc=2).head
@@ -71,6 +78,7 @@ def test_class_loss_matches_the_formulas_element_by_element():
         (TINY_ANCHOR_FREE, "obj_pw", 2.0, "anchor_based"),
         (TINY_ANCHOR_FREE, "anchor_t", 3.0, "anchor_based"),
         (TINY_ANCHOR_BASED, "dfl", 1.0, "anchor_free"),
+        (TINY_ANCHOR_BASED, "tal_min_side", 8.0, "anchor_free"),
     ],
 )
 def test_an_option_of_the_other_family_is_refused_naming_key_and_family(model, key, value, family):

@@ -73,6 +73,29 @@ def test_assigner_shared_anchor_goes_to_the_better_overlap_and_padding_is_ignore
     assert out.labels.tolist() == [[0, 1]]
 
 
+def test_a_box_thinner_than_min_side_gets_the_anchor_points_around_it():
+    """A plate 4 px high between two rows of stride-8 centres (y 12 and 20): no centre inside, so nothing
+    learns it; grown to 16 px about its centre it takes the 2 x 2 centres around it, and the targets stay
+    the real box."""
+    points = _grid_points()
+    gt = torch.tensor([[[6.0, 14.0, 22.0, 18.0]]])  # x 6-22 holds centres 12, 20; y 14-18 holds none
+    pd_boxes = gt.expand(1, 16, 4).clone()
+    scores = torch.full((1, 16, 1), 0.5)
+    args = (scores, pd_boxes, points, torch.zeros(1, 1, 1), gt, torch.ones(1, 1, 1))
+    assert not TaskAlignedAssigner(1, topk=10)(*args).fg_mask.any()
+    out = TaskAlignedAssigner(1, topk=10, min_side=16.0)(*args)
+    taken = out.fg_mask[0].nonzero().view(-1)
+    assert points[taken].tolist() == [[12.0, 12.0], [20.0, 12.0], [12.0, 20.0], [20.0, 20.0]]
+    torch.testing.assert_close(out.bboxes[0, taken], gt[0].expand(4, 4))
+    # a box already larger than min_side is not changed: the 4 centres inside, as without it
+    big = torch.tensor([[[0.0, 0.0, 16.0, 16.0]]])
+    big_args = (scores, big.expand(1, 16, 4), points, args[3], big, args[5])
+    plain, grown = (TaskAlignedAssigner(1, topk=10, min_side=side)(*big_args) for side in (0.0, 16.0))
+    assert plain.fg_mask.tolist() == grown.fg_mask.tolist()
+    with pytest.raises(ValueError, match="min_side"):
+        TaskAlignedAssigner(1, min_side=-1.0)
+
+
 def test_assigner_without_ground_truth():
     out = TaskAlignedAssigner(3)(
         torch.rand(2, 5, 3),

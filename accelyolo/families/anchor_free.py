@@ -21,7 +21,7 @@ class AnchorFreeFamily(ModelFamily):
     name = "anchor_free"
     distill_kind = "anchor-free"
     loss_gains = {"box": 7.5, "cls": 0.5, "dfl": 1.5}  # YOLOv8's defaults
-    own_options = ("dfl",)
+    own_options = ("dfl", "tal_min_side")
 
     def build(self, nc: int, width: float, depth: float, max_channels: int = 1024, reg_max: int = 16) -> YOLO:
         backbone = YOLOv8Backbone(width, depth, max_channels)
@@ -39,6 +39,7 @@ class AnchorFreeFamily(ModelFamily):
             cls_pw=self.option(hyp, "cls_pw"),
             fl_gamma=self.option(hyp, "fl_gamma"),
             label_smoothing=self.option(hyp, "label_smoothing"),
+            min_side=self.option(hyp, "tal_min_side"),
         )
 
     def distill_layout(self, model: nn.Module) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class AnchorFreeLoss(nn.Module):
         head: the model's head (supplies nc, reg_max and strides).
         box, cls, dfl: component gains (the family's defaults: `AnchorFreeFamily.loss_gains`).
         topk, alpha, beta: task-aligned assigner settings.
+        min_side: the assigner's smallest box side in pixels (`TaskAlignedAssigner`); 0 = the real boxes.
         cls_pw: positive weight of the class BCE (1 = plain BCE).
         fl_gamma: focal-loss gamma of the class BCE (0 = plain BCE).
         label_smoothing: eps in [0, 1); applied at the anchors assigned to an object, where YOLOv5 (whose
@@ -87,6 +88,7 @@ class AnchorFreeLoss(nn.Module):
         cls_pw: float = HYPERPARAMETERS["cls_pw"].default,
         fl_gamma: float = HYPERPARAMETERS["fl_gamma"].default,
         label_smoothing: float = HYPERPARAMETERS["label_smoothing"].default,
+        min_side: float = HYPERPARAMETERS["tal_min_side"].default,
         sync_normaliser: bool = True,
     ) -> None:
         super().__init__()
@@ -100,7 +102,7 @@ class AnchorFreeLoss(nn.Module):
         self.cls_pw, self.fl_gamma, self.label_smoothing = float(cls_pw), float(fl_gamma), float(label_smoothing)
         self.focal_alpha = 0.25
         self.sync_normaliser = sync_normaliser
-        self.assigner = TaskAlignedAssigner(self.nc, topk=topk, alpha=alpha, beta=beta)
+        self.assigner = TaskAlignedAssigner(self.nc, topk=topk, alpha=alpha, beta=beta, min_side=min_side)
 
     def forward(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total = sum of weighted components x batch size, detached (3,) components)."""

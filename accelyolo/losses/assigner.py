@@ -3,8 +3,11 @@
 For every (ground truth, anchor point) pair the alignment metric is `s^alpha * u^beta`, with `s` the
 predicted score of the ground truth's class and `u` the CIoU of the predicted box with it. Each ground
 truth takes the `topk` best-aligned anchor points whose centres lie inside it; an anchor point claimed
-by several keeps the one it overlaps most. Class targets are soft: the alignment metric rescaled so that
-each ground truth's best anchor gets that ground truth's best IoU.
+by several keeps the one it overlaps most. A box thinner than `min_side` is grown about its centre to
+that size for the "centre inside" test only (its targets stay the real box): a licence plate 5 px high
+lies between two rows of stride-8 anchor centres more often than not and would otherwise teach nothing.
+Class targets are soft: the alignment metric rescaled so that each ground truth's best anchor gets that
+ground truth's best IoU.
 """
 
 from __future__ import annotations
@@ -37,13 +40,24 @@ class TaskAlignedAssigner(nn.Module):
         topk: candidate anchor points per ground truth.
         alpha, beta: exponents of the class score and the IoU in the alignment metric.
         eps: guards divisions and the "centre strictly inside" test.
+        min_side: the smallest width and height (in the boxes' units) a ground truth has in the candidate
+            test; 0 = the real box.
     """
 
     def __init__(
-        self, num_classes: int, topk: int = 10, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9
+        self,
+        num_classes: int,
+        topk: int = 10,
+        alpha: float = 0.5,
+        beta: float = 6.0,
+        eps: float = 1e-9,
+        min_side: float = 0.0,
     ) -> None:
         super().__init__()
+        if min_side < 0:
+            raise ValueError(f"TaskAlignedAssigner: min_side must be >= 0, got {min_side}")
         self.num_classes, self.topk, self.alpha, self.beta, self.eps = num_classes, topk, alpha, beta, eps
+        self.min_side = float(min_side)
 
     @torch.no_grad()
     def forward(
@@ -77,22 +91,9 @@ class TaskAlignedAssigner(nn.Module):
                 torch.zeros(b, n, dtype=torch.long, device=device),
             )
         labels = gt_labels.long().view(b, m)
-        # anchor centre strictly inside the box, (B, M, N): each of the four distances to the sides > eps,
-        # one side at a time (a (B, M, N, 4) tensor of distances would be 4 floats per pair at once:
-        # ~0.5 GB for 64 images of 60 boxes at 640 px, at the moment the forward's activations peak)
-        candidates = mask_gt.bool().expand(b, m, n).clone()
-        for k in range(4):
-            side = anchor_points[:, k % 2].view(1, 1, n)
-            edge = gt_bboxes[:, :, k, None]
-            candidates &= (side - edge if k < 2 else edge - side) > self.eps
+        candidates = self._candidates(anchor_points, gt_bboxes, mask_gt)  # (B, M, N)
 
-        # CIoU only where it matters (centre inside a real box): the full (B, M, N) would need many temporaries.
-        # The pairs are taken by index: one device-to-host wait for their count, not one per masked access.
-        pairs = candidates.nonzero(as_tuple=True)  # (P,) x 3: image, ground truth, anchor point
-        overlaps = torch.zeros(b, m, n, dtype=pd_bboxes.dtype, device=device)
-        gt_pairs = gt_bboxes[pairs[0], pairs[1]]  # (P, 4)
-        pd_pairs = pd_bboxes[pairs[0], pairs[2]]
-        overlaps[pairs] = bbox_iou(gt_pairs, pd_pairs, kind="ciou").clamp(min=0).to(overlaps.dtype)
+        overlaps = self._overlaps(candidates, gt_bboxes, pd_bboxes)  # (B, M, N)
         class_scores = torch.gather(pd_scores.transpose(1, 2), 1, labels.clamp(min=0)[..., None].expand(b, m, n))
         align = class_scores.pow(self.alpha) * overlaps.pow(self.beta) * candidates  # (B, M, N)
 
@@ -118,3 +119,42 @@ class TaskAlignedAssigner(nn.Module):
         max_overlap = (overlaps * mask_pos).amax(-1, keepdim=True)  # (B, M, 1)
         norm = (align * max_overlap / (max_align + self.eps)).amax(1)  # (B, N)
         return Assignment(target_labels, target_bboxes, target_scores * norm[..., None], fg_mask, gt_index)
+
+    def _candidates(self, anchor_points: torch.Tensor, gt_bboxes: torch.Tensor, mask_gt: torch.Tensor) -> torch.Tensor:
+        """(B, M, N): anchor centre strictly inside the (grown) box of a real ground truth.
+
+        Each of the four distances to the sides > eps, one side at a time: a (B, M, N, 4) tensor of distances
+        would be 4 floats per pair at once (~0.5 GB for 64 images of 60 boxes at 640 px, at the moment the
+        forward's activations peak).
+        """
+        b, m = gt_bboxes.shape[:2]
+        n = anchor_points.shape[0]
+        candidates = mask_gt.bool().view(b, m, 1).expand(b, m, n).clone()
+        reach = self._candidate_boxes(gt_bboxes)
+        for k in range(4):
+            side = anchor_points[:, k % 2].view(1, 1, n)
+            edge = reach[:, :, k, None]
+            candidates &= (side - edge if k < 2 else edge - side) > self.eps
+        return candidates
+
+    @staticmethod
+    def _overlaps(candidates: torch.Tensor, gt_bboxes: torch.Tensor, pd_bboxes: torch.Tensor) -> torch.Tensor:
+        """(B, M, N) CIoU (clamped at 0) of each candidate's predicted box with its ground truth, 0 elsewhere.
+
+        Only where it matters: the full (B, M, N) would need many temporaries. The pairs are taken by index:
+        one device-to-host wait for their count, not one per masked access.
+        """
+        pairs = candidates.nonzero(as_tuple=True)  # (P,) x 3: image, ground truth, anchor point
+        overlaps = torch.zeros(candidates.shape, dtype=pd_bboxes.dtype, device=pd_bboxes.device)
+        gt_pairs = gt_bboxes[pairs[0], pairs[1]]  # (P, 4)
+        pd_pairs = pd_bboxes[pairs[0], pairs[2]]
+        overlaps[pairs] = bbox_iou(gt_pairs, pd_pairs, kind="ciou").clamp(min=0).to(overlaps.dtype)
+        return overlaps
+
+    def _candidate_boxes(self, gt_bboxes: torch.Tensor) -> torch.Tensor:
+        """The boxes of the "centre inside" test: each side at least `min_side`, same centre."""
+        if self.min_side <= 0:
+            return gt_bboxes
+        centre = (gt_bboxes[..., :2] + gt_bboxes[..., 2:]) / 2
+        half = (gt_bboxes[..., 2:] - gt_bboxes[..., :2]).clamp(min=self.min_side) / 2
+        return torch.cat((centre - half, centre + half), -1)
