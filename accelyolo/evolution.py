@@ -31,7 +31,7 @@ import math
 import re
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,7 +242,7 @@ def evolve(
     `callbacks` are passed to every generation's `fit()`. Rerunning the same call continues its folder.
     """
     from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+    from accelerate.utils import parse_flag_from_env
 
     from accelyolo.engine import fit
     from accelyolo.failure import close_process_group_at_exit
@@ -264,32 +264,14 @@ def evolve(
     # the process group Accelerate would start (ACCELERATE_USE_CPU: the CPU processes of `accelerate launch`)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     close_process_group_at_exit()
-    signature = _signature(cfg_dict, parent)
-    chosen = [None]
-    if state.is_main_process:
-        folder = find_evolve_dir(Path(cfg.project), cfg.name, signature)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(folder / "evolve.yaml", yaml.safe_dump(signature, sort_keys=False))
-        chosen = [str(folder)]
-    if state.num_processes > 1:
-        broadcast_object_list(chosen, from_process=0)
-    folder = Path(chosen[0])
+    folder = _main_process_choice(state, lambda: _open_evolve_dir(cfg, _signature(cfg_dict, parent)))
     table = folder / "evolve.csv"
     LOGGER.info("evolve: %d generations of %d epochs in %s", generations, cfg.epochs, folder)
     while True:
-        plan: list[Any] = [None]
-        if state.is_main_process:
-            rows = read_rows(table, keys)
-            generation = len(rows)
-            if generation < generations:
-                hyp = mutate(rows, base, cfg.seed, generation, parent)
-                shutil.rmtree(folder / f"gen{generation}", ignore_errors=True)  # a killed attempt
-                plan = [(generation, hyp)]
-        if state.num_processes > 1:
-            broadcast_object_list(plan, from_process=0)
-        if plan[0] is None:
+        plan = _main_process_choice(state, lambda: _next_generation(folder, keys, base, cfg.seed, generations, parent))
+        if plan is None:
             break
-        generation, hyp = plan[0]
+        generation, hyp = plan
         LOGGER.info("evolve: generation %d/%d", generation + 1, generations)
         options = {k: v for k, v in cfg_dict.items() if k != "resume"}
         options.update(hyp)
@@ -299,21 +281,65 @@ def evolve(
         )  # fmt: skip
         result = fit(None, callbacks=callbacks, **options)
         if state.is_main_process:
-            rows = read_rows(table, keys)
-            metrics = result.metrics or dict.fromkeys(METRIC_KEYS, 0.0)
-            rows.append({"generation": generation, **{k: metrics[k] for k in METRIC_KEYS}, **hyp})
-            write_rows(table, rows, keys)
-            best = max(rows, key=lambda r: r["fitness"])
-            write_best_recipe(folder / "best_hyp.yaml", cfg_dict, best, keys)
-            plot_evolution(folder / "evolve.png", rows, keys)
-            LOGGER.info(
-                "evolve: generation %d fitness %.5f (best %.5f, generation %d)",
-                generation, rows[-1]["fitness"], best["fitness"], best["generation"],
-            )  # fmt: skip
+            _record_generation(folder, keys, cfg_dict, generation, hyp, result.metrics)
         state.wait_for_everyone()
     rows = read_rows(table, keys)
     best = max(rows, key=lambda r: r["fitness"])
     return EvolveResult(evolve_dir=folder, rows=rows, best=best)
+
+
+def _main_process_choice(state: Any, choose: Callable[[], Any]) -> Any:
+    """`choose()` run on the main process only, its result broadcast to every process."""
+    from accelerate.utils import broadcast_object_list
+
+    chosen = [choose() if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(chosen, from_process=0)
+    return chosen[0]
+
+
+def _open_evolve_dir(cfg: TrainConfig, signature: Mapping[str, Any]) -> Path:
+    """The evolve folder (`find_evolve_dir`), created, with the options it evolves under saved in it."""
+    folder = find_evolve_dir(Path(cfg.project), cfg.name, signature)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(folder / "evolve.yaml", yaml.safe_dump(dict(signature), sort_keys=False))
+    return folder
+
+
+def _next_generation(
+    folder: Path, keys: list[str], base: Mapping[str, float], seed: int, generations: int, parent: str
+) -> tuple[int, dict[str, float]] | None:
+    """(generation, its mutated hyperparameters) of the next generation to train, or None when all are done."""
+    rows = read_rows(folder / "evolve.csv", keys)
+    generation = len(rows)
+    if generation >= generations:
+        return None
+    hyp = mutate(rows, base, seed, generation, parent)
+    shutil.rmtree(folder / f"gen{generation}", ignore_errors=True)  # a killed attempt
+    return generation, hyp
+
+
+def _record_generation(
+    folder: Path,
+    keys: list[str],
+    cfg_dict: Mapping[str, Any],
+    generation: int,
+    hyp: Mapping[str, float],
+    metrics: Mapping[str, float] | None,
+) -> None:
+    """A trained generation's row appended to evolve.csv; best_hyp.yaml and evolve.png brought up to date."""
+    table = folder / "evolve.csv"
+    rows = read_rows(table, keys)
+    metrics = metrics or dict.fromkeys(METRIC_KEYS, 0.0)
+    rows.append({"generation": generation, **{k: metrics[k] for k in METRIC_KEYS}, **hyp})
+    write_rows(table, rows, keys)
+    best = max(rows, key=lambda r: r["fitness"])
+    write_best_recipe(folder / "best_hyp.yaml", cfg_dict, best, keys)
+    plot_evolution(folder / "evolve.png", rows, keys)
+    LOGGER.info(
+        "evolve: generation %d fitness %.5f (best %.5f, generation %d)",
+        generation, rows[-1]["fitness"], best["fitness"], best["generation"],
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- CLI

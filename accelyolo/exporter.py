@@ -101,26 +101,7 @@ def export(
     example = torch.zeros(1, 3, imgsz, imgsz, dtype=dtype)
     path = Path(output) if output else Path(weights).with_suffix(".onnx")
     segments = bool(getattr(model, "seg_classes", 0))
-    outputs = [DETECTIONS, SEG_LOGITS] if segments else [DETECTIONS]
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, DETECTIONS: {0: "batch", 1: "boxes"}}
-    if segments:
-        axes[SEG_LOGITS] = {0: "batch", 2: "height", 3: "width"}  # the input's own height and width
-    with warnings.catch_warnings():
-        # The tracer warns about the input-shape check (constant per trace). torch >= 2.9 calls this
-        # TorchScript-based exporter legacy; its successor (dynamo=True) needs the onnxscript package.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            _DetectAndSegment(model) if segments else model,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=outputs,
-            dynamic_axes=axes if dynamic else None,
-            do_constant_folding=True,
-        )
+    _trace(_DetectAndSegment(model) if segments else model, example, path, segments, dynamic, opset)
     proto = onnx.load(str(path))
     if segments:  # the tracer leaves K symbolic in a dynamic graph; it is the model's, fixed
         proto.graph.output[1].type.tensor_type.shape.dim[1].dim_value = int(model.seg_classes)
@@ -131,6 +112,31 @@ def export(
     onnx.save(proto, str(path))
     LOGGER.info("exported %s -> %s (opset %d, %s, %s)", weights, path, opset, "dynamic" if dynamic else imgsz, dtype)
     return path
+
+
+def _trace(model: nn.Module, example: torch.Tensor, path: Path, segments: bool, dynamic: bool, opset: int) -> None:
+    """`model` traced on `example` into the ONNX file `path`: outputs `detections` (and `seg_logits`), the
+    batch, height and width free when `dynamic`."""
+    outputs = [DETECTIONS, SEG_LOGITS] if segments else [DETECTIONS]
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, DETECTIONS: {0: "batch", 1: "boxes"}}
+    if segments:
+        axes[SEG_LOGITS] = {0: "batch", 2: "height", 3: "width"}  # the input's own height and width
+    with warnings.catch_warnings():
+        # The tracer warns about the input-shape check (constant per trace). torch >= 2.9 calls this
+        # TorchScript-based exporter legacy; its successor (dynamo=True) needs the onnxscript package.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=outputs,
+            dynamic_axes=axes if dynamic else None,
+            do_constant_folding=True,
+        )
 
 
 def _metadata(model: nn.Module, meta: dict[str, Any], imgsz: int, dynamic: bool, half: bool) -> dict[str, str]:

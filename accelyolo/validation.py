@@ -55,49 +55,28 @@ def validate(
     keywords are the training options' names (`conf_thres`, `rect_val`, ...).
     """
     import torch
-    from accelerate import Accelerator
 
     from accelyolo.config import check_detection_flags
     from accelyolo.data import build_dataloader
     from accelyolo.evaluation import evaluate
-    from accelyolo.failure import close_process_group_at_exit
-    from accelyolo.logs import setup_logging
     from accelyolo.runs import make_run_dir
-    from accelyolo.threads import use_available_cores
     from accelyolo.weights.importers import load_weights
 
     check_detection_flags(imgsz, conf_thres, iou_thres, max_det, batch_size, workers)
-    accelerator = Accelerator()
-    close_process_group_at_exit()  # a clean exit under accelerate launch (see accelyolo.failure)
-    setup_logging(main_process=accelerator.is_main_process)
-    LOGGER.info("%s", use_available_cores(accelerator.device))
+    accelerator = _accelerator()
     model, meta = load_weights(weights)  # a bundle (EMA preferred), or a YOLOv5/v8/11 .pt imported
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
     with accelerator.main_process_first():
         val = _val_data(weights, model, meta, data, imgsz, rect_val, batch_size)
-    loader = build_dataloader(  # this rank's whole batches (see accelyolo.data.loader), not prepared
-        val.dataset,
-        batch_size=batch_size,
-        workers=workers,
-        shuffle=False,
-        seed=0,
-        num_shards=accelerator.num_processes,
-        shard=accelerator.process_index,
-    )
+    # this rank's whole batches (see accelyolo.data.loader), not prepared
+    shard = {"num_shards": accelerator.num_processes, "shard": accelerator.process_index}
+    loader = build_dataloader(val.dataset, batch_size=batch_size, workers=workers, shuffle=False, seed=0, **shard)
     model = model.fuse().to(accelerator.device, memory_format=torch.channels_last).eval()
     save_dir = make_run_dir(accelerator, Path(project) / name, exist_ok)
     outputs = _BatchOutputs(val, save_dir, save_json, plots and accelerator.is_main_process)
+    thresholds = {"conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det}
     result = evaluate(
-        model,
-        loader,
-        accelerator,
-        nc=model.nc,
-        names=val.names,
-        conf_thres=conf_thres,
-        iou_thres=iou_thres,
-        max_det=max_det,
-        on_batch=outputs,
-        channels_last=True,
+        model, loader, accelerator, nc=model.nc, names=val.names, on_batch=outputs, channels_last=True, **thresholds
     )
     json_path = outputs.write_json(accelerator) if save_json else None
     metrics = result.as_dict()
@@ -107,6 +86,22 @@ def validate(
         _report(result, val.names, save_dir, verbose, plots)
     accelerator.wait_for_everyone()
     return ValResult(metrics=metrics, result=result, save_dir=save_dir, predictions_json=json_path)
+
+
+def _accelerator() -> Any:
+    """The command's `Accelerator`, with a clean exit under `accelerate launch` (`accelyolo.failure`), logging
+    on the main process and the cores it may use."""
+    from accelerate import Accelerator
+
+    from accelyolo.failure import close_process_group_at_exit
+    from accelyolo.logs import setup_logging
+    from accelyolo.threads import use_available_cores
+
+    accelerator = Accelerator()
+    close_process_group_at_exit()
+    setup_logging(main_process=accelerator.is_main_process)
+    LOGGER.info("%s", use_available_cores(accelerator.device))
+    return accelerator
 
 
 @dataclass

@@ -209,7 +209,8 @@ def test_restored_moments_take_the_layout_of_channels_last_weights():
     model(torch.randn(2, 3, 8, 8)).square().mean().backward()
     optimizer.step()
     saved = optimizer.state_dict()
-    saved["state"] = {k: {n: v.contiguous() for n, v in s.items()} for k, s in saved["state"].items()}  # as a file has them
+    # contiguous, as a file has them
+    saved["state"] = {k: {n: v.contiguous() for n, v in s.items()} for k, s in saved["state"].items()}
     restored = build_optimizer("AdamW", model, 0.01, 0.9, 5e-4, fused=True)
     restored.load_state_dict(saved)
     weight = model[0].weight

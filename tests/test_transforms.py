@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from accelyolo.data import YoloDataset, build_dataloader, collate_fn, to_model_input
-from accelyolo.data.loader import BatchCollate
 from accelyolo.data.checks import img2label_path
+from accelyolo.data.loader import BatchCollate
 from accelyolo.data.transforms import (
     PAD_VALUE,
     BoxFollowingCompose,
@@ -482,8 +482,8 @@ def test_axis_aligned_mosaic_is_the_warp_of_the_map_it_reports(scale: float):
     resized = 0
     for seed in range(40):
         tiles = [smooth(int(rng.integers(40, s + 1)), s) for _ in range(4)]
-        data = {"image": tiles[0], "mosaic_primary": np.zeros((0, 5), np.float32),
-                "mosaic_metadata": [{"image": t, "bboxes": np.zeros((0, 5), np.float32)} for t in tiles[1:]]}  # fmt: skip
+        donors = [{"image": t, "bboxes": np.zeros((0, 5), np.float32)} for t in tiles[1:]]
+        data = {"image": tiles[0], "mosaic_primary": np.zeros((0, 5), np.float32), "mosaic_metadata": donors}
         mosaic.set_random_state(np.random.default_rng(0), random.Random(seed))
         got = mosaic.get_params_dependent_on_data({}, data)
         warped.set_random_state(np.random.default_rng(0), random.Random(seed))

@@ -121,8 +121,33 @@ class YoloDataset(torch.utils.data.Dataset):
         self.hyp = resolve_hyp(hyp)
         self.names = list(names) if names is not None else None
         self.seed = int(seed) % 2**63  # SeedSequence takes non-negative entropy
+        self._read_labels(images, single_cls, Path(cache_dir) if cache_dir else None, verbose)
+        self.batch_shapes: np.ndarray | None = None
+        self.batch_index: np.ndarray | None = None
+        if rect:
+            self._make_rect_shapes(batch_size)
+        # [epoch, mosaic on]: shared memory so the main process' setters reach the workers
+        self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
+        self._unreadable = torch.zeros(len(self.im_files), dtype=torch.bool).share_memory_()  # by index
+        self.mosaic_backend = mosaic_backend
+        self.user_transform = user_transform
+        self._pipelines: dict[bool, Any] = {}
+        self._init_image_store(buffer_mb)
+        if cache == "ram":
+            self._cache_ram(cache_budget_mb)
+        elif cache == "disk":
+            self._cache_disk(Path(cache_dir) if cache_dir else None)
+        if augment and not rect and self.hyp["mosaic"] > 0 and self._pool_size() is not None:
+            # here, before any DataLoader forks its workers, so that they all see the same slots
+            self._pool_slots = shared_pool_slots(self._pool_size(), imgsz * imgsz * 3)
+
+    def _read_labels(
+        self, images: Sequence[str | Path], single_cls: bool, cache_dir: Path | None, verbose: bool
+    ) -> None:
+        """The checked label entries (from the label cache when it is current): files, shapes, boxes, crowd
+        regions and the split's report; corrupt images left out (all corrupt: `DataError`)."""
         nc = len(self.names) if self.names else None
-        entries, cache_file, hit = checked_entries(images, nc, Path(cache_dir) if cache_dir else None)
+        entries, cache_file, hit = checked_entries(images, nc, cache_dir)
         self.report = build_report(entries, self.names, cache_file, hit, single_cls=single_cls)
         usable = [e for e in entries if e["status"] != "corrupt"]
         if not usable:
@@ -140,23 +165,6 @@ class YoloDataset(torch.utils.data.Dataset):
             for lb in (*self.labels, *self.crowd.values()):
                 lb[:, 0] = 0
             self.names = list(SINGLE_CLASS_NAMES)
-        self.batch_shapes: np.ndarray | None = None
-        self.batch_index: np.ndarray | None = None
-        if rect:
-            self._make_rect_shapes(batch_size)
-        # [epoch, mosaic on]: shared memory so the main process' setters reach the workers
-        self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
-        self._unreadable = torch.zeros(len(self.im_files), dtype=torch.bool).share_memory_()  # by index
-        self.mosaic_backend = mosaic_backend
-        self.user_transform = user_transform
-        self._pipelines: dict[bool, Any] = {}
-        self._buffer: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._buffer_bytes, self.buffer_bytes_max = 0, int(buffer_mb * 2**20)
-        self._ram: list[np.ndarray | None] | None = None  # --cache ram: the decoded images (None: over budget)
-        self.cache_bytes = 0
-        self._npy: list[Path] | None = None  # --cache disk: the .npy file of each image
-        self._pool: tuple[int, np.ndarray | None] | None = None  # (epoch, donor indices)
-        self._pool_slots: PoolSlots | None = None  # the pool's images, shared by the loader workers
         r = self.report
         LOGGER.log(
             logging.INFO if verbose else logging.DEBUG,
@@ -164,13 +172,16 @@ class YoloDataset(torch.utils.data.Dataset):
             len(self.im_files), r["backgrounds"], r["boxes"], r["corrupt"], len(r["problems"]),
             "hit" if hit else "built", cache_file,
         )  # fmt: skip
-        if cache == "ram":
-            self._cache_ram(cache_budget_mb)
-        elif cache == "disk":
-            self._cache_disk(Path(cache_dir) if cache_dir else None)
-        if augment and not rect and self.hyp["mosaic"] > 0 and self._pool_size() is not None:
-            # here, before any DataLoader forks its workers, so that they all see the same slots
-            self._pool_slots = shared_pool_slots(self._pool_size(), imgsz * imgsz * 3)
+
+    def _init_image_store(self, buffer_mb: float) -> None:
+        """Where decoded images live: the LRU buffer, the RAM / disk caches and the mosaic donor pool (empty)."""
+        self._buffer: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._buffer_bytes, self.buffer_bytes_max = 0, int(buffer_mb * 2**20)
+        self._ram: list[np.ndarray | None] | None = None  # --cache ram: the decoded images (None: over budget)
+        self.cache_bytes = 0
+        self._npy: list[Path] | None = None  # --cache disk: the .npy file of each image
+        self._pool: tuple[int, np.ndarray | None] | None = None  # (epoch, donor indices)
+        self._pool_slots: PoolSlots | None = None  # the pool's images, shared by the loader workers
 
     def __len__(self) -> int:
         return len(self.im_files)

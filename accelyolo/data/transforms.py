@@ -112,8 +112,8 @@ class YoloMosaic(A.DualTransform):
     both axes), rotation `+/- degrees`, shear `+/- shear`, then a translation of the centre by
     `+/- translate` of the output) takes the canvas to the `s x s` output in one step: a `cv2.resize` of the
     part of the canvas in view when there is no rotation or shear (the default hyps; `_resized_window`),
-    else a `cv2.warpAffine` of the canvas (`pixel_centre_map`). At scale 1 the output is the canvas' central `s x s` window; zooming out shows more of the four
-    images (not grey padding), as in YOLOv5.
+    else a `cv2.warpAffine` of the canvas (`pixel_centre_map`). At scale 1 the output is the canvas' central
+    `s x s` window; zooming out shows more of the four images (not grey padding), as in YOLOv5.
 
     The donors come in the Compose call as `mosaic_metadata=[{"image", "bboxes"}] * 3`, boxes in
     YOLO format `(n, 5)` = cx, cy, w, h, class. The primary's boxes are the call's `bboxes` (through
@@ -379,34 +379,12 @@ def build_train_transform(
     steps: list[A.BasicTransform] = []
     if crop and not mosaic and h["crop"] > 0:  # a crop that keeps every box (up to crop_erosion), resized back
         steps.append(A.RandomSizedBBoxSafeCrop(imgsz, imgsz, erosion_rate=h["crop_erosion"], p=h["crop"]))
-    if mosaic and backend == "albumentations":
-        steps.append(
-            A.Mosaic(
-                grid_yx=(2, 2),
-                target_size=(imgsz, imgsz),
-                cell_shape=(imgsz, imgsz),
-                fit_mode="contain",
-                fill=PAD_VALUE,
-                p=1.0,
-            )
-        )
-    elif mosaic:  # the mosaic's own warp is the affine step (YOLOv5: random_perspective of the 2s canvas)
-        geometry = {key: h[key] for key in ("scale", "translate", "degrees", "shear")}
-        steps.append(YoloMosaic(imgsz, fill=PAD_VALUE, **geometry))
+    if mosaic:
+        steps.append(_mosaic_step(imgsz, h, backend))
     if user_transform is not None:
         steps.extend(load_user_transform(user_transform))
-    if not (mosaic and backend == "fast"):
-        steps.append(
-            A.Affine(
-                scale=(1 - h["scale"], 1 + h["scale"]),
-                keep_ratio=True,  # one factor for both axes, as YOLOv5 (no aspect distortion)
-                translate_percent=(-h["translate"], h["translate"]),
-                rotate=(-h["degrees"], h["degrees"]),
-                shear=(-h["shear"], h["shear"]),
-                fill=PAD_VALUE,
-                p=1.0,
-            )
-        )
+    if not (mosaic and backend == "fast"):  # the fast mosaic's own warp is the affine step
+        steps.append(_affine_step(h))
     if h["perspective"] > 0:  # YOLOv5 perspective is per pixel; map to a corner-offset fraction
         steps.append(A.Perspective(scale=(0.0, h["perspective"] * imgsz / 2), fill=PAD_VALUE, p=1.0))
     if h["hsv_h"] or h["hsv_s"] or h["hsv_v"]:
@@ -418,6 +396,30 @@ def build_train_transform(
     if all(type(t).__name__ in BoxFollowingCompose.FOLLOWED for t in steps):
         return BoxFollowingCompose(steps)
     return A.Compose(steps, bbox_params=bbox_params(), strict=False)
+
+
+def _mosaic_step(imgsz: int, h: Mapping[str, float], backend: str) -> A.BasicTransform:
+    """The 2x2 mosaic: `YoloMosaic`, whose warp of the 2s canvas is YOLOv5's random_perspective (the affine
+    step), or albumentations' `A.Mosaic` (followed by `A.Affine`)."""
+    if backend == "albumentations":
+        return A.Mosaic(
+            grid_yx=(2, 2), target_size=(imgsz, imgsz), cell_shape=(imgsz, imgsz), fit_mode="contain",
+            fill=PAD_VALUE, p=1.0,
+        )  # fmt: skip
+    return YoloMosaic(imgsz, fill=PAD_VALUE, **{key: h[key] for key in ("scale", "translate", "degrees", "shear")})
+
+
+def _affine_step(h: Mapping[str, float]) -> A.Affine:
+    """YOLOv5's random affine map from the hyp: one scale factor for both axes (no aspect distortion)."""
+    return A.Affine(
+        scale=(1 - h["scale"], 1 + h["scale"]),
+        keep_ratio=True,
+        translate_percent=(-h["translate"], h["translate"]),
+        rotate=(-h["degrees"], h["degrees"]),
+        shear=(-h["shear"], h["shear"]),
+        fill=PAD_VALUE,
+        p=1.0,
+    )
 
 
 def load_user_transform(path: str | Path) -> list[A.BasicTransform]:
