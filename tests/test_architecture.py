@@ -500,3 +500,30 @@ def test_build_steps_return_what_they_make_and_write_no_trainer_attribute():
         if (found := attribute_writes_in_build_steps((PACKAGE_DIR / name).read_text(encoding="utf-8")))
     }
     assert not offenders, offenders
+
+
+# Issue 22's size signal: no function of the package longer than this (signature, docstring and body).
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """`name: N lines` of every function or method of `source` longer than `limit` lines."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > limit:
+                found.append(f"{node.name}: {length} lines")
+    return found
+
+
+def test_no_function_is_longer_than_the_size_signal():
+    method = "class C:\n    def run(self):\n" + "".join(f"        x{i} = {i}\n" for i in range(4))  # 5 lines
+    assert long_functions(method, limit=5) == []
+    assert long_functions(method, limit=4) == ["run: 5 lines"]
+    offenders = {
+        str(path.relative_to(PACKAGE_DIR)): found
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if (found := long_functions(path.read_text(encoding="utf-8")))
+    }
+    assert not offenders, f"split these (or raise MAX_FUNCTION_LINES with a reason): {offenders}"
