@@ -60,7 +60,15 @@ from accelyolo.checkpoint import (
     strip_checkpoint,
 )
 from accelyolo.config import ConfigError, TrainConfig, save_config
-from accelyolo.data import YoloDataset, build_dataloader, demo_data_yaml, load_data_yaml, to_model_input
+from accelyolo.data import (
+    YoloDataset,
+    build_dataloader,
+    demo_data_yaml,
+    load_data_yaml,
+    to_model_input,
+    validation_loader,
+    validation_split,
+)
 from accelyolo.data.dataset import report_summary
 from accelyolo.data.loader import ImageWeightSampler, class_maps, start_next_pass
 from accelyolo.defaults import MAX_STRIDE, stride_multiple
@@ -432,7 +440,6 @@ class Trainer:
                 names=list(spec.names),  # the class check; single_cls keeps every box as 'item'
                 cache=cfg.cache or None,
                 cache_budget_mb=cfg.cache_budget_mb,
-                stride=MAX_STRIDE,
                 single_cls=cfg.single_cls,
                 seed=cfg.seed,
             )
@@ -445,16 +452,10 @@ class Trainer:
                 rect=cfg.rect,
                 batch_size=cfg.batch_size,
                 user_transform=cfg.augment,
+                stride=MAX_STRIDE,
                 **common,
             )
-            val = YoloDataset(
-                spec.splits["val"],
-                augment=False,
-                hyp=None,
-                rect=cfg.rect_val,
-                batch_size=cfg.batch_size * 2,
-                **common,
-            )
+            val = validation_split(spec.splits["val"], rect=cfg.rect_val, batch_size=cfg.batch_size * 2, **common)
         for split, dataset in (("train", train), ("val", val)):
             LOGGER.info("%s", report_summary(split, dataset.report))
         return RunData(train, val, spec)
@@ -507,16 +508,8 @@ class Trainer:
             sampler=sampler,
             pin_memory=pin,
         )
-        val = build_dataloader(  # this rank's whole (rect) batches; not passed to prepare(), see data.loader
-            data.val,
-            batch_size=cfg.batch_size * 2,
-            workers=cfg.workers,
-            shuffle=False,
-            seed=cfg.seed,
-            num_shards=self.accelerator.num_processes,
-            shard=self.accelerator.process_index,
-            pin_memory=pin,
-        )
+        shard = {"num_shards": self.accelerator.num_processes, "shard": self.accelerator.process_index}
+        val = validation_loader(data.val, cfg.batch_size * 2, cfg.workers, seed=cfg.seed, pin_memory=pin, **shard)
         return RunLoaders(train, val, sampler)
 
     def build_model(self) -> torch.nn.Module:

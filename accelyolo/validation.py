@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from accelyolo.config import add_option_flag, takes_option_names
-from accelyolo.defaults import MAX_DET, MAX_STRIDE, VAL_CONF_THRES, VAL_IOU_THRES
+from accelyolo.defaults import MAX_DET, VAL_CONF_THRES, VAL_IOU_THRES
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -57,7 +57,7 @@ def validate(
     import torch
 
     from accelyolo.config import check_detection_flags
-    from accelyolo.data import build_dataloader
+    from accelyolo.data import validation_loader
     from accelyolo.evaluation import evaluate
     from accelyolo.runs import make_run_dir
     from accelyolo.weights.importers import load_weights
@@ -68,9 +68,7 @@ def validate(
     imgsz = imgsz or int(meta.get("config", {}).get("imgsz", 640))
     with accelerator.main_process_first():
         val = _val_data(weights, model, meta, data, imgsz, rect_val, batch_size)
-    # this rank's whole batches (see accelyolo.data.loader), not prepared
-    shard = {"num_shards": accelerator.num_processes, "shard": accelerator.process_index}
-    loader = build_dataloader(val.dataset, batch_size=batch_size, workers=workers, shuffle=False, seed=0, **shard)
+    loader = validation_loader(val.dataset, batch_size, workers, accelerator.num_processes, accelerator.process_index)
     model = model.fuse().to(accelerator.device, memory_format=torch.channels_last).eval()
     save_dir = make_run_dir(accelerator, Path(project) / name, exist_ok)
     outputs = _BatchOutputs(val, save_dir, save_json, plots and accelerator.is_main_process)
@@ -122,7 +120,7 @@ def _val_data(
 ) -> _ValData:
     """The val split of `data` (default: the model's training data, else the demo data) as the model scores
     it; a `DataError` when the classes or the split do not fit the model. Nothing is written."""
-    from accelyolo.data import YoloDataset, demo_data_yaml, load_data_yaml
+    from accelyolo.data import demo_data_yaml, load_data_yaml, validation_split
     from accelyolo.data.demo import demo_multitask_yaml
     from accelyolo.data.sources import source_of
     from accelyolo.errors import DataError
@@ -145,17 +143,9 @@ def _val_data(
             f"{weights}: the model's classes {list(meta['names'])} differ from the categories of "
             f"{spec.yaml_path} {spec.names} (sorted by id); pass the annotation file the model was trained on."
         )
-    dataset = YoloDataset(
-        spec.splits["val"],
-        imgsz=imgsz,
-        augment=False,
-        hyp=None,
-        names=list(spec.names) if single_cls else names,  # single_cls: check, then every box is 'item'
-        rect=rect,
-        batch_size=batch_size,
-        stride=MAX_STRIDE,
-        single_cls=single_cls,
-    )
+    # single_cls: the dataset's classes for the check, then every box is 'item'
+    classes = list(spec.names) if single_cls else names
+    dataset = validation_split(spec.splits["val"], imgsz, classes, rect, batch_size, single_cls=single_cls)
     # a multi-task model's segmentation split, checked before the run folder exists
     seg_data = _segmentation_data(model, weights, spec.yaml_path, meta, imgsz) if segments else None
     source = source_of(spec.splits["val"])

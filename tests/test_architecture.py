@@ -527,3 +527,28 @@ def test_no_function_is_longer_than_the_size_signal():
         if (found := long_functions(path.read_text(encoding="utf-8")))
     }
     assert not offenders, f"split these (or raise MAX_FUNCTION_LINES with a reason): {offenders}"
+
+
+def called_names(source: str) -> set[str]:
+    """The names of the functions `source` calls (`f(...)` and `obj.f(...)`)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            names.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
+    return names
+
+
+def test_training_and_the_val_command_build_their_validation_data_through_one_path():
+    """Issue 22: the val split and its loader come from `validation_split` / `validation_loader` in both the
+    trainer and `accelyolo val`; `YoloDataset` is constructed in the package only by those and for training."""
+    for module in ("trainer.py", "validation.py"):
+        calls = called_names((PACKAGE_DIR / module).read_text(encoding="utf-8"))
+        assert {"validation_split", "validation_loader"} <= calls, module
+    builders = {
+        str(path.relative_to(PACKAGE_DIR))
+        for path in PACKAGE_DIR.rglob("*.py")
+        if "YoloDataset" in called_names(path.read_text(encoding="utf-8"))
+    }
+    assert builders == {"trainer.py", "data/dataset.py"}, builders
+    assert called_names("a.b(1)\nc()\n") == {"b", "c"}

@@ -308,10 +308,10 @@ def validate_with_oracle(monkeypatch, data, names: list[str], project, name: str
 
     made = {}
     oracle = Oracle(len(names), lambda: made["loader"].dataset)
-    real_build = accelyolo.data.build_dataloader
+    real_build = accelyolo.data.validation_loader
 
-    def build(dataset, **kwargs):
-        made["loader"] = real_build(dataset, **kwargs)
+    def build(dataset, *args, **kwargs):
+        made["loader"] = real_build(dataset, *args, **kwargs)
 
         class Feeding:  # hands each batch to the oracle before the model sees it
             dataset = made["loader"].dataset
@@ -324,7 +324,7 @@ def validate_with_oracle(monkeypatch, data, names: list[str], project, name: str
         return Feeding()
 
     with monkeypatch.context() as mp:
-        mp.setattr(accelyolo.data, "build_dataloader", build)
+        mp.setattr(accelyolo.data, "validation_loader", build)
         meta = {"names": names, "config": {"imgsz": 128}, **meta}
         mp.setattr(accelyolo.weights.importers, "load_weights", lambda weights: (oracle, meta))
         return validate("oracle.safetensors", data=str(data), save_json=True, plots=False, project=str(project),

@@ -1,8 +1,8 @@
 """The data pipeline: data.yaml, checked labels with a JSON cache, augmentation, loaders, demo data."""
 
-from accelyolo.data.dataset import YoloDataset, build_report
+from accelyolo.data.dataset import YoloDataset, build_report, validation_split
 from accelyolo.data.demo import demo_data_yaml, generate_demo
-from accelyolo.data.loader import build_dataloader, collate_fn, to_model_input
+from accelyolo.data.loader import build_dataloader, collate_fn, to_model_input, validation_loader
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
 
 __all__ = [
@@ -16,4 +16,6 @@ __all__ = [
     "generate_demo",
     "load_data_yaml",
     "to_model_input",
+    "validation_loader",
+    "validation_split",
 ]

@@ -430,6 +430,25 @@ class YoloDataset(torch.utils.data.Dataset):
         }
 
 
+def validation_split(
+    images: Sequence[str | Path],
+    imgsz: int,
+    names: Sequence[str],
+    rect: bool,
+    batch_size: int,
+    single_cls: bool = False,
+    **options: Any,
+) -> YoloDataset:
+    """A split as validation scores it, in training and in `accelyolo val` alike: letterboxed to `imgsz`,
+    never augmented, with rectangular batches of `batch_size` when `rect`, shapes multiples of the largest
+    stride. `names` are the dataset's classes (the class check); `options` are `YoloDataset`'s keywords
+    (cache, seed, ...)."""
+    return YoloDataset(
+        images, imgsz=imgsz, augment=False, hyp=None, names=list(names), rect=rect, batch_size=batch_size,
+        stride=MAX_STRIDE, single_cls=single_cls, **options,
+    )  # fmt: skip
+
+
 def _pixel_rows(rows: list[list[float]], shape: Sequence[int]) -> np.ndarray:
     """Normalized `cls cx cy w h` rows -> `cls x1 y1 x2 y2` in the pixels of an image of `shape` (h, w)."""
     r = np.array(rows, np.float64).reshape(-1, 5)

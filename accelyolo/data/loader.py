@@ -274,6 +274,17 @@ def build_dataloader(
     )
 
 
+
+def validation_loader(
+    dataset: YoloDataset, batch_size: int, workers: int, num_shards: int, shard: int, **options: Any
+) -> DataLoader:
+    """This rank's whole batches of a validation split, in order (`build_dataloader` with `num_shards`): used
+    as it is, not through `accelerator.prepare`, in training and in `accelyolo val` alike. `options`: seed,
+    pin_memory."""
+    return build_dataloader(
+        dataset, batch_size=batch_size, workers=workers, shuffle=False, num_shards=num_shards, shard=shard, **options
+    )
+
 def class_maps(result: Any, nc: int) -> np.ndarray:
     """Per-class mAP50-95 `(nc,)` of a `DetectionResult`; 0 for classes without ground truth."""
     maps = np.zeros(nc, dtype=np.float64)
