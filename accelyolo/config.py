@@ -8,15 +8,12 @@ the fields of `TrainConfig`. An unknown name or a value of the wrong type raises
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import functools
 import re
 import types
 import typing
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,12 +317,12 @@ def fields_in_section(section: str) -> list[dataclasses.Field]:
 
 
 @functools.cache
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
 @functools.cache
-def _fields_by_name() -> dict[str, dataclasses.Field]:
+def fields_by_name() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
@@ -477,7 +474,7 @@ def load_config(recipe: str | Path | None = None, **overrides: Any) -> TrainConf
 def config_from_dict(values: dict[str, Any], sources: dict[str, str] | None = None) -> TrainConfig:
     """Validate a flat mapping into a `TrainConfig` (unknown key or wrong type -> `ConfigError`)."""
     sources = sources or {}
-    types_ = _field_types()
+    types_ = field_types()
     names = list(types_)
     checked: dict[str, Any] = {}
     for key, value in values.items():
@@ -628,110 +625,3 @@ def _multitask_problems(cfg: TrainConfig) -> list[str]:
 def save_config(cfg: TrainConfig, path: Path) -> None:
     """Write the resolved configuration (`args.yaml`) in field order, which keeps the sections together."""
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per `TrainConfig` field (`--batch-size`), plus `--recipe` and `--hyp`."""
-    parser.add_argument("--recipe", default=None, help="recipe yaml (path or shipped name, e.g. demo)")
-    parser.add_argument("--hyp", default=None, help="hyperparameter yaml (YOLOv5 hyp.*.yaml style)")
-    for concept, keys in CONCEPTS.items():
-        group = parser.add_argument_group(concept)
-        for key in keys:
-            add_option_flag(group, key, *(["--batch"] if key == "batch_size" else []))
-
-
-def option_flag(key: str) -> str:
-    """The command-line flag of the option `key`: `batch_size` -> `--batch-size`."""
-    return "--" + key.replace("_", "-")
-
-
-def add_option_flag(
-    parser: Any, key: str, *aliases: str, default: Any = argparse.SUPPRESS, help: str | None = None
-) -> None:
-    """Add the flag of the `TrainConfig` field `key` to `parser` (a parser or argument group): the field's
-    flag name, `dest`, type and help, so that `train`, `val`, `predict` and `evolve` name and parse an option
-    alike. `aliases` are further spellings; `default` is the command's own default (none: the option is
-    absent from the namespace unless given, as `train` needs); `help` replaces the field's text."""
-    f = _fields_by_name()[key]
-    text = (help or f.metadata["help"]).replace("%", "%%")  # argparse %-formats help strings
-    kind = _field_types()[key]
-    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    base = next(a for a in allowed if a is not type(None))
-    shown = f.default if default is argparse.SUPPRESS else default
-    text += "" if shown is None else f" (default: {shown})"
-    if base is bool:
-        parser.add_argument(
-            option_flag(key), *aliases, dest=key, default=default, action=argparse.BooleanOptionalAction, help=text
-        )
-        return
-    # `--resume` alone means `--resume auto`, as in YOLOv5.
-    more = {"nargs": "?", "const": "auto"} if key == "resume" else {}
-    parser.add_argument(
-        option_flag(key),
-        *aliases,
-        dest=key,
-        default=default,
-        type=_parse_optional(base),
-        metavar=base.__name__.upper(),
-        help=text,
-        **more,
-    )
-
-
-# Keywords of `validate()` and `predict()` that now carry the option's own name (`conf_thres`, as in a recipe,
-# `fit()` and every flag); the old names still work, with a FutureWarning.
-RENAMED_KEYWORDS = {"conf": "conf_thres", "iou": "iou_thres", "rect": "rect_val"}
-
-
-def takes_option_names(function: Callable[..., Any]) -> Callable[..., Any]:
-    """`function` called with an old keyword of `RENAMED_KEYWORDS` gets it under the option's name, with a
-    FutureWarning; both names at once are a TypeError."""
-
-    @functools.wraps(function)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        for old, new in RENAMED_KEYWORDS.items():
-            if old not in kwargs:
-                continue
-            if new in kwargs:
-                raise TypeError(f"{function.__name__}() got both '{old}' and '{new}': they are the same option")
-            warnings.warn(
-                f"{function.__name__}(): '{old}' is now '{new}', the option's name everywhere",
-                FutureWarning,
-                stacklevel=2,
-            )
-            kwargs[new] = kwargs.pop(old)
-        return function(*args, **kwargs)
-
-    return call
-
-
-def _parse_optional(base: type):
-    def parse(text: str):
-        if text.lower() in ("", "none", "null"):
-            return None
-        if base is dict:  # a yaml mapping on the command line: --scheduler-args "{max_lr: 0.01}"
-            value = yaml.safe_load(text)
-            if not isinstance(value, dict):
-                raise argparse.ArgumentTypeError(f"expected a yaml mapping such as '{{key: value}}', got {text!r}")
-            return value
-        if base is list:  # a yaml list on the command line: --anchors "[[10,13, 16,30], ...]"
-            value = yaml.safe_load(text)
-            if not isinstance(value, list):
-                raise argparse.ArgumentTypeError(f"expected a yaml list such as '[[10,13, 16,30], ...]', got {text!r}")
-            return value
-        return base(text)
-
-    parse.__name__ = base.__name__
-    return parse
-
-
-def config_from_args(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
-    """Split parsed flags into (recipe, overrides) for `load_config`."""
-    overrides = dict(vars(args))
-    recipe = overrides.pop("recipe", None)
-    if overrides.get("hyp") is None:
-        overrides.pop("hyp", None)
-    return recipe, overrides

@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from accelyolo.config import ConfigError, TrainConfig, add_config_arguments, config_from_args, load_config
+from accelyolo.config import ConfigError, TrainConfig, load_config
 from accelyolo.fileio import write_text_atomically
+from accelyolo.flags import add_config_arguments, config_from_args
 from accelyolo.hyp import MUTATION_LIMITS
 
 LOGGER = logging.getLogger("accelyolo")

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from accelyolo.config import add_option_flag
 from accelyolo.defaults import imgsz_problem
 from accelyolo.errors import AccelyoloError, ExportError, MissingDependencyError
+from accelyolo.flags import add_option_flag
 
 __all__ = ["OnnxDetector", "export"]
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelyolo.config import add_option_flag, takes_option_names
 from accelyolo.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
 from accelyolo.errors import SourceError
+from accelyolo.flags import add_option_flag, takes_option_names
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo", whose handler the CLI sets up
 

@@ -10,8 +10,8 @@ import argparse
 import sys
 
 from accelyolo.cli import exit_status
-from accelyolo.config import add_config_arguments, config_from_args
 from accelyolo.errors import AccelyoloError
+from accelyolo.flags import add_config_arguments, config_from_args
 from accelyolo.logs import setup_logging
 
 DEFAULT_RECIPE = "demo"

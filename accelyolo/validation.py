@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelyolo.config import add_option_flag, takes_option_names
 from accelyolo.defaults import MAX_DET, VAL_CONF_THRES, VAL_IOU_THRES
+from accelyolo.flags import add_option_flag, takes_option_names
 
 LOGGER = logging.getLogger("accelyolo")
 

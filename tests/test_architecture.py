@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "accelyolo.logs",
             "accelyolo.hyp",
             "accelyolo.config",
+            "accelyolo.flags",
             "accelyolo.memory",
             "accelyolo.threads",
         ),
@@ -365,7 +366,7 @@ OWNED_DEFAULTS = {
     ("max_det", 300),
     ("stride", 32),
 }
-# a flag by its spelling, or by the option name that `config.add_option_flag` takes
+# a flag by its spelling, or by the option name that `flags.add_option_flag` takes
 FLAG_DEFAULTS = {
     (flag, value)
     for flags, value in (

@@ -7,15 +7,8 @@ import argparse
 import pytest
 import yaml
 
-from accelyolo.config import (
-    RECIPES_DIR,
-    ConfigError,
-    TrainConfig,
-    add_config_arguments,
-    config_from_args,
-    load_config,
-    save_config,
-)
+from accelyolo.config import RECIPES_DIR, ConfigError, TrainConfig, load_config, save_config
+from accelyolo.flags import add_config_arguments, config_from_args
 
 
 def test_defaults_are_yolov5_scratch_low():
@@ -182,7 +175,7 @@ def test_a_misplaced_grouped_option_is_named(tmp_path, text, match):
 def test_train_help_lists_the_options_by_concept():
     import argparse
 
-    from accelyolo.config import CONCEPTS, add_config_arguments
+    from accelyolo.config import CONCEPTS
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)

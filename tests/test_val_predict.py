@@ -189,7 +189,8 @@ def test_val_predict_and_export_flags_are_the_training_options(module):
     import dataclasses
     import importlib
 
-    from accelyolo.config import TrainConfig, add_config_arguments, option_flag
+    from accelyolo.config import TrainConfig
+    from accelyolo.flags import add_config_arguments, option_flag
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train = argparse.ArgumentParser()
@@ -218,8 +219,9 @@ def test_validate_and_predict_keywords_are_the_option_names(function, tmp_path):
     import dataclasses
     import inspect
 
-    from accelyolo.config import RENAMED_KEYWORDS, TrainConfig
+    from accelyolo.config import TrainConfig
     from accelyolo.errors import AccelyoloError
+    from accelyolo.flags import RENAMED_KEYWORDS
 
     call = getattr(accelyolo, function)
     target = getattr(importlib.import_module(f"accelyolo.{'validation' if function == 'validate' else 'prediction'}"),
