@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -224,11 +224,13 @@ class DistillationObjective(Objective):
         student: Callable[[], nn.Module],
         adapters: nn.Module | None = None,
         tap: FeatureTap | None = None,
+        weight: float = 1.0,
     ) -> None:
         if "feat" in terms and (adapters is None or tap is None):
             raise ValueError("the feature term needs the adapters and the tap of the student's neck")
         self.inner, self.teacher, self.terms, self.temperature = inner, teacher, terms, temperature
         self.student, self.adapters, self.tap = student, adapters, tap
+        self.weight = weight  # the first epoch's; `start_epoch` sets each epoch's `scale` (cosine to 0)
         self.scale = 1.0
         self.names = tuple(inner.names) + tuple(f"distill_{t}" for t in terms)
 
@@ -255,6 +257,39 @@ class DistillationObjective(Objective):
         """Whether the adapters have parameters (channel counts that differ somewhere): they train and are saved."""
         return self.adapters is not None and any(True for _ in self.adapters.parameters())
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self.scale = distill_weight_at(epoch, epochs, self.weight)
+        if self.adapters is not None:
+            self.adapters.train()
+        self.inner.start_epoch(epoch, epochs)
+
+    def extra_state(self) -> dict[str, Any]:
+        state = self.inner.extra_state()
+        if self.trained_adapters():
+            state["distill_adapters"] = _unwrapped(self.adapters).state_dict()
+        return state
+
+    def load_extra_state(self, state: Mapping[str, Any], source: Path | None) -> None:
+        self.inner.load_extra_state(state, source)
+        if not self.trained_adapters():
+            return
+        if state.get("distill_adapters") is None:
+            raise ConfigError(
+                f"{source}: this distillation run has feature adapters but the bundle holds none; "
+                "resume with the options it was trained with."
+            )
+        _unwrapped(self.adapters).load_state_dict(state["distill_adapters"])
+
+    def close(self) -> None:
+        if self.tap is not None:
+            self.tap.remove()
+        self.inner.close()
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """`module` without the DistributedDataParallel wrapper `accelerator.prepare` gives it under several processes."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
 
 class FeatureAdapters(nn.Module):
     """Per neck level a 1x1 convolution from the student's channels to the teacher's (none where they
@@ -278,8 +313,9 @@ class DistillTrainer(Trainer):
     """`Trainer` with a frozen teacher (`cfg.teacher`); `fit()` picks it when a teacher is set.
 
     Its objective (`build_loss`) is the run's objective without a teacher wrapped in a `DistillationObjective`,
-    which holds the teacher and the feature adapters; the trainer adds the adapters to the optimizer, sets the
-    epoch's distillation weight, and saves and restores the adapters beside the student.
+    which holds the teacher and the feature adapters and, through the objective hooks the loop calls, sets each
+    epoch's distillation weight, saves and restores the adapters beside the student and removes its neck hook.
+    The trainer adds the adapters to the optimizer (and to DDP) and records the teacher's absolute path.
     """
 
     @property
@@ -339,6 +375,7 @@ class DistillTrainer(Trainer):
             student=lambda: self.unwrap(self.model),
             adapters=adapters,
             tap=FeatureTap() if adapters is not None else None,
+            weight=cfg.distill_weight,
         )
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -347,35 +384,3 @@ class DistillTrainer(Trainer):
         if distillation is None or not distillation.trained_adapters():
             return super().build_optimizer(model)
         return super().build_optimizer(nn.ModuleDict({"model": model, "adapters": distillation.adapters}))
-
-    def train_one_epoch(self, epoch: int) -> dict[str, Any] | None:
-        distillation = self.distillation
-        if distillation is not None:
-            distillation.scale = distill_weight_at(epoch, self.cfg.epochs, self.cfg.distill_weight)
-            if distillation.adapters is not None:
-                distillation.adapters.train()
-        return super().train_one_epoch(epoch)
-
-    def extra_checkpoint_state(self) -> dict[str, Any] | None:
-        distillation = self.distillation
-        if distillation is None or not distillation.trained_adapters():
-            return None
-        return {"distill_adapters": self.unwrap(distillation.adapters).state_dict()}
-
-    def restore(self, bundle: Any) -> None:
-        super().restore(bundle)
-        distillation = self.distillation
-        saved = (bundle.extra_state or {}).get("distill_adapters")
-        if distillation is not None and distillation.trained_adapters():
-            if saved is None:
-                raise ConfigError(
-                    f"{bundle.path}: this distillation run has feature adapters but the bundle holds none; "
-                    "resume with the options it was trained with."
-                )
-            self.unwrap(distillation.adapters).load_state_dict(saved)
-
-    def close(self) -> None:
-        distillation = self.distillation
-        if distillation is not None and distillation.tap is not None:
-            distillation.tap.remove()
-        super().close()

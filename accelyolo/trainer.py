@@ -663,6 +663,7 @@ class Trainer:
             self.scheduler.load_state_dict(meta["scheduler"])
         else:  # a bundle from before the scheduler was saved: the step count follows from the schedule
             self.scheduler.load_state_dict({"last_epoch": self.schedule.steps_before(self.iteration)})
+        self.loss_fn.load_extra_state(bundle.extra_state or {}, bundle.path)
         rank = self.accelerator.process_index
         if bundle.rng_states and rank < len(bundle.rng_states):
             restore_rng_state(bundle.rng_states[rank])
@@ -716,6 +717,7 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> dict[str, Any] | None:
         """Train one epoch (1-based); its results.csv row, or None when a stop was asked during it."""
         self.model.train()
+        self.loss_fn.start_epoch(epoch, self.cfg.epochs)
         strong = self.strong_augmentation(epoch)
         if not strong and (epoch == 1 or self.strong_augmentation(epoch - 1)):
             LOGGER.info("epoch %d: strong augmentation (mosaic, mixup) off from here on (close_mosaic)", epoch)
@@ -974,7 +976,7 @@ class Trainer:
                 scaler_state=scaler,
                 rng_states=rng_states,
                 metadata=self.checkpoint_metadata(),
-                extra_state=self.extra_checkpoint_state(),
+                extra_state=self.loss_fn.extra_state() or None,  # the objective's own (distillation adapters)
             )
             LOGGER.info("epoch %d: saved weights/last.safetensors%s", epoch, " and best" if improved else "")
             if improved:
@@ -998,10 +1000,6 @@ class Trainer:
             if cfg.save_period > 0 and int(k) % cfg.save_period == 0:
                 continue
             path.unlink()
-
-    def extra_checkpoint_state(self) -> dict[str, Any] | None:
-        """Training-only tensors of a subclass saved in the bundle's `extra` section (None: nothing)."""
-        return None
 
     # ------------------------------------------------------------------------------------ end
 
@@ -1051,7 +1049,10 @@ class Trainer:
             copy_checkpoint(last, self.weights_dir / "best_stop_aug.safetensors")
 
     def close(self) -> None:
-        """Close the progress display and the trackers, however the run ended (each callback's `close`)."""
+        """Close the progress display and the trackers, however the run ended (each callback's `close`), and
+        release what the objective attached to the model."""
+        if getattr(self, "loss_fn", None) is not None:
+            self.loss_fn.close()
         errors: list[BaseException] = []
         for callback in self.callbacks:
             try:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from accelyolo.callbacks import Callback
-from accelyolo.checkpoint import read_checkpoint_metadata
+from accelyolo.checkpoint import load_checkpoint_bundle, read_checkpoint_metadata
 from accelyolo.engine import fit
 from accelyolo.families import build_loss
 from accelyolo.losses import Objective
@@ -275,3 +275,44 @@ def test_an_objective_wrapping_the_runs_own_stacks_with_any_task(tiny_demo, tmp_
     assert all(s.losses["l2"] > 0 for s in record.steps)
     with (result.run_dir / "results.csv").open() as handle:
         assert "train/l2_loss" in handle.readline().split(",")
+
+
+class Counting(Objective):
+    """The run's own objective plus state of its own: the steps it ran, saved in the bundle's extra section
+    (`extra_state`), taken back on resume, and the epochs and the close the loop tells it about."""
+
+    def __init__(self, inner, log):
+        self.inner, self.names, self.log = inner, inner.names, log
+        self.steps = torch.zeros((), dtype=torch.int64)
+
+    def run(self, model, batch, images):
+        self.steps += 1
+        return self.inner.run(model, batch, images)
+
+    def start_epoch(self, epoch, epochs):
+        self.log.append(("epoch", epoch, epochs))
+
+    def extra_state(self):
+        return {"counting_steps": self.steps.clone()}
+
+    def load_extra_state(self, state, source):
+        self.log.append(("loaded", int(state["counting_steps"]), source.name))
+        self.steps = state["counting_steps"].clone()
+
+    def close(self):
+        self.log.append(("closed", int(self.steps)))
+
+
+def test_an_objective_with_state_of_its_own_is_told_the_epochs_saved_restored_and_closed(tiny_demo, tmp_path):
+    """The objective hooks the loop calls (what distillation's adapters, weight and neck hook go through): each
+    epoch starts with `start_epoch`, `extra_state` goes into every bundle, a resumed run hands it back to
+    `load_extra_state` and continues from it, and the run ends with `close`."""
+    log = []
+    parts = Parts(loss=lambda trainer, model: Counting(trainer.build_loss(model), log))
+    opts = tiny_train_options(tiny_demo, tmp_path, epochs=2, max_steps_per_epoch=2)
+    fit(parts=parts, **{**opts, "epochs": 1})
+    assert log == [("epoch", 1, 1), ("closed", 2)]
+    log.clear()
+    result = fit(parts=parts, resume=str(tmp_path / "exp" / "weights" / "last.safetensors"), epochs=2)
+    assert log == [("loaded", 2, "last.safetensors"), ("epoch", 2, 2), ("closed", 4)]
+    assert int(load_checkpoint_bundle(result.last_checkpoint).extra_state["counting_steps"]) == 4

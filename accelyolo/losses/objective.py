@@ -4,11 +4,16 @@ An objective runs the model on the batch and scores its outputs; `names` name th
 of results.csv and the progress bar). Objectives stack: one that adds terms (distillation) wraps another
 (detection, or detection + segmentation) and reads the detection predictions the inner one made through
 `run`, so every combination of tasks and added terms is one object built from parts, with no trainer
-subclass per combination.
+subclass per combination. An objective that holds state of its own (the feature adapters of distillation,
+hooks on the student) takes part in the run through four hooks the trainer calls on the outermost objective,
+each passed on by a wrapper: `start_epoch`, `extra_state` / `load_extra_state` (the bundle's extra section)
+and `close`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +33,19 @@ class Objective:
     def __call__(self, model: Any, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         total, items, _ = self.run(model, batch, images)
         return total, items
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Set what depends on the epoch (1-based, of `epochs`) before its first step."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Training-only tensors to save in the bundle's extra section, by name (none by default)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any], source: Path | None) -> None:
+        """Take back what `extra_state` saved, from the bundle `source` (named in an error)."""
+
+    def close(self) -> None:
+        """Release what the objective attached to the model (hooks), however the run ended."""
 
 
 class DetectionObjective(Objective):
