@@ -5,7 +5,7 @@ predicted score of the ground truth's class and `u` the CIoU of the predicted bo
 truth takes the `topk` best-aligned anchor points whose centres lie inside it; an anchor point claimed
 by several keeps the one it overlaps most. A box thinner than `min_side` is grown about its centre to
 that size for the "centre inside" test only (its targets stay the real box): a licence plate 5 px high
-lies between two rows of stride-8 anchor centres more often than not and would otherwise teach nothing.
+misses every row of stride-8 anchor centres three times in eight and then teaches nothing.
 Class targets are soft: the alignment metric rescaled so that each ground truth's best anchor gets that
 ground truth's best IoU.
 """
