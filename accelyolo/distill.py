@@ -321,7 +321,7 @@ class DistillTrainer(Trainer):
     @property
     def distillation(self) -> DistillationObjective | None:
         """The run's distillation objective; None before `setup` or where `Parts(loss=)` replaced it."""
-        objective = getattr(self, "loss_fn", None)
+        objective = self.loss_fn
         return objective if isinstance(objective, DistillationObjective) else None
 
     @property

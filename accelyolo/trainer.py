@@ -226,6 +226,7 @@ class Trainer:
         self._val_workers_started = False  # the validation loader's persistent workers exist (start_val_workers)
         self.data: RunData | None = None  # what build_datasets returned (setup stores it)
         self.loaders: RunLoaders | None = None  # what build_dataloaders returned
+        self.loss_fn: Objective | None = None  # the run's objective (setup)
         self._scale: float | None = None  # the GradScaler's scale after the last optimizer step (fp16)
 
     # ------------------------------------------------------------------------------------ fit
@@ -1051,9 +1052,12 @@ class Trainer:
     def close(self) -> None:
         """Close the progress display and the trackers, however the run ended (each callback's `close`), and
         release what the objective attached to the model."""
-        if getattr(self, "loss_fn", None) is not None:
-            self.loss_fn.close()
         errors: list[BaseException] = []
+        if self.loss_fn is not None:
+            try:
+                self.loss_fn.close()
+            except Exception as error:  # the callbacks still close
+                errors.append(error)
         for callback in self.callbacks:
             try:
                 callback.close(self)
@@ -1063,4 +1067,4 @@ class Trainer:
             self.trackers_started = False
             self.accelerator.end_training()
         for error in errors:
-            LOGGER.warning("closing a callback failed: %s", error)
+            LOGGER.warning("closing a callback or the objective failed: %s", error)
