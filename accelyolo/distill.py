@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from accelyolo.checkpoint import load_checkpoint
@@ -230,7 +231,7 @@ class DistillationObjective(Objective):
             raise ValueError("the feature term needs the adapters and the tap of the student's neck")
         self.inner, self.teacher, self.terms, self.temperature = inner, teacher, terms, temperature
         self.student, self.adapters, self.tap = student, adapters, tap
-        self.weight = weight  # the first epoch's; `start_epoch` sets each epoch's `scale` (cosine to 0)
+        self.weight = weight  # the configured weight; `start_epoch` sets each epoch's `scale` (cosine to 0)
         self.scale = 1.0
         self.names = tuple(inner.names) + tuple(f"distill_{t}" for t in terms)
 
@@ -266,7 +267,7 @@ class DistillationObjective(Objective):
     def extra_state(self) -> dict[str, Any]:
         state = self.inner.extra_state()
         if self.trained_adapters():
-            state["distill_adapters"] = _unwrapped(self.adapters).state_dict()
+            state["distill_adapters"] = extract_model_from_parallel(self.adapters).state_dict()
         return state
 
     def load_extra_state(self, state: Mapping[str, Any], source: Path | None) -> None:
@@ -278,17 +279,12 @@ class DistillationObjective(Objective):
                 f"{source}: this distillation run has feature adapters but the bundle holds none; "
                 "resume with the options it was trained with."
             )
-        _unwrapped(self.adapters).load_state_dict(state["distill_adapters"])
+        extract_model_from_parallel(self.adapters).load_state_dict(state["distill_adapters"])
 
     def close(self) -> None:
         if self.tap is not None:
             self.tap.remove()
         self.inner.close()
-
-
-def _unwrapped(module: nn.Module) -> nn.Module:
-    """`module` without the DistributedDataParallel wrapper `accelerator.prepare` gives it under several processes."""
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
 class FeatureAdapters(nn.Module):

@@ -274,7 +274,6 @@ def build_dataloader(
     )
 
 
-
 def validation_loader(
     dataset: YoloDataset, batch_size: int, workers: int, num_shards: int, shard: int, **options: Any
 ) -> DataLoader:
@@ -284,6 +283,7 @@ def validation_loader(
     return build_dataloader(
         dataset, batch_size=batch_size, workers=workers, shuffle=False, num_shards=num_shards, shard=shard, **options
     )
+
 
 def class_maps(result: Any, nc: int) -> np.ndarray:
     """Per-class mAP50-95 `(nc,)` of a `DetectionResult`; 0 for classes without ground truth."""
