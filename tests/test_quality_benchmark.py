@@ -135,11 +135,16 @@ def test_ground_truth_of_all_digit_stems(tmp_path):
     assert truth.coco["annotations"][0]["bbox"] == [16.0, 8.0, 32.0, 16.0]
 
 
-def test_peer_data_yaml_has_an_absolute_path(varied, tmp_path):
+def test_peer_data_yaml_mirrors_the_set_so_the_peer_writes_nothing_into_it(varied, tmp_path):
     copy = peer_data_yaml(varied, tmp_path / "out")
-    spec = load_data_yaml(copy)
-    assert spec.root == varied.parent.resolve()
-    assert spec.splits["val"] == load_data_yaml(varied).splits["val"]
+    spec, original = load_data_yaml(copy), load_data_yaml(varied)
+    assert spec.root.is_absolute() and spec.root != original.root
+    assert [p.resolve() for p in spec.splits["val"]] == [p.resolve() for p in original.splits["val"]]
+    labels = spec.root / "labels"
+    assert labels.is_dir() and not labels.is_symlink()  # a cache written beside the label folders stays here
+    (labels / "val.cache").write_text("peer cache")
+    assert not (original.root / "labels" / "val.cache").exists()
+    assert peer_data_yaml(varied, tmp_path / "out") == copy  # a second call reuses the mirror
 
 
 def _record(name, side, seed, checkpoint, ap, options=None):
