@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from accelyolo.experiment import Experiment
     from accelyolo.trainer import FitResult
 
 __all__ = [
+    "Experiment",
     "__version__",
     "build_model",
     "evolve",
@@ -27,6 +29,15 @@ __all__ = [
     "save_pretrained",
     "validate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`accelyolo.Experiment` (the base of `fit(experiment=...)`), imported when first asked for."""
+    if name == "Experiment":
+        from accelyolo.experiment import Experiment
+
+        return Experiment
+    raise AttributeError(f"module 'accelyolo' has no attribute {name!r}")
 
 
 def fit(recipe: str | None = None, *, num_processes: int | None = None, **overrides: Any) -> FitResult:

@@ -1,7 +1,7 @@
 """Knowledge distillation (YOLOv6's engine): a frozen teacher guides the student through extra loss terms.
 
 The teacher is part of the run's objective (`DistillationObjective`, wrapping the objective the run has
-without a teacher), not an edit inside the loop. `DistillTrainer.build_loss` loads it (`load_teacher`),
+without a teacher), not an edit inside the loop. `DistillExperiment.build_objective` loads it (`load_teacher`),
 checks it against the student (`check_teacher`: predictions that pair grid point by
 grid point, so yolov8 and yolo11 teach each other at any size, and the same class list), keeps it frozen (eval
 mode, so its BatchNorm statistics stay fixed; no gradients; never passed to `accelerator.prepare`, so
@@ -39,13 +39,14 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from accelyolo.checkpoint import load_checkpoint
-from accelyolo.config import ConfigError
+from accelyolo.config import ConfigError, TrainConfig
+from accelyolo.experiment import Experiment
 from accelyolo.families import family_of, get_family, list_families, list_models
-from accelyolo.losses.objective import Objective
-from accelyolo.trainer import Trainer
+from accelyolo.losses.objective import Objective, as_objective
+from accelyolo.records import RunData
 
 __all__ = [
-    "DistillTrainer",
+    "DistillExperiment",
     "DistillationObjective",
     "FeatureAdapters",
     "FeatureTap",
@@ -210,8 +211,8 @@ class DistillationObjective(Objective):
 
     The inner objective runs the student; the teacher sees the same (augmented) detection images. Items are the
     inner ones followed by `distill_<term>` in the order of `terms`, each already times `scale` (the epoch's
-    distillation weight, set by the trainer). `student` returns the unwrapped student (its family reads the
-    maps). With the feature term, `tap` holds the student's neck outputs of the step (the trainer attaches it
+    distillation weight, set by `start_epoch`). `student` returns the unwrapped student (its family reads the
+    maps). With the feature term, `tap` holds the student's neck outputs of the step (`prepare` attaches it
     to the student's neck) and `adapters` (trained with the student, saved in the bundle's extra state) maps
     them to the teacher's channels. The teacher and the adapters live here, never in the student.
     """
@@ -257,6 +258,18 @@ class DistillationObjective(Objective):
     def trained_adapters(self) -> bool:
         """Whether the adapters have parameters (channel counts that differ somewhere): they train and are saved."""
         return self.adapters is not None and any(True for _ in self.adapters.parameters())
+
+    def prepare(self, accelerator: Any, model: nn.Module) -> None:
+        """The adapters on the student's device (DDP-wrapped under several processes, so their gradients are
+        averaged like the student's), the tap on the student's neck."""
+        if self.adapters is not None:
+            if self.trained_adapters():
+                self.adapters = accelerator.prepare(self.adapters)
+            else:
+                self.adapters = self.adapters.to(accelerator.device)
+        if self.tap is not None:
+            self.tap.attach(model.neck)
+        self.inner.prepare(accelerator, model)
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.scale = distill_weight_at(epoch, epochs, self.weight)
@@ -305,47 +318,27 @@ class FeatureAdapters(nn.Module):
         return [self.levels[str(i)](x) if str(i) in self.levels else x for i, x in enumerate(feats)]
 
 
-class DistillTrainer(Trainer):
-    """`Trainer` with a frozen teacher (`cfg.teacher`); `fit()` picks it when a teacher is set.
+class DistillExperiment(Experiment):
+    """An experiment with a frozen teacher (`cfg.teacher`); `fit()` adds it when a teacher is set.
 
-    Its objective (`build_loss`) is the run's objective without a teacher wrapped in a `DistillationObjective`,
-    which holds the teacher and the feature adapters and, through the objective hooks the loop calls, sets each
-    epoch's distillation weight, saves and restores the adapters beside the student and removes its neck hook.
-    The trainer adds the adapters to the optimizer (and to DDP) and records the teacher's absolute path.
+    Its objective is the objective of the run without a teacher (detection, or detection + segmentation: the
+    next experiment in line) wrapped in a `DistillationObjective`, which holds the teacher and the feature
+    adapters and, through the objective hooks the loop calls, prepares the adapters, sets each epoch's
+    distillation weight, saves and restores the adapters beside the student and removes its neck hook. The
+    optimizer also trains the adapters; the resolved configuration records the teacher's absolute path.
     """
 
-    @property
-    def distillation(self) -> DistillationObjective | None:
-        """The run's distillation objective; None before `setup` or where `Parts(loss=)` replaced it."""
-        objective = self.loss_fn
-        return objective if isinstance(objective, DistillationObjective) else None
-
-    @property
-    def teacher(self) -> nn.Module | None:
-        return self.distillation.teacher if self.distillation is not None else None
-
-    @property
-    def adapters(self) -> nn.Module | None:
-        return self.distillation.adapters if self.distillation is not None else None
-
-    def setup(self) -> None:
+    def resolve_config(self, data: RunData, names: list[str]) -> TrainConfig:
         # the teacher's absolute path goes into args.yaml and the bundles: a resumed run reads it from there
-        self.cfg = dataclasses.replace(self.cfg, teacher=str(Path(self.cfg.teacher).resolve()))
-        super().setup()
-        distillation = self.distillation
-        if distillation is not None and distillation.adapters is not None:
-            if distillation.trained_adapters():  # DDP-wrapped under several processes: gradients are averaged
-                distillation.adapters = self.accelerator.prepare(distillation.adapters)
-            else:
-                distillation.adapters = distillation.adapters.to(self.accelerator.device)
-            distillation.tap.attach(self.unwrap(self.model).neck)
+        cfg = super().resolve_config(data, names)
+        return dataclasses.replace(cfg, teacher=str(Path(cfg.teacher).resolve()))
 
-    def build_loss(self, model: nn.Module) -> Objective:
-        """The objective of the run without a teacher (`super()`: detection, or detection + segmentation),
-        wrapped with the distillation terms of the teacher, which is loaded and checked against the student."""
+    def build_objective(self, model: nn.Module, data: RunData, names: list[str]) -> Objective:
+        """The objective without a teacher (`super()`), wrapped with the distillation terms of the teacher,
+        which is loaded and checked against the student."""
         cfg = self.cfg
         teacher, teacher_names = load_teacher(cfg.teacher, device=self.accelerator.device)
-        check_teacher(teacher, teacher_names, model, self.names, cfg.teacher)
+        check_teacher(teacher, teacher_names, model, names, cfg.teacher)
         if cfg.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         LOGGER.info(
@@ -356,7 +349,7 @@ class DistillTrainer(Trainer):
             cfg.temperature,
             ", with neck features (CWD)" if cfg.distill_feat else "",
         )
-        inner = super().build_loss(model)
+        inner = as_objective(super().build_objective(model, data, names))
         probe = torch.zeros(1, 3, 64, 64, device=self.accelerator.device)
         _, box = family_of(teacher).distill_logits(teacher, teacher_outputs(teacher, probe)[0])
         terms = ("cls",) + (("box",) if box is not None else ()) + (("feat",) if cfg.distill_feat else ())
@@ -368,15 +361,14 @@ class DistillTrainer(Trainer):
             teacher,
             terms,
             cfg.temperature,
-            student=lambda: self.unwrap(self.model),
+            student=lambda: model,  # the module itself: `prepare` wraps it (DDP, compile) without copying it
             adapters=adapters,
             tap=FeatureTap() if adapters is not None else None,
             weight=cfg.distill_weight,
         )
 
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def build_optimizer(self, model: nn.Module, objective: Objective) -> torch.optim.Optimizer:
         """The base optimizer's groups over the student and the feature adapters (when they have parameters)."""
-        distillation = self.distillation
-        if distillation is None or not distillation.trained_adapters():
-            return super().build_optimizer(model)
-        return super().build_optimizer(nn.ModuleDict({"model": model, "adapters": distillation.adapters}))
+        if not isinstance(objective, DistillationObjective) or not objective.trained_adapters():
+            return super().build_optimizer(model, objective)
+        return super().build_optimizer(nn.ModuleDict({"model": model, "adapters": objective.adapters}), objective)

@@ -1,9 +1,9 @@
 """`fit()`: from a recipe and options (or a checkpoint to resume) to a finished run.
 
-It resolves the configuration, picks the trainer the options ask for (a `DistillTrainer` when a teacher
-is set, a `MultiTaskTrainer` for detection + segmentation, a trainer made of both when both are asked for,
-else `Trainer`) and runs it. It lives above the trainer and its subclasses, which all import
-`accelyolo.trainer`.
+It resolves the configuration, picks the experiment the options ask for (`experiment_class`: a
+`DistillExperiment` when a teacher is set, a `MultiTaskExperiment` for detection + segmentation, one class
+of both when both are asked for, a user's subclass outermost, else `Experiment`) and runs the trainer on it.
+It lives above the trainer and the feature experiments.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from accelyolo.callbacks import Callback
 from accelyolo.checkpoint import read_checkpoint_metadata
 from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_config
 from accelyolo.errors import ResumeError
+from accelyolo.experiment import Experiment
 from accelyolo.records import FitResult
 from accelyolo.runs import find_resume_checkpoint
-from accelyolo.trainer import Parts, Trainer
+from accelyolo.trainer import Trainer
 
 # Options that may change when a run is resumed; every other option comes from the checkpoint.
 RESUME_CHANGEABLE = (
@@ -38,22 +39,26 @@ RESUME_CHANGEABLE = (
 )
 
 
-def trainer_class_for(cfg: TrainConfig) -> type[Trainer]:
-    """The trainer a configuration asks for: each feature's trainer extends `Trainer` through cooperative
-    `super()` calls and objectives that wrap one another (`accelyolo.losses.objective`), so several features
-    combine into one class of all of them, the added terms (distillation) outermost."""
-    features: list[type[Trainer]] = []
+def experiment_class(cfg: TrainConfig, user: type[Experiment] | None = None) -> type[Experiment]:
+    """The experiment a configuration asks for: `user` (a subclass of `Experiment`, or none) outermost, then
+    distillation (`teacher`), then detection + segmentation (`segment`), on `Experiment`. Each extends the
+    build steps through `super()` (an added term wraps the objective of the ones after it), so any of them
+    combine into one class; a feature the user's class already derives from is not added twice."""
+    if user is not None and not (isinstance(user, type) and issubclass(user, Experiment)):
+        raise ConfigError(f"'experiment' must be a subclass of accelyolo.Experiment (a class), got {user!r}")
+    features: list[type[Experiment]] = [user] if user is not None and user is not Experiment else []
     if cfg.teacher:
-        from accelyolo.distill import DistillTrainer
+        from accelyolo.distill import DistillExperiment
 
-        features.append(DistillTrainer)
+        features.append(DistillExperiment)
     if cfg.segment:
-        from accelyolo.multitask import MultiTaskTrainer
+        from accelyolo.multitask import MultiTaskExperiment
 
-        features.append(MultiTaskTrainer)
+        features.append(MultiTaskExperiment)
+    features = [f for i, f in enumerate(features) if not any(issubclass(g, f) for g in features[:i])]
     if len(features) < 2:
-        return features[0] if features else Trainer
-    name = "".join(f.__name__.removesuffix("Trainer") for f in features) + "Trainer"
+        return features[0] if features else Experiment
+    name = "".join(f.__name__.removesuffix("Experiment") for f in features) + "Experiment"
     return type(name, tuple(features), {"__module__": __name__})
 
 
@@ -61,22 +66,29 @@ def fit(
     recipe: str | None = None,
     *,
     callbacks: list[Callback] | None = None,
-    parts: Parts | None = None,
-    trainer_class: type[Trainer] | None = None,
+    experiment: type[Experiment] | None = None,
+    trainer_class: type[Trainer] = Trainer,
     **overrides: Any,
 ) -> FitResult:
     """Train a YOLO model. `recipe` is a yaml path or shipped recipe name; keywords are `TrainConfig` fields.
 
-    `parts` replaces parts of the trainer (see `Parts`), `trainer_class` the trainer itself (a subclass).
-    Example: `accelyolo.fit("demo", epochs=5)` or `accelyolo.fit(data="data.yaml", model="yolov8s")`.
+    `experiment` (a subclass of `accelyolo.Experiment`) replaces how parts of the run are built (its `build_*`
+    steps), combined with the features the options ask for; `trainer_class` (a subclass of `Trainer`) changes
+    the loop itself. Example: `accelyolo.fit("demo", epochs=5)` or `accelyolo.fit(data="data.yaml", model="yolov8s")`.
     """
+    if "parts" in overrides:
+        raise TypeError(
+            "fit(parts=...) is gone: subclass accelyolo.Experiment, override the build step of the part "
+            "(build_datasets, build_model, build_objective, build_optimizer, build_scheduler, build_evaluator) "
+            "and pass fit(experiment=YourExperiment)"
+        )
     resume = overrides.get("resume")
     if resume:
         cfg, checkpoint = config_for_resume(resume, overrides)
     else:
         cfg, checkpoint = load_config(recipe, **overrides), None
-    trainer_class = trainer_class or trainer_class_for(cfg)
-    return trainer_class(cfg, callbacks=callbacks, parts=parts, resume_from=checkpoint).fit()
+    chosen = experiment_class(cfg, experiment)
+    return trainer_class(cfg, callbacks=callbacks, experiment=chosen, resume_from=checkpoint).fit()
 
 
 def config_for_resume(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, Path]:

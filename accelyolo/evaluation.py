@@ -120,7 +120,7 @@ def evaluate(
 class DetectionValidator:
     """The trainer's evaluator: `evaluate(model)` runs `evaluate` over the validation loader it holds.
 
-    A trainer asks `build_evaluator()` for one; a second task adds its own evaluator beside it.
+    An experiment builds one (`Experiment.build_evaluator`); a second task wraps it in its own evaluator.
     """
 
     def __init__(

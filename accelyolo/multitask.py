@@ -1,7 +1,8 @@
 """Detection + semantic segmentation in one network, trained jointly (the multi-task fork of the seeds).
 
-`MultiTaskTrainer` is a `Trainer` whose model has a segmentation head beside its detection head
-(`build_model(..., seg_classes=K)`, any family). `fit(segment=True)` (`--segment`) picks it; the
+`MultiTaskExperiment` is an `Experiment` whose model has a segmentation head beside its detection head
+(`build_model(..., seg_classes=K)`, any family), with its paired data, objective and evaluator
+(`MultiTaskEvaluator`); the training loop is the detection one. `fit(segment=True)` (`--segment`) adds it; the
 data.yaml adds `seg_train`, `seg_val`, `seg_names`, `seg_ignore` (`accelyolo.data.segmentation`).
 
 - Each iteration takes one detection batch and one segmentation batch (`PairedLoader`: the two
@@ -33,23 +34,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from accelyolo.callbacks import Callback
 from accelyolo.config import ConfigError
 from accelyolo.data.demo import demo_multitask_yaml
 from accelyolo.data.loader import to_model_input
 from accelyolo.data.segmentation import SegmentationDataset, SegSpec, build_seg_dataloader, load_seg_spec
 from accelyolo.evaluation import evaluate_segmentation
-from accelyolo.losses.objective import DetectionObjective, Objective
+from accelyolo.experiment import Experiment
+from accelyolo.losses.objective import DetectionObjective, Objective, as_objective
 from accelyolo.records import RunData, RunLoaders
 from accelyolo.segmetrics import SegmentationResult
-from accelyolo.trainer import Trainer
 
 __all__ = [
     "MultiTaskData",
+    "MultiTaskEvaluator",
+    "MultiTaskExperiment",
     "MultiTaskLoaders",
     "MultiTaskLoss",
     "MultiTaskObjective",
     "MultiTaskResult",
-    "MultiTaskTrainer",
     "PairedLoader",
     "seg_class_weights",
 ]
@@ -188,16 +191,70 @@ def seg_class_weights(weights: dict | None, names: list[str], source: str) -> to
     return out
 
 
-class MultiTaskTrainer(Trainer):
-    """The detection trainer plus a segmentation head, loader, loss term, metrics and fitness."""
+class MultiTaskEvaluator:
+    """mAP through the detection evaluator and, every `interval` epochs and every epoch of the last `interval`,
+    pixel accuracy / mIoU on `seg_loader` (`evaluate_segmentation`); the result is a `MultiTaskResult`."""
 
-    last_seg: SegmentationResult | None = None
+    def __init__(
+        self,
+        detection: Any,
+        seg_loader: Any,
+        accelerator: Any,
+        seg_names: list[str],
+        ignore: int,
+        cfg: Any,  # TrainConfig: seg_val_interval, epochs, det_weight, channels_last
+    ) -> None:
+        self.detection, self.seg_loader, self.accelerator = detection, seg_loader, accelerator
+        self.seg_names, self.ignore, self.cfg = list(seg_names), ignore, cfg
+        self.epoch = cfg.epochs  # the epoch the next validation measures (the trainer sets it)
+        self.last_seg: SegmentationResult | None = None
+        self.last_miou = 0.0  # the last measured mIoU, carried to the epochs that do not measure it
+
+    def seg_due(self, epoch: int) -> bool:
+        """Whether this epoch's validation measures mIoU: every `seg_val_interval`, and every epoch of the last."""
+        n = self.cfg.seg_val_interval
+        return epoch % n == 0 or epoch > self.cfg.epochs - n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.detection, "set_epoch"):
+            self.detection.set_epoch(epoch)
+
+    def restore(self, last_metrics: dict[str, float]) -> None:
+        """A resumed run carries the mIoU its last validation recorded."""
+        self.last_miou = float(last_metrics.get("mIoU", 0.0))
+        if hasattr(self.detection, "restore"):
+            self.detection.restore(last_metrics)
+
+    def evaluate(self, model: nn.Module) -> MultiTaskResult:
+        detection = self.detection.evaluate(model)
+        seg = None
+        if self.seg_due(self.epoch):
+            seg = evaluate_segmentation(
+                model, self.seg_loader, self.accelerator, self.seg_names, self.ignore, self.cfg.channels_last
+            )
+            self.last_seg, self.last_miou = seg, seg.miou
+        return MultiTaskResult(detection, seg, self.last_miou, self.cfg.det_weight)
+
+
+class SegmentationTable(Callback):
+    """At the end of the run, the last measured segmentation metrics per class, in the log (those the run's
+    evaluator kept, else those of the last validation)."""
+
+    def on_fit_end(self, trainer: Any) -> None:
+        seg = getattr(trainer.evaluator, "last_seg", None) or getattr(trainer.last_validation, "segmentation", None)
+        if seg is not None and trainer.accelerator.is_main_process:
+            LOGGER.info("segmentation, last validation (%d pixels):\n%s", seg.pixels, seg.table())
+
+
+class MultiTaskExperiment(Experiment):
+    """The detection experiment plus a segmentation head, paired data, loss term, evaluator and columns."""
 
     def data_yaml(self) -> Path:
         return Path(self.cfg.data) if self.cfg.data else demo_multitask_yaml()
 
     def build_datasets(self) -> MultiTaskData:
-        """Detection datasets as `Trainer`'s, plus the segmentation spec and datasets of the same data.yaml."""
+        """Detection datasets as `Experiment`'s, plus the segmentation spec and datasets of the same data.yaml."""
         detection = super().build_datasets()
         cfg = self.cfg
         yaml_path = detection.spec.yaml_path
@@ -226,13 +283,14 @@ class MultiTaskTrainer(Trainer):
     def build_dataloaders(self, data: RunData) -> MultiTaskLoaders:
         """The paired (detection, segmentation) train loader, prepared here, and the detection val loader.
 
-        Accelerate's `prepare` in `setup` passes the `PairedLoader` through unchanged, so its two loaders
+        Accelerate's `prepare` in the trainer passes the `PairedLoader` through unchanged, so its two loaders
         are prepared (sharded, moved to the device) here; so is the segmentation val loader.
         """
         if not isinstance(data, MultiTaskData):
             raise ConfigError(
                 "--segment trains on the detection and segmentation data its own build_datasets reads from the "
-                f"data.yaml; datasets from Parts(datasets=...) must come as a MultiTaskData, got {type(data).__name__}"
+                f"data.yaml; datasets an experiment builds otherwise must come as a MultiTaskData, got "
+                f"{type(data).__name__}"
             )
         cfg = self.cfg
         detection = super().build_dataloaders(data)
@@ -245,50 +303,25 @@ class MultiTaskTrainer(Trainer):
             image_sampler=detection.image_sampler, seg_val=seg_val,
         )  # fmt: skip
 
-    @property
-    def seg_spec(self) -> SegSpec:
-        return self.data.seg_spec
+    def model_keywords(self, data: RunData) -> dict[str, Any]:
+        return {**super().model_keywords(data), "seg_classes": len(data.seg_spec.names)}
 
-    @property
-    def seg_names(self) -> list[str]:
-        return list(self.data.seg_spec.names)
-
-    def model_keywords(self) -> dict[str, Any]:
-        return {"seg_classes": len(self.seg_names)}
-
-    def build_loss(self, model: nn.Module) -> Objective:
+    def build_objective(self, model: nn.Module, data: RunData, names: list[str]) -> Objective:
         """The detection objective's loss and the segmentation cross-entropy, weighted (`MultiTaskLoss`)."""
         cfg = self.cfg
-        detection = super().build_loss(model)
+        detection = as_objective(super().build_objective(model, data, names))
         if not isinstance(detection, DetectionObjective):
             raise ConfigError(f"--segment builds on the detection objective, got {type(detection).__name__}")
-        weights = seg_class_weights(cfg.seg_class_weights, self.seg_names, str(self.data.spec.yaml_path))
-        loss = MultiTaskLoss(detection.loss, self.seg_spec.ignore, cfg.det_gain, cfg.seg_gain, weights)
+        seg_names = list(data.seg_spec.names)
+        weights = seg_class_weights(cfg.seg_class_weights, seg_names, str(data.spec.yaml_path))
+        loss = MultiTaskLoss(detection.loss, data.seg_spec.ignore, cfg.det_gain, cfg.seg_gain, weights)
         return MultiTaskObjective(loss, cfg.channels_last)
 
-    def seg_due(self, epoch: int) -> bool:
-        """Whether this epoch's validation measures mIoU: every `seg_val_interval`, and every epoch of the last."""
-        n = self.cfg.seg_val_interval
-        return epoch % n == 0 or epoch > self.cfg.epochs - n
-
-    def validate(self) -> MultiTaskResult:
-        """mAP (the detection evaluator) and, when due, pixel accuracy / mIoU of a fused EMA copy."""
-        epoch = self.state.epoch + 1  # validate() runs before the epoch is counted as completed
-        model = self.model_to_validate()
-        detection = self.validate_detection(model)
-        seg = None
-        if self.seg_due(epoch):
-            seg = evaluate_segmentation(
-                model,
-                self.loaders.seg_val,
-                self.accelerator,
-                self.seg_names,
-                self.seg_spec.ignore,
-                self.cfg.channels_last,
-            )
-            self.last_seg = seg
-        miou = self.last_seg.miou if self.last_seg is not None else float(self.state.last_metrics.get("mIoU", 0.0))
-        return MultiTaskResult(detection, seg, miou, self.cfg.det_weight)
+    def build_evaluator(self, loaders: RunLoaders, data: RunData, names: list[str]) -> MultiTaskEvaluator:
+        detection = super().build_evaluator(loaders, data, names)
+        return MultiTaskEvaluator(
+            detection, loaders.seg_val, self.accelerator, list(data.seg_spec.names), data.seg_spec.ignore, self.cfg
+        )
 
     def metric_columns(self, metrics: dict[str, float] | None) -> dict[str, Any]:
         row = super().metric_columns(metrics)
@@ -298,11 +331,9 @@ class MultiTaskTrainer(Trainer):
         row["fitness"] = fitness  # last, as in a detection run's results.csv
         return row
 
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        return {**super().checkpoint_metadata(), "seg_names": self.seg_names, "seg_ignore": self.seg_spec.ignore}
+    def checkpoint_extras(self, data: RunData) -> dict[str, Any]:
+        return {**super().checkpoint_extras(data), "seg_names": list(data.seg_spec.names),
+                "seg_ignore": data.seg_spec.ignore}  # fmt: skip
 
-    def finish(self, stopped_early: bool) -> Any:
-        result = super().finish(stopped_early)
-        if self.last_seg is not None and self.accelerator.is_main_process:
-            LOGGER.info("segmentation, last validation (%d pixels):\n%s", self.last_seg.pixels, self.last_seg.table())
-        return result
+    def build_callbacks(self, run_dir: Path) -> list[Callback]:
+        return [*super().build_callbacks(run_dir), SegmentationTable()]

@@ -1,7 +1,7 @@
-"""The records of a run. What its build steps return to the trainer: the data (`RunData`) and its loaders
-(`RunLoaders`), frozen, so no build step has to write a trainer attribute. What the training loop hands out:
-one per step (`StepOutput`), the run's progress that a checkpoint saves (`RunState`), and what `fit()`
-returns (`FitResult`). Epochs are 1-based in all three."""
+"""The records of a run. What its experiment builds for the trainer: the data (`RunData`), its loaders
+(`RunLoaders`) and every part of the run (`RunParts`), frozen, so no build step writes an attribute. What
+the training loop hands out: one per step (`StepOutput`), the run's progress that a checkpoint saves
+(`RunState`), and what `fit()` returns (`FitResult`). Epochs are 1-based in all three."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RunData:
-    """What `Trainer.build_datasets` returns (a feature adds its own data in a subclass of this record).
+    """What `Experiment.build_datasets` returns (a feature adds its own data in a subclass of this record).
 
-    `spec` is the data.yaml read (`accelyolo.data.DataSpec`), None for datasets that a `Parts(datasets=...)`
-    factory made; every dataset carries its class `names`.
+    `spec` is the data.yaml read (`accelyolo.data.DataSpec`), None for datasets an experiment made otherwise;
+    every dataset carries its class `names`.
     """
 
     train: Any
@@ -25,12 +25,32 @@ class RunData:
 
 @dataclass(frozen=True)
 class RunLoaders:
-    """What `Trainer.build_dataloaders` returns: the train and val loaders and, with `--image-weights`, the
+    """What `Experiment.build_dataloaders` returns: the train and val loaders and, with `--image-weights`, the
     sampler whose class maps each validation refreshes (a feature adds its own loaders in a subclass)."""
 
     train: Any
     val: Any
     image_sampler: Any = None
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """What `Experiment.build` returns: every part of a run known before `accelerator.prepare`.
+
+    `cfg` is the configuration resolved against the data (`optimizer: auto` made concrete, a teacher's path
+    absolute): what args.yaml and the checkpoints record. `checkpoint_extras` is metadata each checkpoint
+    records beside the trainer's (the segmentation classes, a COCO file's category ids).
+    """
+
+    cfg: Any  # TrainConfig
+    data: RunData
+    names: list[str]
+    loaders: RunLoaders
+    model: Any  # torch.nn.Module
+    objective: Any  # accelyolo.losses.objective.Objective
+    optimizer: Any  # torch.optim.Optimizer
+    evaluator: Any
+    checkpoint_extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The training loop on Accelerate, readable top to bottom, with one seam per part.
 
-`Trainer` asks its own `build_*` methods for every part of a run (datasets, loaders, model, loss,
-optimizer, scheduler, evaluator, callbacks); a subclass overrides one of them, or `fit(parts=Parts(...))`
-passes a ready object or a factory, and the loop stays as it is. Each batch goes through one
+`Trainer` keeps the loop; an experiment (`accelyolo.experiment.Experiment`, or the subclass `fit(experiment=)`
+and the options combine) builds every part of the run (datasets, loaders, model, objective, optimizer,
+scheduler, evaluator, callbacks) and hands them over as one frozen `RunParts`. Each batch goes through one
 `train_step(batch) -> StepOutput`, the typed record the epoch loop and the callbacks share; what a
 checkpoint saves and restores of the run's progress is one `RunState`.
 
@@ -25,14 +25,10 @@ metadata, `FitResult`); `RunState.epoch` is the number of epochs completed.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
-import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,107 +39,28 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import gather_object, set_seed
 
 from accelyolo import __version__
-from accelyolo.callbacks import (
-    Callback,
-    CSVLogger,
-    HubPushCallback,
-    PlotsCallback,
-    ProgressCallback,
-    TrackerCallback,
-    write_results_csv,
-)
-from accelyolo.checkpoint import (
-    CheckpointError,
-    copy_checkpoint,
-    load_checkpoint_bundle,
-    save_checkpoint,
-    strip_checkpoint,
-)
-from accelyolo.config import ConfigError, TrainConfig, save_config
-from accelyolo.data import (
-    YoloDataset,
-    build_dataloader,
-    demo_data_yaml,
-    load_data_yaml,
-    to_model_input,
-    validation_loader,
-    validation_split,
-)
-from accelyolo.data.dataset import report_summary
+from accelyolo.callbacks import Callback, write_results_csv
+from accelyolo.checkpoint import copy_checkpoint, load_checkpoint_bundle, save_checkpoint, strip_checkpoint
+from accelyolo.config import TrainConfig, save_config
+from accelyolo.data import to_model_input
 from accelyolo.data.loader import ImageWeightSampler, class_maps, start_next_pass
 from accelyolo.defaults import MAX_STRIDE, stride_multiple
 from accelyolo.ema import ModelEMA
-from accelyolo.errors import AccelyoloError
-from accelyolo.evaluation import DetectionValidator
+from accelyolo.experiment import Experiment, bundle_must_fit
 from accelyolo.failure import close_process_group_at_exit, share_failure
-from accelyolo.families import build_model, family_of, get_family, model_spec
 from accelyolo.logs import setup_logging
-from accelyolo.losses.objective import DetectionObjective, Objective, as_objective
+from accelyolo.losses.objective import Objective
 from accelyolo.memory import give_back_freed_memory, retain_freed_memory
-from accelyolo.models import freeze_layers, transfer_weights
-from accelyolo.optim import (
-    OPTIMIZERS,
-    YoloSchedule,
-    accumulate_steps,
-    auto_optimizer,
-    build_optimizer,
-    build_scheduler,
-    match_parameter_layout,
-    scaled_weight_decay,
-    warmup_iterations,
-)
-from accelyolo.pictures import ResultsPlotCallback, TrackerImagesCallback
-from accelyolo.records import FitResult, RunData, RunLoaders, RunState, StepOutput
+from accelyolo.optim import YoloSchedule, accumulate_steps, match_parameter_layout, warmup_iterations
+from accelyolo.records import FitResult, RunData, RunLoaders, RunParts, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
 from accelyolo.runs import make_run_dir
 from accelyolo.threads import use_available_cores
 from accelyolo.trackers import chosen_trackers, tracker_init_kwargs
-from accelyolo.weights.importers import weights_for_fine_tuning
 
 LOGGER = logging.getLogger("accelyolo")
 
 MAX_NONFINITE_IN_A_ROW = 10
-
-
-@dataclass
-class Parts:
-    """Ready objects or factories `f(trainer, ...)` that replace the trainer's own `build_*` methods.
-
-    `datasets`: `f(trainer) -> (train_dataset, val_dataset)`; `model`: `f(trainer) -> nn.Module`;
-    `loss`: `f(trainer, model) ->` an `Objective` (`accelyolo.losses.objective`), or a detection loss
-    `total, items = loss(preds, targets)` with `.names`, which is wrapped as a `DetectionObjective`;
-    `optimizer`: `f(trainer, model) -> Optimizer`; `scheduler`: `f(trainer, optimizer) -> LRScheduler`;
-    `evaluator`: `f(trainer) -> object with .evaluate(model)`. A non-callable object (or an `nn.Module`, an
-    optimizer, an objective) is used as it is.
-    """
-
-    datasets: Any = None
-    model: Any = None
-    loss: Any = None
-    optimizer: Any = None
-    scheduler: Any = None
-    evaluator: Any = None
-
-    def get(self, name: str, trainer: Trainer, *args: Any) -> Any:
-        """The part `name` made for `trainer`, or None when none was given."""
-        part = getattr(self, name)
-        if part is None:
-            return None
-        if callable(part) and not isinstance(part, (torch.nn.Module, torch.optim.Optimizer, Objective)):
-            return part(trainer, *args)
-        return part
-
-
-def class_names(dataset: Any) -> list[str]:
-    """The run's class names: the training dataset's `names`, whichever code built it (the trainer's
-    `build_datasets` or a `Parts(datasets=...)` factory, whose datasets must carry them)."""
-    names = getattr(dataset, "names", None)
-    if not names:
-        raise ConfigError(
-            f"the training dataset ({type(dataset).__name__}) has no class names: a dataset passed as "
-            "Parts(datasets=...) needs a `names` list, one name per class id"
-        )
-    return [str(name) for name in names]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -165,22 +82,6 @@ def fresh_accelerator(**kwargs: Any) -> Accelerator:
     accelerator = Accelerator(**kwargs)
     close_process_group_at_exit()
     return accelerator
-
-
-def convert_sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
-    """`--sync-bn`: every BatchNorm synchronized across the processes (`torch.nn.SyncBatchNorm`).
-
-    Refused on one process (nothing to synchronize) and on CPU processes (torch synchronizes GPU tensors only).
-    """
-    if accelerator.num_processes < 2:
-        raise ConfigError(
-            "'sync_bn' synchronizes BatchNorm across processes; this run has one. Drop --sync-bn, "
-            "or start several processes with `accelerate launch --num_processes N`."
-        )
-    if accelerator.device.type == "cpu":
-        raise ConfigError("'sync_bn' needs GPU processes (torch's SyncBatchNorm does not run on CPU); drop --sync-bn.")
-    LOGGER.info("sync_bn: BatchNorm synchronized across %d processes", accelerator.num_processes)
-    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def ineligible_reason(warmup_over: bool, max_score: float | None, min_score: float) -> str:
@@ -208,13 +109,13 @@ class Trainer:
         self,
         cfg: TrainConfig,
         callbacks: list[Callback] | None = None,
-        parts: Parts | None = None,
+        experiment: type[Experiment] = Experiment,
         resume_from: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.resume_from = resume_from
         self.user_callbacks = list(callbacks or [])
-        self.parts = parts or Parts()
+        self.experiment_class = experiment  # `setup` builds the run's parts with it
         self.state = RunState()
         self.callbacks: list[Callback] = []
         self.trackers_started = False
@@ -222,11 +123,13 @@ class Trainer:
         self.last_step_iteration = -1  # iteration of the last optimizer step (-1: none yet)
         self._window_has_grads = False
         self.last_result: Any = None  # the last validation's DetectionResult
+        self.last_validation: Any = None  # the last validation's whole result (a task's, with its own metrics)
         self._stop_aug_improved = False  # this epoch's validation set a new best_stop_aug
         self._val_workers_started = False  # the validation loader's persistent workers exist (start_val_workers)
-        self.data: RunData | None = None  # what build_datasets returned (setup stores it)
-        self.loaders: RunLoaders | None = None  # what build_dataloaders returned
-        self.loss_fn: Objective | None = None  # the run's objective (setup)
+        self.parts: RunParts | None = None  # what the experiment built (setup)
+        self.data: RunData | None = None  # parts.data
+        self.loaders: RunLoaders | None = None  # parts.loaders
+        self.loss_fn: Objective | None = None  # parts.objective
         self._scale: float | None = None  # the GradScaler's scale after the last optimizer step (fp16)
 
     # ------------------------------------------------------------------------------------ fit
@@ -289,13 +192,9 @@ class Trainer:
             self._val_workers_started = True
 
     def metric_columns(self, metrics: dict[str, float] | None) -> dict[str, Any]:
-        """The results.csv metric columns and fitness of a validation (`None`: an epoch not validated);
-        a subclass that measures more (a second task) adds its columns here."""
-        keys = ("precision", "recall", "mAP50", "mAP50-95")
-        row: dict[str, Any] = {f"metrics/{k}": metrics[k] if metrics else None for k in keys}
-        row["metrics/max_score"] = metrics.get("max_score") if metrics else None
-        row["fitness"] = metrics["fitness"] if metrics else None
-        return row
+        """The results.csv metric columns and fitness of a validation (`None`: an epoch not validated), as
+        the experiment's tasks name them (`Experiment.metric_columns`)."""
+        return self.experiment.metric_columns(metrics)
 
     def patience_exhausted(self, epoch: int) -> bool:
         """Early stopping: `patience` epochs without improvement by the end of `epoch`, counted from the best
@@ -359,12 +258,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------ set-up
 
     def setup(self) -> None:
-        """Accelerator, data, model, loss, optimizer, scheduler, EMA, evaluator; restores a resumed run; then
-        the run folder, made only once all of these are known to be good (a mistake leaves none behind), whose
-        results.csv a resume rewrites from the checkpoint's rows."""
+        """Accelerator, then the experiment's parts (`Experiment.build`), the model's saved state on resume,
+        prepare, schedule, scheduler, EMA; restores a resumed run; then the run folder, made only once all of
+        these are known to be good (a mistake leaves none behind), whose results.csv a resume rewrites from
+        the checkpoint's rows."""
         cfg = self.cfg
-        if self.parts.model is None:  # an unknown model name or another family's option fails before any work
-            get_family(model_spec(cfg.model).family).check_options(cfg.hyp())
         self.accelerator = accelerator = self.build_accelerator()
         self.threads_line = use_available_cores(accelerator.device)  # before any work or loader worker
         if cfg.retain_memory and accelerator.device.type == "cpu":
@@ -373,44 +271,48 @@ class Trainer:
         set_seed(cfg.seed, device_specific=True)  # seed + rank: ranks draw different augmentations
         if cfg.deterministic:
             use_deterministic_algorithms()
+        experiment = self.experiment_class(cfg, accelerator, self.resume_from)
         bundle = load_checkpoint_bundle(self.resume_from) if self.resume_from else None
-        data = self.parts.get("datasets", self) or self.build_datasets()
-        self.data = data if isinstance(data, RunData) else RunData(*data)  # a factory's (train, val)
-        self.names = class_names(self.train_dataset)  # ['item'] with single_cls
-        self.loaders = self.build_dataloaders(self.data)
-        self.train_loader, self.val_loader = self.loaders.train, self.loaders.val  # prepare() wraps train_loader
-        self.cfg = cfg = self.resolve_optimizer(cfg)
-        model = self.parts.get("model", self) or self.build_model()
+        self.parts = parts = experiment.build()
+        self.experiment = experiment.with_config(parts.cfg)
+        self.cfg = cfg = parts.cfg
+        self.data, self.loaders, self.names, self.loss_fn = parts.data, parts.loaders, parts.names, parts.objective
+        self.train_loader, self.val_loader = parts.loaders.train, parts.loaders.val  # prepare() wraps train_loader
+        model = parts.model
         if bundle is not None:
-            with self.resuming():
+            with bundle_must_fit(self.resume_from):
                 model.load_state_dict(bundle.model_state)
-        loss = self.parts.get("loss", self, model)
-        self.loss_fn = as_objective(loss if loss is not None else self.build_loss(model))
-        optimizer = self.parts.get("optimizer", self, model) or self.build_optimizer(model)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, self.train_loader)
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, parts.optimizer, self.train_loader)
+        self.loss_fn.prepare(accelerator, self.unwrap(self.model))
         self.batches_per_epoch = len(self.train_loader)
         if cfg.max_steps_per_epoch:
             self.batches_per_epoch = min(self.batches_per_epoch, cfg.max_steps_per_epoch)
         self.schedule = self.build_schedule()
-        self.scheduler = self.parts.get("scheduler", self, self.optimizer) or self.build_scheduler(self.optimizer)
+        self.scheduler = self.experiment.build_scheduler(self.optimizer, self.schedule)
         self.ema = ModelEMA(self.unwrap(self.model), decay=cfg.ema_decay, tau=cfg.ema_tau)
-        self.evaluator = self.parts.get("evaluator", self) or self.build_evaluator()
+        self.evaluator = parts.evaluator
         if bundle is not None:
-            with self.resuming():
+            with bundle_must_fit(self.resume_from):
                 self.restore(bundle)
-        self.run_dir = make_run_dir(accelerator, Path(cfg.project) / cfg.name, cfg.exist_ok, self.resume_from)
+        self.make_run_dir(bundle is not None)
+        self.callbacks = [*self.experiment.build_callbacks(self.run_dir), *self.user_callbacks]
+        self.start_trackers()
+        self.describe()
+
+    def make_run_dir(self, resumed: bool) -> None:
+        """The run folder with its args.yaml and data report (a resume rewrites results.csv from its rows)."""
+        accelerator = self.accelerator
+        self.run_dir = make_run_dir(accelerator, Path(self.cfg.project) / self.cfg.name, self.cfg.exist_ok,
+                                    self.resume_from)  # fmt: skip
         self.weights_dir = self.run_dir / "weights"
         if accelerator.is_main_process:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "args.yaml")
+            save_config(self.cfg, self.run_dir / "args.yaml")
             self.write_data_report(self.run_dir / "data_report.json")
-            if bundle is not None:
+            if resumed:
                 write_results_csv(self.run_dir / "results.csv", self.state.history, self.state.epoch)
-        self.callbacks = self.build_callbacks()
-        self.start_trackers()
-        self.describe()
 
     def build_accelerator(self) -> Accelerator:
         kwargs: dict[str, Any] = {}
@@ -428,39 +330,6 @@ class Trainer:
             **kwargs,
         )
 
-    def build_datasets(self) -> RunData:
-        """The train (augmented) and val (letterboxed, rectangular batches) datasets of `cfg.data`."""
-        cfg = self.cfg
-        with self.accelerator.main_process_first():
-            spec = load_data_yaml(self.data_yaml())
-            for split in ("train", "val"):
-                if not spec.splits.get(split):
-                    raise ConfigError(f"{spec.yaml_path}: the '{split}' split has no images.")
-            common = dict(
-                imgsz=cfg.imgsz,
-                names=list(spec.names),  # the class check; single_cls keeps every box as 'item'
-                cache=cfg.cache or None,
-                cache_budget_mb=cfg.cache_budget_mb,
-                single_cls=cfg.single_cls,
-                seed=cfg.seed,
-            )
-            if cfg.rect:
-                LOGGER.warning("rect: training batches keep the images sorted by aspect: no shuffle, no mosaic")
-            train = YoloDataset(
-                spec.splits["train"],
-                augment=True,
-                hyp=cfg.hyp(),
-                rect=cfg.rect,
-                batch_size=cfg.batch_size,
-                user_transform=cfg.augment,
-                stride=MAX_STRIDE,
-                **common,
-            )
-            val = validation_split(spec.splits["val"], rect=cfg.rect_val, batch_size=cfg.batch_size * 2, **common)
-        for split, dataset in (("train", train), ("val", val)):
-            LOGGER.info("%s", report_summary(split, dataset.report))
-        return RunData(train, val, spec)
-
     @property
     def train_dataset(self) -> Any:
         return self.data.train
@@ -471,7 +340,7 @@ class Trainer:
 
     @property
     def data_spec(self) -> Any:
-        """The data.yaml read (`DataSpec`); None for datasets a `Parts(datasets=)` factory made."""
+        """The data.yaml read (`DataSpec`); None for datasets an experiment made otherwise."""
         return self.data.spec
 
     @property
@@ -479,9 +348,14 @@ class Trainer:
         """The `--image-weights` sampler (None without it, or before `setup`)."""
         return self.loaders.image_sampler if self.loaders is not None else None
 
+    @property
+    def total_batch(self) -> int:
+        """Images per forward pass over all processes (batch_size is per process)."""
+        return self.cfg.batch_size * self.accelerator.num_processes
+
     def write_data_report(self, path: Path) -> None:
         """Every split's check counts and each skipped file and dropped or repaired label row (file, line,
-        reason), as JSON; datasets without a `report` (ones a caller passed in) are left out."""
+        reason), as JSON; datasets without a `report` (ones an experiment made otherwise) are left out."""
         splits = {
             split: dataset.report
             for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset))
@@ -490,94 +364,6 @@ class Trainer:
         if splits:
             path.write_text(json.dumps({"data": self.cfg.data, "splits": splits}, indent=1))
             LOGGER.info("data: every skipped file and dropped label row is listed in %s", path)
-
-    def data_yaml(self) -> Path:
-        """The run's data.yaml: `cfg.data`, or the built-in demo data's."""
-        return Path(self.cfg.data) if self.cfg.data else demo_data_yaml()
-
-    def build_dataloaders(self, data: RunData) -> RunLoaders:
-        """The train loader (through an `ImageWeightSampler` with `--image-weights`) and this rank's val loader."""
-        cfg = self.cfg
-        sampler = ImageWeightSampler(data.train, seed=cfg.seed) if cfg.image_weights else None
-        pin = self.accelerator.device.type == "cuda"  # page-locked batches: asynchronous host-to-GPU copies
-        train = build_dataloader(
-            data.train,
-            batch_size=cfg.batch_size,
-            workers=cfg.workers,
-            shuffle=True,
-            seed=cfg.seed,
-            sampler=sampler,
-            pin_memory=pin,
-        )
-        shard = {"num_shards": self.accelerator.num_processes, "shard": self.accelerator.process_index}
-        val = validation_loader(data.val, cfg.batch_size * 2, cfg.workers, seed=cfg.seed, pin_memory=pin, **shard)
-        return RunLoaders(train, val, sampler)
-
-    def build_model(self) -> torch.nn.Module:
-        """The registered model for the dataset's classes; `--weights` transferred, layers frozen, and the
-        family's own preparation (autoanchor for anchor-based models) on a fresh run."""
-        cfg = self.cfg
-        try:
-            model = build_model(cfg.model, nc=len(self.names), **self.model_keywords())
-        except ValueError as exc:
-            raise ConfigError(f"'model' {cfg.model!r} / 'anchors': {exc}") from exc
-        if cfg.weights and self.resume_from is None:
-            source_state = weights_for_fine_tuning(cfg.weights, cfg.model)  # a bundle, a .pt, a folder or Hub id
-            moved, total = transfer_weights(model, source_state)
-            LOGGER.info("weights: transferred %d/%d tensors from %s", moved, total, cfg.weights)
-        if cfg.freeze:
-            layers, backbone = len(model.stages()), len(model.backbone.stages)
-            if cfg.freeze > layers:
-                raise ConfigError(
-                    f"'freeze' = {cfg.freeze}, but {cfg.model} has {layers} layers ({backbone} backbone stages, "
-                    f"then neck blocks); pass at most {layers} ({backbone} freezes the backbone)."
-                )
-            LOGGER.info("freeze: %d parameter tensors frozen", len(freeze_layers(model, cfg.freeze)))
-        if cfg.sync_bn:
-            model = convert_sync_batchnorm(model, self.accelerator)
-        if self.resume_from is None and not cfg.noautoanchor:
-            family_of(model).prepare_for_training(
-                model, self.train_dataset.labels, self.train_dataset.shapes, cfg.imgsz, cfg.hyp(), cfg.seed
-            )
-        return model
-
-    def model_keywords(self) -> dict[str, Any]:
-        """Extra `build_model` keywords: the recipe's `anchors` (a multi-task trainer adds `seg_classes`)."""
-        return {"anchors": self.cfg.anchors} if self.cfg.anchors else {}
-
-    def build_loss(self, model: torch.nn.Module) -> Objective:
-        """The run's objective: `total, items = objective(model, batch, images)`, `.names` for `items`; here the
-        detection loss of the model's family. A task or added terms wrap or replace it
-        (`accelyolo.losses.objective`)."""
-        return DetectionObjective(family_of(model).build_loss(model, self.cfg.hyp(), self.cfg.imgsz))
-
-    @property
-    def total_batch(self) -> int:
-        """Images per forward pass over all processes (batch_size is per process)."""
-        return self.cfg.batch_size * self.accelerator.num_processes
-
-    def resolve_optimizer(self, cfg: TrainConfig) -> TrainConfig:
-        """`optimizer: auto` made concrete once the dataset size is known (`optim.auto_optimizer`); the
-        resolved config is what args.yaml and the checkpoints record, so a resumed run rebuilds the same."""
-        if cfg.optimizer.lower() != "auto":
-            if cfg.optimizer.lower() not in {name.lower() for name in OPTIMIZERS}:
-                raise ConfigError(
-                    f"'optimizer' must be auto or one of {', '.join(OPTIMIZERS)} (any case), got {cfg.optimizer!r}."
-                )
-            return cfg
-        steps = math.ceil(len(self.train_dataset) / max(self.total_batch, cfg.nbs)) * cfg.epochs
-        nc = len(self.names)
-        name, lr0, momentum, bias_lr = auto_optimizer(nc, steps, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr)
-        LOGGER.info("optimizer: auto -> %s (lr0 %g, momentum %g) for about %d optimizer steps", name, lr0, momentum,
-                    steps)  # fmt: skip
-        return dataclasses.replace(cfg, optimizer=name, lr0=lr0, momentum=momentum, warmup_bias_lr=bias_lr)
-
-    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        cfg = self.cfg
-        accumulate = accumulate_steps(cfg.nbs, self.total_batch)
-        weight_decay = scaled_weight_decay(cfg.weight_decay, self.total_batch, accumulate, cfg.nbs)
-        fused = self.accelerator.device.type == "cuda"  # on CPU the foreach kernels, as before
-        return build_optimizer(cfg.optimizer, model, cfg.lr0, cfg.momentum, weight_decay, fused=fused)
 
     def build_schedule(self) -> YoloSchedule:
         """When the optimizer steps and at which LR/momentum: pure functions of the global iteration."""
@@ -596,53 +382,6 @@ class Trainer:
             nbs=cfg.nbs,
             total_batch=self.total_batch,
         )
-
-    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        cfg = self.cfg
-        try:
-            return build_scheduler(cfg.scheduler, optimizer, self.schedule, cfg.scheduler_args)
-        except (TypeError, ValueError) as error:  # torch refuses a value of scheduler_args
-            raise ConfigError(f"'scheduler_args' {cfg.scheduler_args} do not make a {cfg.scheduler}: {error}") from None
-
-    def build_evaluator(self) -> DetectionValidator:
-        cfg = self.cfg
-        return DetectionValidator(
-            self.val_loader,
-            self.accelerator,
-            self.names,
-            conf_thres=cfg.conf_thres,
-            iou_thres=cfg.iou_thres,
-            max_det=cfg.max_det,
-            channels_last=cfg.channels_last,
-        )
-
-    def build_callbacks(self) -> list[Callback]:
-        return [
-            ProgressCallback(),
-            CSVLogger(self.run_dir / "results.csv"),
-            TrackerCallback(),
-            PlotsCallback(),
-            TrackerImagesCallback(),
-            ResultsPlotCallback(),
-            HubPushCallback(),
-            *self.user_callbacks,
-        ]
-
-    @contextmanager
-    def resuming(self) -> Iterator[None]:
-        """A resumed bundle whose saved state does not fit the run its own options build (a damaged or edited
-        file) ends in a `CheckpointError` naming the file, not in a traceback from inside torch."""
-        try:
-            yield
-        except (AccelyoloError, torch.cuda.OutOfMemoryError):
-            raise
-        except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
-            detail = " ".join(f"{type(error).__name__}: {error}".split())  # torch's messages span lines
-            raise CheckpointError(
-                self.resume_from,
-                f"its saved state does not fit the run its options describe ({detail[:300]})",
-                "Resume from a run's own weights/last.safetensors, or train anew from its weights with --weights",
-            ) from None
 
     def restore(self, bundle: Any) -> None:
         """Optimizer, EMA, scaler, scheduler, RNG and run state (results rows included) of a resumed run."""
@@ -665,6 +404,8 @@ class Trainer:
         else:  # a bundle from before the scheduler was saved: the step count follows from the schedule
             self.scheduler.load_state_dict({"last_epoch": self.schedule.steps_before(self.iteration)})
         self.loss_fn.load_extra_state(bundle.extra_state or {}, bundle.path)
+        if hasattr(self.evaluator, "restore"):
+            self.evaluator.restore(self.state.last_metrics)
         rank = self.accelerator.process_index
         if bundle.rng_states and rank < len(bundle.rng_states):
             restore_rng_state(bundle.rng_states[rank])
@@ -836,7 +577,7 @@ class Trainer:
         return images
 
     def compute_loss(self, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(total, items)` of one batch: the objective's (`build_loss`), which runs the model."""
+        """`(total, items)` of one batch: the objective's (`Experiment.build_objective`), which runs the model."""
         return self.loss_fn(self.model, batch, images)
 
     def optimizer_step(self) -> None:
@@ -917,21 +658,22 @@ class Trainer:
     # ------------------------------------------------------------------------------------ validate, save
 
     def validate(self) -> Any:
-        """Validate a fused copy of the EMA model: each rank its shard, metrics computed on every rank."""
-        return self.validate_detection(self.model_to_validate())
+        """Validate a fused copy of the EMA model through the run's evaluator (each rank its shard, metrics on
+        every rank); the result is kept as `last_validation`, its detection part (the whole result, unless a
+        task measures more) as `last_result`, and `--image-weights` draws the next epoch from its per-class mAPs."""
+        model = self.model_to_validate()
+        if hasattr(self.evaluator, "set_epoch"):
+            self.evaluator.set_epoch(self.state.epoch + 1)  # validate() runs before the epoch is counted
+        self.last_validation = result = self.evaluator.evaluate(model)
+        self.last_result = getattr(result, "detection", result)  # what the plots and tables read
+        if self.image_sampler is not None:
+            self.image_sampler.set_class_maps(self._shared(class_maps(self.last_result, len(self.names))))
+        return result
 
     def model_to_validate(self) -> torch.nn.Module:
         """A fused copy of the EMA model (BatchNorm folded: the same outputs, ~15% faster)."""
         self.start_val_workers()  # already done by train_epochs, unless validate() is called on its own
         return copy.deepcopy(self.ema.ema).fuse()
-
-    def validate_detection(self, model: torch.nn.Module) -> Any:
-        """The evaluator's result for `model`, kept as `last_result`; `--image-weights` draws the next epoch
-        from its per-class mAPs. Every task's validation goes through here."""
-        self.last_result = self.evaluator.evaluate(model)
-        if self.image_sampler is not None:
-            self.image_sampler.set_class_maps(self._shared(class_maps(self.last_result, len(self.names))))
-        return self.last_result
 
     def _shared(self, value: Any) -> Any:
         """`value` as the main process has it (every rank draws from the same image weights)."""
@@ -948,16 +690,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "config": self.cfg.to_dict(),
             "names": self.names,
-            **({"category_ids": self.data_spec.category_ids} if self.category_ids_apply() else {}),
             "model": self.unwrap(self.model).config,
             "accelyolo_version": __version__,
             **({"class_maps": self.image_sampler.class_maps.tolist()} if self.image_sampler is not None else {}),
+            **self.parts.checkpoint_extras,
         }
-
-    def category_ids_apply(self) -> bool:
-        """Whether the run's classes are a COCO file's categories (their ids go into the checkpoint)."""
-        spec = self.data_spec
-        return spec is not None and spec.category_ids is not None and not self.cfg.single_cls
 
     def save(self, epoch: int, improved: bool) -> None:
         """Write last (and best / periodic) bundles; RNG states of every rank go into each."""

@@ -61,6 +61,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "training loop",
         (
             "accelyolo.trainer",
+            "accelyolo.experiment",
             "accelyolo.callbacks",
             "accelyolo.evaluation",
             "accelyolo.records",
@@ -447,7 +448,7 @@ def test_shared_numbers_have_one_home():
 
 
 # The trainer classes whose build steps must return what they make (`accelyolo.records`), never store it.
-TRAINER_MODULES = ("trainer.py", "distill.py", "multitask.py")
+TRAINER_MODULES = ("trainer.py", "experiment.py", "distill.py", "multitask.py")
 
 
 def attribute_writes_in_build_steps(source: str) -> list[str]:
@@ -481,7 +482,7 @@ def attribute_writes_in_build_steps(source: str) -> list[str]:
 
 def test_build_steps_return_what_they_make_and_write_no_trainer_attribute():
     """A build step's product reaches the trainer only as its return value (the data and loaders as the
-    frozen records of `accelyolo.records`), so a part replaced through `Parts` leaves nothing unset."""
+    frozen records of `accelyolo.records`), so a step replaced in an experiment leaves nothing unset."""
     probe = attribute_writes_in_build_steps(
         "class T:\n"
         "    def build_x(self):\n        self.a = 1\n        self.b, c = 2, 3\n        self.n += 1\n"
@@ -542,8 +543,9 @@ def called_names(source: str) -> set[str]:
 
 def test_training_and_the_val_command_build_their_validation_data_through_one_path():
     """Issue 22: the val split and its loader come from `validation_split` / `validation_loader` in both the
-    trainer and `accelyolo val`; `YoloDataset` is constructed in the package only by those and for training."""
-    for module in ("trainer.py", "validation.py"):
+    experiment that builds a training run's data and `accelyolo val`; `YoloDataset` is constructed in the
+    package only by those and for training."""
+    for module in ("experiment.py", "validation.py"):
         calls = called_names((PACKAGE_DIR / module).read_text(encoding="utf-8"))
         assert {"validation_split", "validation_loader"} <= calls, module
     builders = {
@@ -551,5 +553,5 @@ def test_training_and_the_val_command_build_their_validation_data_through_one_pa
         for path in PACKAGE_DIR.rglob("*.py")
         if "YoloDataset" in called_names(path.read_text(encoding="utf-8"))
     }
-    assert builders == {"trainer.py", "data/dataset.py"}, builders
+    assert builders == {"experiment.py", "data/dataset.py"}, builders
     assert called_names("a.b(1)\nc()\n") == {"b", "c"}

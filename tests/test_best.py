@@ -12,8 +12,9 @@ from accelyolo.callbacks import Callback
 from accelyolo.checkpoint import read_checkpoint_metadata
 from accelyolo.config import PREDICT_CONF, ConfigError, load_config
 from accelyolo.engine import fit
+from accelyolo.experiment import Experiment
 from accelyolo.optim import YoloSchedule, warmup_iterations
-from accelyolo.trainer import Parts, ineligible_reason
+from accelyolo.trainer import ineligible_reason
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,13 +71,24 @@ def test_the_warm_up_never_keeps_the_last_epoch_from_being_best(epochs, warmup_e
 class RiggedScores:
     """The real evaluator, with the fitness and highest score of each epoch replaced by the test's numbers."""
 
-    def __init__(self, trainer, by_epoch):
-        self.trainer, self.inner, self.by_epoch = trainer, trainer.build_evaluator(), by_epoch
+    def __init__(self, inner, by_epoch):
+        self.inner, self.by_epoch, self.epoch = inner, by_epoch, 0
+
+    def set_epoch(self, epoch):  # the trainer names the epoch each validation measures
+        self.epoch = epoch
 
     def evaluate(self, model):
         result = self.inner.evaluate(model)
-        result.fitness, result.max_score = self.by_epoch[self.trainer.state.epoch + 1]  # validated before counted
+        result.fitness, result.max_score = self.by_epoch[self.epoch]
         return result
+
+
+def rigged_experiment(by_epoch):
+    class Rigged(Experiment):
+        def build_evaluator(self, loaders, data, names):
+            return RiggedScores(super().build_evaluator(loaders, data, names), by_epoch)
+
+    return Rigged
 
 
 class StopAfterFirstEpoch(Callback):
@@ -94,12 +106,12 @@ def test_best_skips_the_warm_up_and_degenerate_epochs_even_when_they_score_highe
     a higher fitness than epoch 3, which is the best, best_stop_aug and patience's best. A run stopped after
     epoch 1 and resumed decides the same."""
     by_epoch = {1: (0.9, 0.9), 2: (0.6, 0.012), 3: (0.3, 0.8)}  # epoch: (fitness, highest score)
-    parts = Parts(evaluator=lambda trainer: RiggedScores(trainer, by_epoch))
+    rigged = rigged_experiment(by_epoch)
     opts = tiny_train_options(
         tiny_demo, tmp_path, epochs=3, warmup_epochs=2.0, close_mosaic=3, patience=1, max_steps_per_epoch=3
     )
     with caplog.at_level(logging.INFO, logger="accelyolo"):
-        straight = fit(parts=parts, **{**opts, "name": "straight"})
+        straight = fit(experiment=rigged, **{**opts, "name": "straight"})
     # patience 1 would have stopped after epoch 2 had epoch 1 been taken as best
     assert straight.epochs_completed == 3 and straight.best_epoch == 3
     assert straight.metrics["fitness"] == pytest.approx(0.3)
@@ -112,9 +124,9 @@ def test_best_skips_the_warm_up_and_degenerate_epochs_even_when_they_score_highe
     assert said[0] == "epoch 1: not eligible for best: validated before the warm-up ended"
     assert said[1].startswith("epoch 2: not eligible for best: its highest score on the validation set, 0.012,")
 
-    stopped = fit(parts=parts, callbacks=[StopAfterFirstEpoch()], **{**opts, "name": "stopped"})
+    stopped = fit(experiment=rigged, callbacks=[StopAfterFirstEpoch()], **{**opts, "name": "stopped"})
     assert stopped.epochs_completed == 1 and stopped.best_epoch == 1  # nothing eligible yet: the last epoch
-    resumed = fit(parts=parts, resume=str(stopped.last_checkpoint))
+    resumed = fit(experiment=rigged, resume=str(stopped.last_checkpoint))
     assert read_checkpoint_metadata(resumed.best_checkpoint)["epoch"] == 3
     assert (resumed.best_epoch, resumed.metrics) == (straight.best_epoch, straight.metrics)
     assert _best_eligible(resumed.run_dir) == _best_eligible(straight.run_dir)

@@ -16,15 +16,15 @@ from accelyolo.checkpoint import load_checkpoint_bundle, save_checkpoint
 from accelyolo.config import ConfigError
 from accelyolo.data.demo import DEMO_NAMES
 from accelyolo.distill import (
-    DistillTrainer,
+    DistillExperiment,
     distill_weight_at,
     distillation_terms,
     load_teacher,
     teacher_outputs,
 )
 from accelyolo.engine import fit
+from accelyolo.experiment import Experiment
 from accelyolo.families import build_model
-from accelyolo.trainer import Parts
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 from tests.test_distributed import launch_args, run
 
@@ -94,33 +94,41 @@ class TeacherWatch(Callback):
 
     @staticmethod
     def snapshot(trainer):
-        return {k: v.detach().clone() for k, v in trainer.teacher.state_dict().items()}
+        return {k: v.detach().clone() for k, v in trainer.loss_fn.teacher.state_dict().items()}
 
     def on_fit_start(self, trainer):
         self.before = self.snapshot(trainer)
-        assert all(not p.requires_grad for p in trainer.teacher.parameters())
+        assert all(not p.requires_grad for p in trainer.loss_fn.teacher.parameters())
 
     def on_step_end(self, trainer, step):
         self.steps.append(dict(step.losses))
-        assert all(p.grad is None for p in trainer.teacher.parameters())
+        assert all(p.grad is None for p in trainer.loss_fn.teacher.parameters())
 
     def on_epoch_end(self, trainer, row):
         self.after.append(self.snapshot(trainer))
 
 
 def test_a_student_passed_as_a_part_is_distilled(tiny_demo, tmp_path, teacher_path):
-    """The teacher belongs to the objective, not to `build_model`: a student given as `Parts(model=)` is
-    checked against it and distilled, and the teacher is reachable through the trainer."""
+    """The teacher belongs to the objective, not to `build_model`: a student built by a user's experiment is
+    checked against it and distilled (the user's class combined with the distillation experiment), and the
+    teacher is reachable through the run's objective."""
     watch = TeacherWatch()
-    student = build_model(TINY_ANCHOR_FREE, nc=len(DEMO_NAMES))
+
+    def given(student):
+        class GivenStudent(Experiment):
+            def build_model(self, data, names):
+                return student
+
+        return GivenStudent
+
     opts = tiny_train_options(tiny_demo, tmp_path, epochs=1, teacher=str(teacher_path))
-    result = fit(callbacks=[watch], parts=Parts(model=student), **opts)
+    result = fit(callbacks=[watch], experiment=given(build_model(TINY_ANCHOR_FREE, nc=len(DEMO_NAMES))), **opts)
     assert result.epochs_completed == 1
     assert list(watch.steps[0]) == ["box", "cls", "dfl", "distill_cls", "distill_box"]
     assert watch.steps[0]["distill_cls"] > 0
     wrong = build_model(TINY_ANCHOR_FREE, nc=len(DEMO_NAMES) + 1)  # another class count than the teacher's
     with pytest.raises(ConfigError, match="class"):
-        fit(parts=Parts(model=wrong), **{**opts, "name": "wrong"})
+        fit(experiment=given(wrong), **{**opts, "name": "wrong"})
 
 
 def test_the_teacher_stays_frozen_and_never_reaches_the_student_checkpoint(tiny_demo, tmp_path, teacher_path):
@@ -193,12 +201,12 @@ def test_fit_picks_the_distillation_trainer_only_with_a_teacher(tiny_demo, tmp_p
 
     class Which(Callback):
         def on_fit_start(self, trainer):
-            seen.append(type(trainer))
+            seen.append(type(trainer.experiment))
             trainer.request_stop()
 
     fit(callbacks=[Which()], **tiny_train_options(tiny_demo, tmp_path, epochs=1, name="plain"))
     fit(callbacks=[Which()], **tiny_train_options(tiny_demo, tmp_path, epochs=1, teacher=str(teacher_path)))
-    assert seen[0] is not DistillTrainer and seen[1] is DistillTrainer
+    assert seen[0] is Experiment and seen[1] is DistillExperiment
 
 
 @pytest.mark.parametrize(
@@ -243,17 +251,17 @@ def digest(module, params_only=False):
 
 class Watch(Callback):
     def on_fit_start(self, trainer):
-        self.before = digest(trainer.teacher)
-        self.wrapped = type(trainer.teacher).__name__
+        self.before = digest(trainer.loss_fn.teacher)
+        self.wrapped = type(trainer.loss_fn.teacher).__name__
         self.steps = 0
     def on_step_end(self, trainer, step):
         self.steps += 1
         self.names = list(step.losses)
     def on_epoch_end(self, trainer, row):
         unwrap = trainer.accelerator.unwrap_model
-        self.after = digest(trainer.teacher)
+        self.after = digest(trainer.loss_fn.teacher)
         self.student = digest(unwrap(trainer.model), params_only=True)
-        self.adapters = digest(unwrap(trainer.adapters), params_only=True)
+        self.adapters = digest(unwrap(trainer.loss_fn.adapters), params_only=True)
 
 watch = Watch()
 result = accelyolo.fit(callbacks=[watch], **OPTIONS)
@@ -379,11 +387,11 @@ def test_a_distilled_multitask_model_trains_and_resumes_exactly(tiny_demo, tmp_p
     class Which(TeacherWatch):
         def on_fit_start(self, trainer):
             super().on_fit_start(trainer)
-            seen.append(type(trainer))
+            seen.append(type(trainer.experiment))
 
     straight = Which()
     whole = fit(callbacks=[straight], **{**opts, "name": "straight"})
-    assert issubclass(seen[0], DistillTrainer) and seen[0].__name__ == "DistillMultiTaskTrainer"
+    assert issubclass(seen[0], DistillExperiment) and seen[0].__name__ == "DistillMultiTaskExperiment"
     names = ["box", "cls", "dfl", "seg", "distill_cls", "distill_box", "distill_feat"]
     assert [list(s) for s in straight.steps] == [names] * 6
     assert all(straight.steps[0][k] > 0 for k in names[3:])

@@ -24,10 +24,10 @@ from accelyolo.data.segmentation import (
 )
 from accelyolo.data.spec import DataConfigError
 from accelyolo.engine import fit
+from accelyolo.experiment import Experiment
 from accelyolo.families import build_loss, build_model
 from accelyolo.multitask import MultiTaskLoss, MultiTaskResult, PairedLoader, seg_class_weights
 from accelyolo.segmetrics import confusion_matrix, segmentation_result
-from accelyolo.trainer import Parts
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -405,10 +405,11 @@ def test_segment_needs_seg_data_and_checks_its_options(tiny_demo, tmp_path):
         fit(**tiny_train_options(tiny_demo, tmp_path, segment=True, seg_class_weights={"x": -1}))
 
 
-def test_segment_with_datasets_from_parts_needs_their_segmentation_data(tiny_multitask, tmp_path):
-    """Datasets passed as `Parts(datasets=)` with --segment must bring the segmentation data (a
+def test_segment_with_datasets_from_an_experiment_needs_their_segmentation_data(tiny_multitask, tmp_path):
+    """Datasets a user's experiment builds with --segment must bring the segmentation data (a
     `MultiTaskData`); plain detection datasets get a message saying so, before any run folder exists."""
     from accelyolo.data import YoloDataset, load_data_yaml
+    from accelyolo.records import RunData
 
     spec = load_data_yaml(tiny_multitask)
     common = dict(imgsz=64, names=list(spec.names), stride=32, seed=0, batch_size=8)
@@ -416,9 +417,14 @@ def test_segment_with_datasets_from_parts_needs_their_segmentation_data(tiny_mul
         YoloDataset(spec.splits["train"], augment=False, hyp=None, **common),
         YoloDataset(spec.splits["val"], augment=False, hyp=None, **common),
     )
-    refused = r"datasets from Parts\(datasets=\.\.\.\) must come as a MultiTaskData, got RunData"
+
+    class OwnData(Experiment):
+        def build_datasets(self):
+            return RunData(*datasets)
+
+    refused = r"datasets an experiment builds otherwise must come as a MultiTaskData, got RunData"
     with pytest.raises(ConfigError, match=refused):
-        fit(parts=Parts(datasets=datasets), **tiny_train_options(tiny_multitask, tmp_path, segment=True, epochs=1))
+        fit(experiment=OwnData, **tiny_train_options(tiny_multitask, tmp_path, segment=True, epochs=1))
     assert not (tmp_path / "exp").exists()
 
 
@@ -437,32 +443,40 @@ def test_ddp_multitask_epoch(tiny_multitask, tmp_path):
 
 def test_miou_is_measured_every_interval_and_every_epoch_near_the_end():
     from accelyolo.config import load_config
-    from accelyolo.multitask import MultiTaskTrainer
+    from accelyolo.multitask import MultiTaskEvaluator, MultiTaskExperiment
 
-    trainer = MultiTaskTrainer(load_config(segment=True, epochs=30, seg_val_interval=10))
-    assert [e for e in range(1, 31) if trainer.seg_due(e)] == [10, 20, *range(21, 31)]
+    cfg = load_config(segment=True, epochs=30, seg_val_interval=10)
+    evaluator = MultiTaskEvaluator(None, None, None, ["a"], 255, cfg)
+    assert [e for e in range(1, 31) if evaluator.seg_due(e)] == [10, 20, *range(21, 31)]
     skipped = MultiTaskResult(_DetStub(0.4), None, 0.7, 0.25).as_dict()  # not measured: the last mIoU counts
     assert np.isnan(skipped["pixel_accuracy"]) and skipped["fitness"] == pytest.approx(0.25 * 0.4 + 0.75 * 0.7)
-    assert trainer.metric_columns(skipped)["metrics/mIoU"] is None
+    assert MultiTaskExperiment(cfg, accelerator=None).metric_columns(skipped)["metrics/mIoU"] is None
 
 
 class RiggedClassMaps:
-    """The real evaluator, its per-class mAP50-95 replaced by known values (0.1, 0.2, ...)."""
+    """The run's evaluator, the per-class mAP50-95 of its detection part replaced by known values (0.1, 0.2, ...)."""
 
-    def __init__(self, trainer):
-        self.inner = trainer.build_evaluator()
-        self.nc = len(trainer.names)
+    def __init__(self, inner, nc):
+        self.inner, self.nc = inner, nc
+
+    def set_epoch(self, epoch):
+        self.inner.set_epoch(epoch)
 
     def evaluate(self, model):
         result = self.inner.evaluate(model)
-        result.classes, result.ap = np.arange(self.nc), np.arange(1, self.nc + 1) / 10.0
+        result.detection.classes, result.detection.ap = np.arange(self.nc), np.arange(1, self.nc + 1) / 10.0
         return result
+
+
+class RiggedExperiment(Experiment):
+    def build_evaluator(self, loaders, data, names):
+        return RiggedClassMaps(super().build_evaluator(loaders, data, names), len(names))
 
 
 def test_segment_with_image_weights_draws_from_the_validated_class_maps(tiny_multitask, tmp_path):
     """The multi-task validation goes through the detection trainer's, which hands the per-class mAPs to the
     image-weight sampler (it once evaluated on its own and the weights never changed)."""
     options = tiny_train_options(tiny_multitask, tmp_path, segment=True, image_weights=True, epochs=1)
-    result = fit(parts=Parts(evaluator=RiggedClassMaps), **options)
+    result = fit(experiment=RiggedExperiment, **options)
     maps = read_checkpoint_metadata(result.last_checkpoint)["class_maps"]
     assert maps == pytest.approx([(i + 1) / 10.0 for i in range(len(maps))])

@@ -16,10 +16,10 @@ SCRIPT = """
 import os
 import sys
 
-from accelyolo import trainer
+from accelyolo import experiment
 from accelyolo.data.spec import DataConfigError
 
-real = trainer.load_data_yaml
+real = experiment.load_data_yaml
 
 
 def unreadable_on_rank_1(path):
@@ -28,7 +28,7 @@ def unreadable_on_rank_1(path):
     return real(path)
 
 
-trainer.load_data_yaml = unreadable_on_rank_1
+experiment.load_data_yaml = unreadable_on_rank_1
 from accelyolo.train import main
 
 sys.exit(main(sys.argv[1:]))

@@ -12,9 +12,11 @@ import torch
 from accelyolo.callbacks import Callback
 from accelyolo.checkpoint import load_checkpoint_bundle, read_checkpoint_metadata
 from accelyolo.engine import fit
+from accelyolo.experiment import Experiment
 from accelyolo.families import build_loss
 from accelyolo.losses import Objective
-from accelyolo.trainer import Parts, RunState, StepOutput
+from accelyolo.records import RunData
+from accelyolo.trainer import RunState, StepOutput
 from tests.conftest import tiny_train_options
 from tests.test_distributed import launch_args, run
 
@@ -47,15 +49,17 @@ class CountingLoss(torch.nn.Module):
         return self.inner(preds, targets)
 
 
-def test_a_loss_factory_passed_to_fit_replaces_the_loss(tiny_demo, tmp_path):
+def test_an_experiment_replaces_the_loss(tiny_demo, tmp_path):
+    """A plain detection loss `(preds, targets)` returned by `build_objective` is wrapped as the objective."""
     made = []
 
-    def make_loss(trainer, model):
-        made.append(CountingLoss(model))
-        return made[-1]
+    class OwnLoss(Experiment):
+        def build_objective(self, model, data, names):
+            made.append(CountingLoss(model))
+            return made[-1]
 
     record = Record()
-    fit(callbacks=[record], parts=Parts(loss=make_loss), **tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    fit(callbacks=[record], experiment=OwnLoss, **tiny_train_options(tiny_demo, tmp_path, epochs=1))
     assert len(made) == 1 and made[0].calls == len(record.steps) == 6
     step = record.steps[0]
     assert isinstance(step, StepOutput) and step.epoch == 1 and step.batch == 0 and step.iteration == 0
@@ -215,20 +219,21 @@ def test_optimizer_auto_is_resolved_and_recorded(tiny_demo, tmp_path):
     assert recorded["optimizer"] == "SGD" and recorded["lr0"] == 0.01
 
 
-def test_datasets_passed_to_fit_name_the_classes(tiny_demo, tmp_path):
-    """`Parts(datasets=)` skips `build_datasets`; the model, evaluator and checkpoint still get the
-    classes, from the datasets given."""
+def test_datasets_an_experiment_builds_name_the_classes(tiny_demo, tmp_path):
+    """An experiment's own `build_datasets` (no data.yaml read); the model, evaluator and checkpoint still get
+    the classes, from the datasets it built."""
     from accelyolo.data import YoloDataset, load_data_yaml
 
     spec = load_data_yaml(tiny_demo)
     names = [f"shape{i}" for i in range(len(spec.names))]
 
-    def make_datasets(trainer):
-        common = dict(imgsz=64, names=names, stride=32, seed=0)
-        train = YoloDataset(spec.splits["train"], augment=True, hyp=trainer.cfg.hyp(), batch_size=8, **common)
-        return train, YoloDataset(spec.splits["val"], augment=False, hyp=None, batch_size=8, **common)
+    class OwnData(Experiment):
+        def build_datasets(self):
+            common = dict(imgsz=64, names=names, stride=32, seed=0)
+            train = YoloDataset(spec.splits["train"], augment=True, hyp=self.cfg.hyp(), batch_size=8, **common)
+            return RunData(train, YoloDataset(spec.splits["val"], augment=False, hyp=None, batch_size=8, **common))
 
-    result = fit(parts=Parts(datasets=make_datasets), **tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    result = fit(experiment=OwnData, **tiny_train_options(tiny_demo, tmp_path, epochs=1))
     assert read_checkpoint_metadata(result.last_checkpoint)["names"] == names
     assert result.epochs_completed == 1
 
@@ -243,8 +248,12 @@ def test_datasets_without_class_names_are_refused(tiny_demo, tmp_path):
         def __getitem__(self, i):
             raise AssertionError("never read")
 
-    with pytest.raises(ConfigError, match=r"Unnamed\) has no class names.*Parts\(datasets=\.\.\.\)"):
-        fit(parts=Parts(datasets=(Unnamed(), Unnamed())), **tiny_train_options(tiny_demo, tmp_path, epochs=1))
+    class UnnamedData(Experiment):
+        def build_datasets(self):
+            return RunData(Unnamed(), Unnamed())
+
+    with pytest.raises(ConfigError, match=r"Unnamed\) has no class names.*returned by build_datasets"):
+        fit(experiment=UnnamedData, **tiny_train_options(tiny_demo, tmp_path, epochs=1))
     assert not (tmp_path / "exp").exists()
 
 
@@ -263,13 +272,17 @@ class WithL2(Objective):
 
 @pytest.mark.parametrize("segment", [False, True])
 def test_an_objective_wrapping_the_runs_own_stacks_with_any_task(tiny_demo, tmp_path, segment):
-    """`Parts(loss=)` given an objective that wraps `trainer.build_loss(model)`: its term is added to the
-    detection (or detection + segmentation) objective and shows as a column, whatever the task."""
+    """An experiment whose objective wraps the one `super()` builds: its term is added to the detection (or,
+    combined with the multi-task experiment, detection + segmentation) objective and shows as a column."""
     data = tiny_demo.with_name("data-multitask.yaml") if segment else tiny_demo
     record = Record()
-    parts = Parts(loss=lambda trainer, model: WithL2(trainer.build_loss(model)))
+
+    class L2Experiment(Experiment):
+        def build_objective(self, model, data, names):
+            return WithL2(super().build_objective(model, data, names))
+
     opts = tiny_train_options(data, tmp_path, epochs=1, segment=segment, max_steps_per_epoch=2)
-    result = fit(callbacks=[record], parts=parts, **opts)
+    result = fit(callbacks=[record], experiment=L2Experiment, **opts)
     names = ["box", "cls", "dfl"] + (["seg"] if segment else []) + ["l2"]
     assert [list(s.losses) for s in record.steps] == [names] * 2
     assert all(s.losses["l2"] > 0 for s in record.steps)
@@ -289,6 +302,9 @@ class Counting(Objective):
         self.steps += 1
         return self.inner.run(model, batch, images)
 
+    def prepare(self, accelerator, model):
+        self.log.append(("prepared", type(model).__name__))
+
     def start_epoch(self, epoch, epochs):
         self.log.append(("epoch", epoch, epochs))
 
@@ -304,15 +320,21 @@ class Counting(Objective):
 
 
 def test_an_objective_with_state_of_its_own_is_told_the_epochs_saved_restored_and_closed(tiny_demo, tmp_path):
-    """The objective hooks the loop calls (what distillation's adapters, weight and neck hook go through): each
-    epoch starts with `start_epoch`, `extra_state` goes into every bundle, a resumed run hands it back to
-    `load_extra_state` and continues from it, and the run ends with `close`."""
+    """The objective hooks the loop calls (what distillation's adapters, weight and neck hook go through): it is
+    told the prepared (unwrapped) model, each epoch starts with `start_epoch`, `extra_state` goes into every
+    bundle, a resumed run hands it back to `load_extra_state` and continues from it, and the run ends with
+    `close`."""
     log = []
-    parts = Parts(loss=lambda trainer, model: Counting(trainer.build_loss(model), log))
+
+    class CountingExperiment(Experiment):
+        def build_objective(self, model, data, names):
+            return Counting(super().build_objective(model, data, names), log)
+
     opts = tiny_train_options(tiny_demo, tmp_path, epochs=2, max_steps_per_epoch=2)
-    fit(parts=parts, **{**opts, "epochs": 1})
-    assert log == [("epoch", 1, 1), ("closed", 2)]
+    fit(experiment=CountingExperiment, **{**opts, "epochs": 1})
+    assert log == [("prepared", "YOLO"), ("epoch", 1, 1), ("closed", 2)]
     log.clear()
-    result = fit(parts=parts, resume=str(tmp_path / "exp" / "weights" / "last.safetensors"), epochs=2)
-    assert log == [("loaded", 2, "last.safetensors"), ("epoch", 2, 2), ("closed", 4)]
+    last = str(tmp_path / "exp" / "weights" / "last.safetensors")
+    result = fit(experiment=CountingExperiment, resume=last, epochs=2)
+    assert log == [("prepared", "YOLO"), ("loaded", 2, "last.safetensors"), ("epoch", 2, 2), ("closed", 4)]
     assert int(load_checkpoint_bundle(result.last_checkpoint).extra_state["counting_steps"]) == 4

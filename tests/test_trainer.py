@@ -22,6 +22,7 @@ from accelyolo.callbacks import Callback, write_results_csv
 from accelyolo.checkpoint import read_checkpoint_metadata
 from accelyolo.config import ConfigError
 from accelyolo.engine import fit
+from accelyolo.experiment import Experiment
 from accelyolo.losses import Objective
 from accelyolo.trainer import NonFiniteLossError, Trainer
 from tests.conftest import TINY_ANCHOR_FREE, tiny_train_options
@@ -227,11 +228,11 @@ def test_weights_transfer_to_another_class_count(tiny_demo, tmp_path, capsys, ca
             assert torch.equal(value, source_state[name]), name
 
 
-class PoisonedLossTrainer(Trainer):
-    """A trainer whose loss turns NaN after the first epoch (12 batches): the loss seam, no monkeypatching."""
+class PoisonedLossExperiment(Experiment):
+    """An experiment whose loss turns NaN after the first epoch (12 batches): the objective seam, no monkeypatching."""
 
-    def build_loss(self, model):
-        real = super().build_loss(model)
+    def build_objective(self, model, data, names):
+        real = super().build_objective(model, data, names)
 
         class Poisoned(Objective):
             names = real.names
@@ -250,7 +251,7 @@ class PoisonedLossTrainer(Trainer):
 def test_nonfinite_losses_stop_with_last_checkpoint_intact(tiny_demo, tmp_path):
     opts = tiny_train_options(tiny_demo, tmp_path, epochs=3, batch_size=4)
     with pytest.raises(NonFiniteLossError, match="10 non-finite losses in a row"):
-        fit(trainer_class=PoisonedLossTrainer, **opts)
+        fit(experiment=PoisonedLossExperiment, **opts)
     model, meta = accelyolo.load_checkpoint(str(tmp_path / "exp" / "weights" / "last.safetensors"))
     assert meta["epoch"] == 1  # epochs completed, 1-based like everything a person reads
     assert all(torch.isfinite(p).all() for p in model.parameters())

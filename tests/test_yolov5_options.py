@@ -22,8 +22,8 @@ from accelyolo.data.checks import load_rgb
 from accelyolo.data.loader import ImageWeightSampler, class_maps
 from accelyolo.data.transforms import build_train_transform, letterbox
 from accelyolo.engine import fit
+from accelyolo.experiment import convert_sync_batchnorm
 from accelyolo.families.anchor_based import COCO_ANCHORS
-from accelyolo.trainer import convert_sync_batchnorm
 from tests.conftest import TINY_ANCHOR_BASED, tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")

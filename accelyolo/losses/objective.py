@@ -5,9 +5,9 @@ of results.csv and the progress bar). Objectives stack: one that adds terms (dis
 (detection, or detection + segmentation) and reads the detection predictions the inner one made through
 `run`, so every combination of tasks and added terms is one object built from parts, with no trainer
 subclass per combination. An objective that holds state of its own (the feature adapters of distillation,
-hooks on the student) takes part in the run through four hooks the trainer calls on the outermost objective,
-each passed on by a wrapper: `start_epoch`, `extra_state` / `load_extra_state` (the bundle's extra section)
-and `close`.
+hooks on the student) takes part in the run through five hooks the trainer calls on the outermost objective,
+each passed on by a wrapper: `prepare` (once the model is prepared), `start_epoch`, `extra_state` /
+`load_extra_state` (the bundle's extra section) and `close`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ class Objective:
     def __call__(self, model: Any, batch: dict[str, Any], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         total, items, _ = self.run(model, batch, images)
         return total, items
+
+    def prepare(self, accelerator: Any, model: torch.nn.Module) -> None:
+        """Once `accelerator.prepare` has wrapped the run's model (`model`: the unwrapped one): move or wrap
+        what the objective trains beside it, attach what it reads from it."""
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Set what depends on the epoch (1-based, of `epochs`) before its first step."""
