@@ -555,3 +555,32 @@ def test_training_and_the_val_command_build_their_validation_data_through_one_pa
     }
     assert builders == {"experiment.py", "data/dataset.py"}, builders
     assert called_names("a.b(1)\nc()\n") == {"b", "c"}
+
+
+def subclassed_bases(source: str, base: str) -> list[str]:
+    """Names of the classes of `source` that list `base` (a name or an attribute `x.base`) among their bases."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            names = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases}
+            if base in names:
+                found.append(node.name)
+    return found
+
+
+def test_features_are_experiments_not_trainer_subclasses():
+    """Issue 22: a feature (a task, added loss terms) extends `Experiment`, which combines with the others and a
+    user's; the package defines no subclass of `Trainer`, whose loop stays one."""
+    assert subclassed_bases("class A(Trainer): ...\nclass B(t.Trainer): ...\nclass C(X): ...", "Trainer") == ["A", "B"]
+    trainers = {
+        str(path.relative_to(PACKAGE_DIR)): found
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if (found := subclassed_bases(path.read_text(encoding="utf-8"), "Trainer"))
+    }
+    assert not trainers, trainers
+    experiments = {
+        path.name
+        for path in PACKAGE_DIR.rglob("*.py")
+        if subclassed_bases(path.read_text(encoding="utf-8"), "Experiment")
+    }
+    assert experiments == {"distill.py", "multitask.py"}, experiments
