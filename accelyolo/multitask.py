@@ -39,11 +39,10 @@ from accelyolo.config import ConfigError
 from accelyolo.data.demo import demo_multitask_yaml
 from accelyolo.data.loader import to_model_input
 from accelyolo.data.segmentation import SegmentationDataset, SegSpec, build_seg_dataloader, load_seg_spec
-from accelyolo.evaluation import evaluate_segmentation
+from accelyolo.evaluation import MultiTaskEvaluator, MultiTaskResult
 from accelyolo.experiment import Experiment
 from accelyolo.losses.objective import DetectionObjective, Objective, as_objective
 from accelyolo.records import RunData, RunLoaders
-from accelyolo.segmetrics import SegmentationResult
 
 __all__ = [
     "MultiTaskData",
@@ -153,26 +152,6 @@ class MultiTaskLoaders(RunLoaders):
     seg_val: Any
 
 
-@dataclass
-class MultiTaskResult:
-    """A validation of both tasks; `as_dict()` = detection metrics, `pixel_accuracy`, `mIoU`, `det_fitness`,
-    and `fitness` = det_weight · detection fitness + (1 - det_weight) · mIoU."""
-
-    detection: Any  # DetectionResult
-    segmentation: SegmentationResult | None  # None: not measured this epoch
-    miou: float  # this epoch's mIoU, else the last measured one (0 before any)
-    det_weight: float
-
-    def as_dict(self) -> dict[str, float]:
-        out = dict(self.detection.as_dict())
-        out["det_fitness"] = out["fitness"]
-        seg = self.segmentation
-        out["pixel_accuracy"] = seg.pixel_accuracy if seg is not None else float("nan")
-        out["mIoU"] = self.miou
-        out["fitness"] = self.det_weight * out["det_fitness"] + (1.0 - self.det_weight) * self.miou
-        return out
-
-
 def seg_class_weights(weights: dict | None, names: list[str], source: str) -> torch.Tensor | None:
     """(K,) cross-entropy weights from `{name or id: weight}` (others 1); an unknown class is a `ConfigError`."""
     if not weights:
@@ -189,52 +168,6 @@ def seg_class_weights(weights: dict | None, names: list[str], source: str) -> to
                 f"(ids 0..{len(names) - 1} or names {', '.join(names)})"
             )
     return out
-
-
-class MultiTaskEvaluator:
-    """mAP through the detection evaluator and, every `interval` epochs and every epoch of the last `interval`,
-    pixel accuracy / mIoU on `seg_loader` (`evaluate_segmentation`); the result is a `MultiTaskResult`."""
-
-    def __init__(
-        self,
-        detection: Any,
-        seg_loader: Any,
-        accelerator: Any,
-        seg_names: list[str],
-        ignore: int,
-        cfg: Any,  # TrainConfig: seg_val_interval, epochs, det_weight, channels_last
-    ) -> None:
-        self.detection, self.seg_loader, self.accelerator = detection, seg_loader, accelerator
-        self.seg_names, self.ignore, self.cfg = list(seg_names), ignore, cfg
-        self.epoch = cfg.epochs  # the epoch the next validation measures (the trainer sets it)
-        self.last_seg: SegmentationResult | None = None
-        self.last_miou = 0.0  # the last measured mIoU, carried to the epochs that do not measure it
-
-    def seg_due(self, epoch: int) -> bool:
-        """Whether this epoch's validation measures mIoU: every `seg_val_interval`, and every epoch of the last."""
-        n = self.cfg.seg_val_interval
-        return epoch % n == 0 or epoch > self.cfg.epochs - n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.detection, "set_epoch"):
-            self.detection.set_epoch(epoch)
-
-    def restore(self, last_metrics: dict[str, float]) -> None:
-        """A resumed run carries the mIoU its last validation recorded."""
-        self.last_miou = float(last_metrics.get("mIoU", 0.0))
-        if hasattr(self.detection, "restore"):
-            self.detection.restore(last_metrics)
-
-    def evaluate(self, model: nn.Module) -> MultiTaskResult:
-        detection = self.detection.evaluate(model)
-        seg = None
-        if self.seg_due(self.epoch):
-            seg = evaluate_segmentation(
-                model, self.seg_loader, self.accelerator, self.seg_names, self.ignore, self.cfg.channels_last
-            )
-            self.last_seg, self.last_miou = seg, seg.miou
-        return MultiTaskResult(detection, seg, self.last_miou, self.cfg.det_weight)
 
 
 class SegmentationTable(Callback):
