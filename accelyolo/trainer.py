@@ -40,7 +40,7 @@ from accelerate.utils import gather_object, set_seed
 
 from accelyolo import __version__
 from accelyolo.callbacks import Callback, write_results_csv
-from accelyolo.checkpoint import copy_checkpoint, load_checkpoint_bundle, save_checkpoint, strip_checkpoint
+from accelyolo.checkpoint import load_checkpoint_bundle
 from accelyolo.config import TrainConfig, save_config
 from accelyolo.data import to_model_input
 from accelyolo.data.loader import ImageWeightSampler, class_maps, start_next_pass
@@ -54,6 +54,7 @@ from accelyolo.memory import give_back_freed_memory, retain_freed_memory
 from accelyolo.optim import YoloSchedule, accumulate_steps, match_parameter_layout, warmup_iterations
 from accelyolo.records import FitResult, RunData, RunLoaders, RunParts, RunState, StepOutput
 from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
+from accelyolo.run_weights import RunWeights
 from accelyolo.runs import make_run_dir
 from accelyolo.threads import use_available_cores
 from accelyolo.trackers import chosen_trackers, tracker_init_kwargs
@@ -307,6 +308,7 @@ class Trainer:
         self.run_dir = make_run_dir(accelerator, Path(self.cfg.project) / self.cfg.name, self.cfg.exist_ok,
                                     self.resume_from)  # fmt: skip
         self.weights_dir = self.run_dir / "weights"
+        self.weights = RunWeights(self.weights_dir, self.cfg.save_period, self.cfg.save_last_n)
         if accelerator.is_main_process:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "args.yaml")
@@ -697,7 +699,7 @@ class Trainer:
         }
 
     def save(self, epoch: int, improved: bool) -> None:
-        """Write last (and best / periodic) bundles; RNG states of every rank go into each."""
+        """Write last (and best / periodic) bundles (`RunWeights`); RNG states of every rank go into each."""
         accelerator = self.accelerator
         if self.cfg.nosave and epoch < self.cfg.epochs and not self.patience_exhausted(epoch):
             return  # --nosave: only the run's final checkpoint
@@ -705,53 +707,30 @@ class Trainer:
         if accelerator.num_processes > 1:
             rng_states = gather_object(rng_states)
         if accelerator.is_main_process:
-            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            last = save_checkpoint(
-                self.weights_dir / "last.safetensors",
+            bundle = dict(
                 model_state=self.unwrap(self.model).state_dict(),
                 ema_state=self.ema.state_dict(),
                 optimizer_state=self.optimizer.state_dict(),
-                scaler_state=scaler,
+                scaler_state=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 rng_states=rng_states,
                 metadata=self.checkpoint_metadata(),
                 extra_state=self.loss_fn.extra_state() or None,  # the objective's own (distillation adapters)
             )
-            LOGGER.info("epoch %d: saved weights/last.safetensors%s", epoch, " and best" if improved else "")
-            if improved:
-                copy_checkpoint(last, self.weights_dir / "best.safetensors")
-            if self._stop_aug_improved and self.state.best_stop_aug_epoch == epoch:
-                copy_checkpoint(last, self.weights_dir / "best_stop_aug.safetensors")
-            periodic = self.cfg.save_period > 0 and epoch % self.cfg.save_period == 0
-            if periodic or self.cfg.save_last_n > 0:
-                copy_checkpoint(last, self.weights_dir / f"epoch{epoch}.safetensors")
-            if self.cfg.save_last_n > 0:
-                self._drop_old_epoch_files(epoch)
+            stop_aug = self._stop_aug_improved and self.state.best_stop_aug_epoch == epoch
+            self.weights.write(epoch, bundle, best=improved, best_stop_aug=stop_aug)
         accelerator.wait_for_everyone()
-
-    def _drop_old_epoch_files(self, epoch: int) -> None:
-        """Keep `epoch{K}` bundles of the last `save_last_n` epochs (and those `save_period` asks for)."""
-        cfg = self.cfg
-        for path in self.weights_dir.glob("epoch*.safetensors"):
-            k = path.stem[len("epoch") :]
-            if not k.isdigit() or int(k) > epoch - cfg.save_last_n:
-                continue
-            if cfg.save_period > 0 and int(k) % cfg.save_period == 0:
-                continue
-            path.unlink()
 
     # ------------------------------------------------------------------------------------ end
 
     def finish(self, stopped_early: bool) -> FitResult:
         """The inference file (EMA weights of best, else last), the end-of-run callbacks, the summary."""
-        last = self.weights_dir / "last.safetensors"
-        best = self.weights_dir / "best.safetensors"
-        inference = self.weights_dir / "inference.safetensors"
+        weights = self.weights
         best_epoch, best_metrics = self.state.best_epoch, self.state.best_metrics
-        if not best_epoch and last.exists():  # no eligible epoch: best is the last epoch's model
+        if not best_epoch and weights.last.exists():  # no eligible epoch: best is the last epoch's model
             best_epoch, best_metrics = self.state.epoch, self.state.last_metrics
             self.fall_back_to_last()
-        if self.accelerator.is_main_process and (best.exists() or last.exists()):
-            strip_checkpoint(best if best.exists() else last, inference)
+        if self.accelerator.is_main_process:
+            weights.write_inference()
         self.accelerator.wait_for_everyone()
         self.fire("on_fit_end")
         if best_metrics:
@@ -760,9 +739,9 @@ class Trainer:
             run_dir=self.run_dir,
             best_epoch=best_epoch,
             metrics=best_metrics,
-            last_checkpoint=last,
-            best_checkpoint=best if best.exists() else None,
-            inference_checkpoint=inference if inference.exists() else None,
+            last_checkpoint=weights.last,
+            best_checkpoint=weights.best if weights.best.exists() else None,
+            inference_checkpoint=weights.inference if weights.inference.exists() else None,
             epochs_completed=self.state.epoch,
             stopped_early=stopped_early,
             history=list(self.state.history),
@@ -771,7 +750,6 @@ class Trainer:
     def fall_back_to_last(self) -> None:
         """No epoch was eligible for best (`why_not_best`): best.safetensors is the last epoch's model, and so
         is best_stop_aug.safetensors when the last epoch trained without strong augmentation. The log says why."""
-        state = self.state
         if not self.accelerator.is_main_process:
             return
         LOGGER.warning(
@@ -779,12 +757,9 @@ class Trainer:
             "best_min_score %g everywhere, or was not validated (see the log and results.csv's best_eligible); "
             "weights/best.safetensors is the last epoch's model (epoch %d).",
             self.cfg.best_min_score,
-            state.epoch,
+            self.state.epoch,
         )
-        last = self.weights_dir / "last.safetensors"
-        copy_checkpoint(last, self.weights_dir / "best.safetensors")
-        if not self.strong_augmentation(state.epoch):
-            copy_checkpoint(last, self.weights_dir / "best_stop_aug.safetensors")
+        self.weights.fall_back_to_last(stop_aug=not self.strong_augmentation(self.state.epoch))
 
     def close(self) -> None:
         """Close the progress display and the trackers, however the run ended (each callback's `close`), and

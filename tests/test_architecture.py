@@ -62,6 +62,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "accelyolo.trainer",
             "accelyolo.experiment",
+            "accelyolo.run_weights",
             "accelyolo.callbacks",
             "accelyolo.evaluation",
             "accelyolo.records",
