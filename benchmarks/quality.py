@@ -20,9 +20,9 @@ options, metrics, training time), so a long comparison can run one seed or one s
 `--report DIR ...` prints the table of all of them.
 
 The report: per-seed lines, then per set, side and checkpoint the mean and range over the seeds of AP50, AP75
-and AP50-95, then per set the ratio ours / theirs of the mean AP50-95, and as its last lines
-`quality_ratio_best=` (the geometric mean over the sets of that ratio, each side's `best` checkpoint where it
-was scored, else its last), `quality_ratio_last=` (the same for the last checkpoints) and
+and AP50-95, then per set the ratio ours / theirs of the mean AP50-95 (over the seeds both sides scored), and
+as its last lines `quality_ratio_best=` (the geometric mean over the sets of that ratio, each side's `best`
+checkpoint where it was scored, else its last), `quality_ratio_last=` (the same for the last checkpoints) and
 `quality_ratio_min=` (the worst set's ratio, as in `quality_ratio_best`); `nan` without the peer. With
 options of ours (`--ours`), the lines name them (`quality_ratio_best[optimizer=SGD]=`).
 `--ours KEY=VALUE` sets a training option of our side only (e.g. `--ours optimizer=SGD` to compare a default
@@ -388,12 +388,23 @@ def report(records: list[dict[str, Any]]) -> str:
         seeds = ",".join(str(r["seed"]) for r in sorted(rows, key=lambda r: r["seed"]))
         lines.append(f"| {name} | {label} | {checkpoint} | {seeds} | " + " | ".join(cells) + " |")
 
-    def mean_ap(name: str, label: str, checkpoint: str) -> float | None:
-        """The mean AP50-95 of a side's checkpoint on a set; for 'best', the last where no best was scored."""
+    def scored(name: str, label: str, checkpoint: str) -> list[dict[str, Any]]:
+        """A side's scores of a checkpoint on a set; for 'best', the last where no best was scored."""
         rows = groups.get((name, label, checkpoint))
         if not rows and checkpoint == "best":
             rows = groups.get((name, label, "last"))
-        return _mean([r["AP50-95"] for r in rows]) if rows else None
+        return rows or []
+
+    def paired_means(name: str, label: str, checkpoint: str) -> tuple[float, float] | None:
+        """Mean AP50-95 of ours and of the peer over the seeds both sides scored (all of each side's seeds when
+        they share none), so that an extra seed of one side does not move the ratio on its own."""
+        ours, theirs = scored(name, label, checkpoint), scored(name, "peer", checkpoint)
+        common = {r["seed"] for r in ours} & {r["seed"] for r in theirs}
+        if common:
+            ours, theirs = [r for r in ours if r["seed"] in common], [r for r in theirs if r["seed"] in common]
+        if not ours or not theirs:
+            return None
+        return _mean([r["AP50-95"] for r in ours]), _mean([r["AP50-95"] for r in theirs])
 
     sets = sorted({r["set"] for r in records})
     ours_labels = sorted({side_label(r) for r in records if r["side"] == "ours"})
@@ -403,9 +414,9 @@ def report(records: list[dict[str, Any]]) -> str:
         ratios: dict[str, dict[str, float]] = {"best": {}, "last": {}}
         for name in sets:
             for kind, found in ratios.items():
-                ours, theirs = mean_ap(name, label, kind), mean_ap(name, "peer", kind)
-                if ours is not None and theirs is not None:
-                    found[name] = ours / theirs if theirs > 0 else math.nan
+                means = paired_means(name, label, kind)
+                if means is not None:
+                    found[name] = means[0] / means[1] if means[1] > 0 else math.nan
         for name, ratio in ratios["best"].items():
             lines.append(f"{name}: ours{suffix} / peer (AP50-95 mean, best checkpoints) = {ratio:.4f}")
         best = list(ratios["best"].values())

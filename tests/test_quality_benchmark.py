@@ -179,6 +179,20 @@ def test_report_table_and_ratios_over_sets_seeds_and_checkpoints():
     assert "aquarium: ours / peer (AP50-95 mean, best checkpoints) = 1.5000" in text
 
 
+def test_report_ratios_compare_the_seeds_both_sides_scored():
+    """An extra seed of one side (ours seeds 0-2, the peer's 0-1) does not enter the ratio: 0.5 / 0.4."""
+    records = [
+        _record("cards", "ours", 0, "last", 0.4), _record("cards", "ours", 1, "last", 0.6),
+        _record("cards", "ours", 2, "last", 0.9), _record("cards", "peer", 0, "last", 0.3),
+        _record("cards", "peer", 1, "last", 0.5),
+    ]  # fmt: skip
+    text = report(records)
+    assert "| cards | ours | last | 0,1,2 | " in text  # the table keeps every seed
+    assert _ratio_lines(text)["quality_ratio_last"] == "1.2500"
+    disjoint = [_record("cards", "ours", 2, "last", 0.6), _record("cards", "peer", 0, "last", 0.4)]
+    assert _ratio_lines(report(disjoint))["quality_ratio_last"] == "1.5000"  # no common seed: all of each
+
+
 def test_report_names_each_option_set_of_ours_and_is_nan_without_the_peer():
     records = [_record("cards", "ours", 0, "last", 0.3), _record("cards", "ours", 0, "last", 0.5, {"optimizer": "SGD"})]
     text = report(records)
