@@ -366,6 +366,37 @@ def test_the_distillation_benchmark_prints_its_table(tiny_demo, capsys):
     assert out.strip().splitlines()[-1].startswith("distill_gain=")
 
 
+def test_the_distillation_benchmark_keeps_each_training_and_runs_it_once(tiny_demo, tmp_path, monkeypatch, capsys):
+    """With --out every training is recorded and not run again; seeds added by a later call pair with the
+    student alone of the same seed, and --report prints the table of all of them (trainings faked here)."""
+    import benchmarks.distill as bench
+
+    trained = []
+
+    def fake(args, data, truth, out, name, **options):
+        trained.append(name)
+        checkpoint = out / name / "last.safetensors"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b"x")
+        score = {"alone": 0.30, "self": 0.32}[name.split("-")[0]] if "seed" in name else 0.5
+        return score + 0.01 * options.get("seed", 0), 60.0, checkpoint
+
+    monkeypatch.setattr(bench, "train_and_score", fake)
+    out = tmp_path / "bench"
+    common = [str(tiny_demo), "--teachers", "self", "--out", str(out), "--seeds", "1"]
+    assert bench.main(common) == 0
+    assert trained == ["teacher-self", "alone-seed0", "self-seed0"]
+    assert bench.main([*common, "--first-seed", "1"]) == 0  # the teacher is kept: only seed 1 trains
+    assert trained[3:] == ["alone-seed1", "self-seed1"]
+    capsys.readouterr()
+    assert bench.main(["--report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert " | self | 0.5000 | 60 | 0,1 | 0.3050 [0.3000-0.3100] | 0.3250 [0.3200-0.3300] | +0.0200 " in text
+    assert text.splitlines()[0].startswith("student yolov8n from scratch, 30 epochs at 320 px")  # the runs' budget
+    assert text.strip().splitlines()[-1] == "distill_gain=0.0200"
+    assert len(trained) == 5
+
+
 # ------------------------------------------------------------------------------------ with segmentation
 
 
