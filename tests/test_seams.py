@@ -338,3 +338,32 @@ def test_an_objective_with_state_of_its_own_is_told_the_epochs_saved_restored_an
     result = fit(experiment=CountingExperiment, resume=last, epochs=2)
     assert log == [("prepared", "YOLO"), ("loaded", 2, "last.safetensors"), ("epoch", 2, 2), ("closed", 4)]
     assert int(load_checkpoint_bundle(result.last_checkpoint).extra_state["counting_steps"]) == 4
+
+
+def test_the_one_way_to_replace_a_part_is_an_experiment():
+    """`fit(parts=...)` is refused with the new way in its message; `experiment=` takes an `Experiment`
+    subclass only; the options' features combine with it, the user's class outermost and none twice."""
+    from accelyolo.config import ConfigError, load_config
+    from accelyolo.distill import DistillExperiment
+    from accelyolo.engine import experiment_class
+    from accelyolo.multitask import MultiTaskExperiment
+
+    with pytest.raises(TypeError, match=r"subclass accelyolo\.Experiment.*fit\(experiment=YourExperiment\)"):
+        fit(parts=object())
+    with pytest.raises(ConfigError, match="'experiment' must be a subclass of accelyolo.Experiment"):
+        fit("demo", experiment=object)
+
+    class Mine(Experiment):
+        pass
+
+    cfg = load_config(segment=True, teacher="t.safetensors")
+    combined = experiment_class(cfg, Mine)
+    assert combined.__mro__[1:4] == (Mine, DistillExperiment, MultiTaskExperiment)
+    assert combined.__name__ == "MineDistillMultiTaskExperiment"
+
+    class MyDistill(DistillExperiment):
+        pass
+
+    assert experiment_class(cfg, MyDistill).__mro__[1:3] == (MyDistill, DistillExperiment)
+    assert MultiTaskExperiment in experiment_class(cfg, MyDistill).__mro__
+    assert experiment_class(load_config()) is Experiment and experiment_class(load_config(), Mine) is Mine
