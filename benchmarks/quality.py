@@ -249,24 +249,21 @@ def peer_data_yaml(data_yaml: str | Path, out: Path) -> Path:
     """A copy of the data.yaml whose `path` is a mirror of the set's folder under `out` (absolute: ultralytics
     reads a relative one in its own folder).
 
-    ultralytics writes a label cache (`labels/train.cache`) beside the label folders it reads; the mirror links
-    every entry of the set's folder, and every entry of its `labels/` from a folder of its own, so that cache
+    ultralytics writes a label cache (`labels/train.cache`) beside the label folders it reads, and it resolves
+    the split folders' links; so the mirror is made of real folders holding a link per file, and the cache
     lands under `out`, never in the user's data.
     """
     spec = load_data_yaml(data_yaml)
     cfg = yaml.safe_load(spec.yaml_path.read_text(encoding="utf-8"))
-    mirror = out / "peer-data"
-    mirror.mkdir(parents=True, exist_ok=True)
-    for entry in Path(spec.root).iterdir():
-        link = mirror / entry.name
-        if entry.name == "labels" and entry.is_dir():
-            link.mkdir(exist_ok=True)
-            for labels in entry.iterdir():
-                if not labels.name.endswith(".cache") and not (link / labels.name).exists():
-                    (link / labels.name).symlink_to(labels.resolve())
-        elif not link.exists() and not link.is_symlink():
-            link.symlink_to(entry.resolve())
-    cfg["path"] = str(mirror.resolve())
+    root, mirror = Path(spec.root).resolve(), (out / "peer-data").resolve()
+    for folder, _, files in os.walk(root):
+        target = mirror / Path(folder).relative_to(root)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            link = target / name
+            if not name.endswith(".cache") and not link.is_symlink():
+                link.symlink_to(Path(folder) / name)
+    cfg["path"] = str(mirror)
     path = out / "peer-data.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
