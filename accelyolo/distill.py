@@ -42,7 +42,7 @@ from accelyolo.checkpoint import load_checkpoint
 from accelyolo.config import ConfigError, TrainConfig
 from accelyolo.experiment import Experiment
 from accelyolo.families import family_of, get_family, list_families, list_models
-from accelyolo.losses.objective import Objective, as_objective
+from accelyolo.losses.objective import Objective
 from accelyolo.records import RunData
 
 __all__ = [
@@ -349,7 +349,7 @@ class DistillExperiment(Experiment):
             cfg.temperature,
             ", with neck features (CWD)" if cfg.distill_feat else "",
         )
-        inner = as_objective(super().build_objective(model, data, names))
+        inner = super().build_objective(model, data, names)
         probe = torch.zeros(1, 3, 64, 64, device=self.accelerator.device)
         _, box = family_of(teacher).distill_logits(teacher, teacher_outputs(teacher, probe)[0])
         terms = ("cls",) + (("box",) if box is not None else ()) + (("feat",) if cfg.distill_feat else ())

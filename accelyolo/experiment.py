@@ -21,8 +21,6 @@ import copy
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,6 @@ from accelyolo.callbacks import (
     ProgressCallback,
     TrackerCallback,
 )
-from accelyolo.checkpoint import CheckpointError
 from accelyolo.config import ConfigError, TrainConfig
 from accelyolo.data import (
     YoloDataset,
@@ -50,7 +47,6 @@ from accelyolo.data import (
 from accelyolo.data.dataset import report_summary
 from accelyolo.data.loader import ImageWeightSampler
 from accelyolo.defaults import MAX_STRIDE
-from accelyolo.errors import AccelyoloError
 from accelyolo.evaluation import DetectionValidator
 from accelyolo.families import build_model, family_of, get_family, model_spec
 from accelyolo.losses.objective import DetectionObjective, Objective, as_objective
@@ -68,7 +64,7 @@ from accelyolo.pictures import ResultsPlotCallback, TrackerImagesCallback
 from accelyolo.records import RunData, RunLoaders, RunParts
 from accelyolo.weights.importers import weights_for_fine_tuning
 
-__all__ = ["Experiment", "bundle_must_fit", "class_names", "convert_sync_batchnorm"]
+__all__ = ["Experiment", "class_names", "convert_sync_batchnorm"]
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -99,23 +95,6 @@ def convert_sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> 
         raise ConfigError("'sync_bn' needs GPU processes (torch's SyncBatchNorm does not run on CPU); drop --sync-bn.")
     LOGGER.info("sync_bn: BatchNorm synchronized across %d processes", accelerator.num_processes)
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-@contextmanager
-def bundle_must_fit(path: Path | None) -> Iterator[None]:
-    """A resumed bundle whose saved state does not fit the run its own options build (a damaged or edited
-    file) ends in a `CheckpointError` naming the file, not in a traceback from inside torch."""
-    try:
-        yield
-    except (AccelyoloError, torch.cuda.OutOfMemoryError):
-        raise
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
-        detail = " ".join(f"{type(error).__name__}: {error}".split())  # torch's messages span lines
-        raise CheckpointError(
-            path,
-            f"its saved state does not fit the run its options describe ({detail[:300]})",
-            "Resume from a run's own weights/last.safetensors, or train anew from its weights with --weights",
-        ) from None
 
 
 class Experiment:
@@ -271,7 +250,8 @@ class Experiment:
     def build_objective(self, model: torch.nn.Module, data: RunData, names: list[str]) -> Objective:
         """The run's objective: `total, items = objective(model, batch, images)`, `.names` for `items`; here the
         detection loss of the model's family. A task or added terms wrap or replace it
-        (`accelyolo.losses.objective`); a plain detection loss `(preds, targets)` is wrapped as one."""
+        (`accelyolo.losses.objective`); a plain detection loss `(preds, targets)` that a user's step returns
+        is wrapped as one by `build`."""
         return DetectionObjective(family_of(model).build_loss(model, self.cfg.hyp(), self.cfg.imgsz))
 
     # ------------------------------------------------------------------------------------ optimisation

@@ -41,7 +41,7 @@ from accelyolo.data.loader import to_model_input
 from accelyolo.data.segmentation import SegmentationDataset, SegSpec, build_seg_dataloader, load_seg_spec
 from accelyolo.evaluation import MultiTaskEvaluator, MultiTaskResult
 from accelyolo.experiment import Experiment
-from accelyolo.losses.objective import DetectionObjective, Objective, as_objective
+from accelyolo.losses.objective import DetectionObjective, Objective
 from accelyolo.records import RunData, RunLoaders
 
 __all__ = [
@@ -144,6 +144,11 @@ class MultiTaskData(RunData):
     seg_train: SegmentationDataset
     seg_val: SegmentationDataset
 
+    @property
+    def seg_names(self) -> list[str]:
+        """The segmentation classes, in id order."""
+        return list(self.seg_spec.names)
+
 
 @dataclass(frozen=True, kw_only=True)
 class MultiTaskLoaders(RunLoaders):
@@ -237,23 +242,22 @@ class MultiTaskExperiment(Experiment):
         )  # fmt: skip
 
     def model_keywords(self, data: RunData) -> dict[str, Any]:
-        return {**super().model_keywords(data), "seg_classes": len(data.seg_spec.names)}
+        return {**super().model_keywords(data), "seg_classes": len(data.seg_names)}
 
     def build_objective(self, model: nn.Module, data: RunData, names: list[str]) -> Objective:
         """The detection objective's loss and the segmentation cross-entropy, weighted (`MultiTaskLoss`)."""
         cfg = self.cfg
-        detection = as_objective(super().build_objective(model, data, names))
+        detection = super().build_objective(model, data, names)
         if not isinstance(detection, DetectionObjective):
             raise ConfigError(f"--segment builds on the detection objective, got {type(detection).__name__}")
-        seg_names = list(data.seg_spec.names)
-        weights = seg_class_weights(cfg.seg_class_weights, seg_names, str(data.spec.yaml_path))
+        weights = seg_class_weights(cfg.seg_class_weights, data.seg_names, str(data.spec.yaml_path))
         loss = MultiTaskLoss(detection.loss, data.seg_spec.ignore, cfg.det_gain, cfg.seg_gain, weights)
         return MultiTaskObjective(loss, cfg.channels_last)
 
     def build_evaluator(self, loaders: RunLoaders, data: RunData, names: list[str]) -> MultiTaskEvaluator:
         detection = super().build_evaluator(loaders, data, names)
         return MultiTaskEvaluator(
-            detection, loaders.seg_val, self.accelerator, list(data.seg_spec.names), data.seg_spec.ignore, self.cfg
+            detection, loaders.seg_val, self.accelerator, data.seg_names, data.seg_spec.ignore, self.cfg
         )
 
     def metric_columns(self, metrics: dict[str, float] | None) -> dict[str, Any]:
@@ -265,7 +269,7 @@ class MultiTaskExperiment(Experiment):
         return row
 
     def checkpoint_extras(self, data: RunData) -> dict[str, Any]:
-        return {**super().checkpoint_extras(data), "seg_names": list(data.seg_spec.names),
+        return {**super().checkpoint_extras(data), "seg_names": data.seg_names,
                 "seg_ignore": data.seg_spec.ignore}  # fmt: skip
 
     def build_callbacks(self, run_dir: Path) -> list[Callback]:

@@ -28,7 +28,8 @@ import copy
 import json
 import logging
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,14 @@ from accelerate.utils import gather_object, set_seed
 
 from accelyolo import __version__
 from accelyolo.callbacks import Callback, write_results_csv
-from accelyolo.checkpoint import load_checkpoint_bundle
+from accelyolo.checkpoint import CheckpointError, load_checkpoint_bundle
 from accelyolo.config import TrainConfig, save_config
 from accelyolo.data import to_model_input
 from accelyolo.data.loader import ImageWeightSampler, class_maps, start_next_pass
 from accelyolo.defaults import MAX_STRIDE, stride_multiple
 from accelyolo.ema import ModelEMA
-from accelyolo.experiment import Experiment, bundle_must_fit
+from accelyolo.errors import AccelyoloError
+from accelyolo.experiment import Experiment
 from accelyolo.failure import close_process_group_at_exit, share_failure
 from accelyolo.logs import setup_logging
 from accelyolo.losses.objective import Objective
@@ -62,6 +64,23 @@ from accelyolo.trackers import chosen_trackers, tracker_init_kwargs
 LOGGER = logging.getLogger("accelyolo")
 
 MAX_NONFINITE_IN_A_ROW = 10
+
+
+@contextmanager
+def bundle_must_fit(path: Path | None) -> Iterator[None]:
+    """A resumed bundle whose saved state does not fit the run its own options build (a damaged or edited
+    file) ends in a `CheckpointError` naming the file, not in a traceback from inside torch."""
+    try:
+        yield
+    except (AccelyoloError, torch.cuda.OutOfMemoryError):
+        raise
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        detail = " ".join(f"{type(error).__name__}: {error}".split())  # torch's messages span lines
+        raise CheckpointError(
+            path,
+            f"its saved state does not fit the run its options describe ({detail[:300]})",
+            "Resume from a run's own weights/last.safetensors, or train anew from its weights with --weights",
+        ) from None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -123,14 +142,10 @@ class Trainer:
         self.iteration = 0  # global batch index of the current / next batch
         self.last_step_iteration = -1  # iteration of the last optimizer step (-1: none yet)
         self._window_has_grads = False
-        self.last_result: Any = None  # the last validation's DetectionResult
         self.last_validation: Any = None  # the last validation's whole result (a task's, with its own metrics)
         self._stop_aug_improved = False  # this epoch's validation set a new best_stop_aug
         self._val_workers_started = False  # the validation loader's persistent workers exist (start_val_workers)
-        self.parts: RunParts | None = None  # what the experiment built (setup)
-        self.data: RunData | None = None  # parts.data
-        self.loaders: RunLoaders | None = None  # parts.loaders
-        self.loss_fn: Objective | None = None  # parts.objective
+        self.parts: RunParts | None = None  # what the experiment built (setup); data, loaders, names, loss_fn read it
         self._scale: float | None = None  # the GradScaler's scale after the last optimizer step (fp16)
 
     # ------------------------------------------------------------------------------------ fit
@@ -277,7 +292,6 @@ class Trainer:
         self.parts = parts = experiment.build()
         self.experiment = experiment.with_config(parts.cfg)
         self.cfg = cfg = parts.cfg
-        self.data, self.loaders, self.names, self.loss_fn = parts.data, parts.loaders, parts.names, parts.objective
         self.train_loader, self.val_loader = parts.loaders.train, parts.loaders.val  # prepare() wraps train_loader
         model = parts.model
         if bundle is not None:
@@ -307,8 +321,7 @@ class Trainer:
         accelerator = self.accelerator
         self.run_dir = make_run_dir(accelerator, Path(self.cfg.project) / self.cfg.name, self.cfg.exist_ok,
                                     self.resume_from)  # fmt: skip
-        self.weights_dir = self.run_dir / "weights"
-        self.weights = RunWeights(self.weights_dir, self.cfg.save_period, self.cfg.save_last_n)
+        self.weights = RunWeights(self.run_dir / "weights", self.cfg.save_period, self.cfg.save_last_n)
         if accelerator.is_main_process:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "args.yaml")
@@ -333,6 +346,33 @@ class Trainer:
         )
 
     @property
+    def data(self) -> RunData | None:
+        return self.parts.data if self.parts is not None else None
+
+    @property
+    def loaders(self) -> RunLoaders | None:
+        return self.parts.loaders if self.parts is not None else None
+
+    @property
+    def names(self) -> list[str]:
+        return self.parts.names
+
+    @property
+    def loss_fn(self) -> Objective | None:
+        """The run's objective (`parts.objective`); None before `setup`."""
+        return self.parts.objective if self.parts is not None else None
+
+    @property
+    def last_result(self) -> Any:
+        """The detection part of the last validation (the whole result unless a task measures more): what the
+        plots, tables and image weights read."""
+        return getattr(self.last_validation, "detection", self.last_validation)
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.weights.folder
+
+    @property
     def train_dataset(self) -> Any:
         return self.data.train
 
@@ -349,11 +389,6 @@ class Trainer:
     def image_sampler(self) -> ImageWeightSampler | None:
         """The `--image-weights` sampler (None without it, or before `setup`)."""
         return self.loaders.image_sampler if self.loaders is not None else None
-
-    @property
-    def total_batch(self) -> int:
-        """Images per forward pass over all processes (batch_size is per process)."""
-        return self.cfg.batch_size * self.accelerator.num_processes
 
     def write_data_report(self, path: Path) -> None:
         """Every split's check counts and each skipped file and dropped or repaired label row (file, line,
@@ -382,7 +417,7 @@ class Trainer:
             warmup_momentum=cfg.warmup_momentum,
             momentum=cfg.momentum,
             nbs=cfg.nbs,
-            total_batch=self.total_batch,
+            total_batch=self.experiment.total_batch(),
         )
 
     def restore(self, bundle: Any) -> None:
@@ -639,7 +674,7 @@ class Trainer:
         if run >= MAX_NONFINITE_IN_A_ROW:
             raise NonFiniteLossError(
                 f"{run} non-finite losses in a row at epoch {epoch}; training stopped. "
-                f"The last good checkpoint is {self.weights_dir / 'last.safetensors'}. Try a lower lr0, "
+                f"The last good checkpoint is {self.weights.last}. Try a lower lr0, "
                 "mixed_precision no/bf16 instead of fp16, or check the labels with `accelyolo data check`."
             )
 
@@ -667,7 +702,6 @@ class Trainer:
         if hasattr(self.evaluator, "set_epoch"):
             self.evaluator.set_epoch(self.state.epoch + 1)  # validate() runs before the epoch is counted
         self.last_validation = result = self.evaluator.evaluate(model)
-        self.last_result = getattr(result, "detection", result)  # what the plots and tables read
         if self.image_sampler is not None:
             self.image_sampler.set_class_maps(self._shared(class_maps(self.last_result, len(self.names))))
         return result

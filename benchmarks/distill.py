@@ -38,14 +38,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from benchmarks.quality import coco_scores, ground_truth, train_and_validate  # noqa: E402
+from benchmarks.quality import SCORES_FILE, coco_scores, ground_truth, read_scores, train_and_validate  # noqa: E402
 
 SETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DEFAULT_SETS = ("aquarium", "cards", "licenseplates")
 TEACHERS = ("larger", "self", "other")
-
-
-SCORES_FILE = "scores.jsonl"
 
 
 @dataclass
@@ -66,12 +63,8 @@ class Scores:
 
     def __init__(self, folder: Path | None) -> None:
         self.file = folder / SCORES_FILE if folder is not None else None
-        self.records: dict[tuple[str, str, str, int], dict[str, Any]] = {}
-        if self.file is not None and self.file.is_file():
-            for line in self.file.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    self.records[(record["set"], record["role"], record["kind"], record["seed"])] = record
+        kept = read_scores([folder]) if self.file is not None and self.file.is_file() else []
+        self.records = {(r["set"], r["role"], r["kind"], r["seed"]): r for r in kept}
 
     def get(self, key: tuple[str, str, str, int]) -> dict[str, Any] | None:
         record = self.records.get(key)
@@ -189,6 +182,12 @@ def report(budgets: set[str], results: list[SetResult]) -> float:
     return statistics.mean(gains) if gains else float("nan")
 
 
+def print_report(records: list[dict[str, Any]]) -> int:
+    """The report of `records` and its last line `distill_gain=`."""
+    print(f"distill_gain={report({r.get('budget', '') for r in records}, results_of(records)):.4f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="*", help="data.yaml files (default: the real sets in ../shared/datasets)")
@@ -210,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.report:
-        records = list(Scores(Path(args.report)).records.values())
-        print(f"distill_gain={report({r.get('budget', '') for r in records}, results_of(records)):.4f}")
-        return 0
+        try:
+            return print_report(read_scores([args.report]))
+        except (FileNotFoundError, KeyError, ValueError) as error:  # no scores there, or a damaged line
+            print(f"--report: {error}", file=sys.stderr)
+            return 2
     sets = args.data or [str(SETS / name / "data.yaml") for name in DEFAULT_SETS]
     missing = [path for path in sets if not Path(path).is_file()]
     if missing:
@@ -226,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = Scores(out if args.out else None)
         for path in sets:
             run_set(args, str(Path(path).resolve()), out, scores)
-        records = list(scores.records.values())
-        print(f"distill_gain={report({r.get('budget', '') for r in records}, results_of(records)):.4f}")
+        print_report(list(scores.records.values()))
     return 0
 
 
