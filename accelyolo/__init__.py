@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from accelyolo.experiment import Experiment
-    from accelyolo.trainer import FitResult
+    from accelyolo.training.experiment import Experiment
+    from accelyolo.training.trainer import FitResult
 
 __all__ = [
     "Experiment",
@@ -34,27 +34,28 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """`accelyolo.Experiment` (the base of `fit(experiment=...)`), imported when first asked for."""
     if name == "Experiment":
-        from accelyolo.experiment import Experiment
+        from accelyolo.training.experiment import Experiment
 
         return Experiment
     raise AttributeError(f"module 'accelyolo' has no attribute {name!r}")
 
 
 def fit(recipe: str | None = None, *, num_processes: int | None = None, **overrides: Any) -> FitResult:
-    """Train a model; see `accelyolo.engine.fit` for the arguments. `num_processes=N` trains on N processes
-    of this machine (from a script or a notebook; `accelyolo.launch.launch`) and returns the main one's result."""
+    """Train a model; see `accelyolo.commands.fit.fit` for the arguments. `num_processes=N` trains on N
+    processes of this machine (from a script or a notebook; `accelyolo.commands.launch.launch`) and returns
+    the main one's result."""
     if num_processes is not None:
-        from accelyolo.launch import launch
+        from accelyolo.commands.launch import launch
 
         return launch(recipe, num_processes=num_processes, **overrides)
-    from accelyolo.engine import fit as _fit
+    from accelyolo.commands.fit import fit as _fit
 
     return _fit(recipe, **overrides)
 
 
 def evolve(recipe: str | None = None, **kwargs: Any):
-    """Evolve hyperparameters, one training per generation; see `accelyolo.evolution.evolve`."""
-    from accelyolo.evolution import evolve as _evolve
+    """Evolve hyperparameters, one training per generation; see `accelyolo.commands.evolve.evolve`."""
+    from accelyolo.commands.evolve import evolve as _evolve
 
     return _evolve(recipe, **kwargs)
 
@@ -68,28 +69,28 @@ def build_model(name: str, nc: int = 80, **kwargs: Any):
 
 def load_checkpoint(path: str, **kwargs: Any):
     """Load a `.safetensors` bundle; returns `(model, metadata)`."""
-    from accelyolo.checkpoint import load_checkpoint as _load
+    from accelyolo.weights.checkpoint import load_checkpoint as _load
 
     return _load(path, **kwargs)
 
 
 def validate(**kwargs: Any):
-    """Validate a checkpoint on a dataset; see `accelyolo.validation.validate`."""
-    from accelyolo.validation import validate as _validate
+    """Validate a checkpoint on a dataset; see `accelyolo.commands.validate.validate`."""
+    from accelyolo.commands.validate import validate as _validate
 
     return _validate(**kwargs)
 
 
 def predict(**kwargs: Any):
-    """Run inference on images; see `accelyolo.prediction.predict`."""
-    from accelyolo.prediction import predict as _predict
+    """Run inference on images; see `accelyolo.commands.predict.predict`."""
+    from accelyolo.commands.predict import predict as _predict
 
     return _predict(**kwargs)
 
 
 def export(weights: str, **kwargs: Any):
-    """Export a checkpoint (or a YOLOv5/v8/11 `.pt`) to ONNX; see `accelyolo.exporter.export`."""
-    from accelyolo.exporter import export as _export
+    """Export a checkpoint (or a YOLOv5/v8/11 `.pt`) to ONNX; see `accelyolo.commands.export.export`."""
+    from accelyolo.commands.export import export as _export
 
     return _export(weights, **kwargs)
 

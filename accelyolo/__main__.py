@@ -2,6 +2,6 @@
 
 import sys
 
-from accelyolo.cli import main
+from accelyolo.commands.cli import main
 
 sys.exit(main())

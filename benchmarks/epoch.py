@@ -161,8 +161,8 @@ def child(args: argparse.Namespace) -> int:
     """Our training run (inside the measured child process): one `OURS_EPOCH` line per epoch."""
     import torch
 
-    from accelyolo.callbacks import Callback
-    from accelyolo.engine import fit
+    from accelyolo.commands.fit import fit
+    from accelyolo.training.callbacks import Callback
 
     class EpochTimes(Callback):
         def on_epoch_start(self, trainer, epoch) -> None:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from accelyolo.metrics import DetectionEvaluator
+from accelyolo.evaluation.metrics import DetectionEvaluator
 
 
 def make_data(n_images: int, seed: int) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:

@@ -164,8 +164,8 @@ def child_ours(args: argparse.Namespace) -> int:
     """Our training run (inside the measured child): `GPU_EPOCH` lines per epoch, then `GPU_PEAK`."""
     import torch
 
-    from accelyolo.callbacks import Callback
-    from accelyolo.engine import fit
+    from accelyolo.commands.fit import fit
+    from accelyolo.training.callbacks import Callback
 
     class Timing(Callback):
         def on_epoch_start(self, trainer, epoch) -> None:
@@ -212,11 +212,17 @@ def child_ours(args: argparse.Namespace) -> int:
                 print(averages.table(sort_by=device_key, row_limit=25, max_name_column_width=60), flush=True)
                 print(averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60), flush=True)
                 if torch.cuda.is_available():
-                    print(averages.table(sort_by="self_cuda_memory_usage", row_limit=15, max_name_column_width=60), flush=True)
+                    print(
+                        averages.table(sort_by="self_cuda_memory_usage", row_limit=15, max_name_column_width=60),
+                        flush=True,
+                    )
                     stats = torch.cuda.memory_stats()
-                    print(f"GPU_MEMORY peak_allocated_mb={stats['allocated_bytes.all.peak'] / 2**20:.0f} "
-                          f"peak_reserved_mb={stats['reserved_bytes.all.peak'] / 2**20:.0f} "
-                          f"alloc_retries={stats.get('num_alloc_retries', 0)}", flush=True)
+                    print(
+                        f"GPU_MEMORY peak_allocated_mb={stats['allocated_bytes.all.peak'] / 2**20:.0f} "
+                        f"peak_reserved_mb={stats['reserved_bytes.all.peak'] / 2**20:.0f} "
+                        f"alloc_retries={stats.get('num_alloc_retries', 0)}",
+                        flush=True,
+                    )
                 self.prof = None
 
     cuda = torch.cuda.is_available()
@@ -294,14 +300,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat-train", type=int, default=16)
     parser.add_argument("--peer-path", default="", help="folder with ultralytics' packages (pip --target)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per run")
-    parser.add_argument("--budget", type=float, default=0, help="seconds for all runs: none starts past it (0: no limit)")
+    parser.add_argument(
+        "--budget", type=float, default=0, help="seconds for all runs: none starts past it (0: no limit)"
+    )
     parser.add_argument("--json", default="", help="also write the figures to this file")
     parser.add_argument("--dry-run", action="store_true", help="toy size on any device: checks the script")
-    parser.add_argument("--compile", action="store_true",
-                        help="also run ours with --compile (torch.compile, inductor) as side 'ours+compile'")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="then one more run of ours (first model, most workers) with torch.profiler over N "
-                             "steps of its second epoch, printing where the step's time and memory go")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also run ours with --compile (torch.compile, inductor) as side 'ours+compile'",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then one more run of ours (first model, most workers) with torch.profiler over N "
+        "steps of its second epoch, printing where the step's time and memory go",
+    )
     parser.add_argument("--child", choices=["ours"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -323,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"peer: {', '.join(missing)} is not a folder; ours alone", flush=True)
         peer = None
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     print(
         f"data {data} ({sum(1 for _ in (work / 'data' / 'images' / 'train').iterdir())} train images), "
         f"imgsz {args.imgsz}, batch {args.batch}, epochs {args.epochs} (first not measured), AMP, close_mosaic 0",
@@ -334,14 +354,45 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         for workers in sorted(args.workers, reverse=True):  # the most workers first: the headline figure
             common = ["--imgsz", str(args.imgsz), "--batch", str(args.batch), "--epochs", str(args.epochs)]
-            sides = [("ours", [sys.executable, __file__, str(data), "--child", "ours", "--model", model,
-                               "--workers", str(workers), *common], env)]
+            sides = [
+                (
+                    "ours",
+                    [
+                        sys.executable,
+                        __file__,
+                        str(data),
+                        "--child",
+                        "ours",
+                        "--model",
+                        model,
+                        "--workers",
+                        str(workers),
+                        *common,
+                    ],
+                    env,
+                )
+            ]
             if args.compile and model == args.models[0] and workers == max(args.workers):  # the headline pair only
                 sides.append(("ours+compile", [*sides[0][1], "--compile"], env))
             if peer is not None:
                 peer_env = {**env, "PYTHONPATH": str(peer)}  # its own packages only, never ours
-                sides.append(("ultralytics", [sys.executable, str(HERE / "peer_gpu_train.py"), str(data), model,
-                                              "--workers", str(workers), *common, "--out", str(work / "peer")], peer_env))
+                sides.append(
+                    (
+                        "ultralytics",
+                        [
+                            sys.executable,
+                            str(HERE / "peer_gpu_train.py"),
+                            str(data),
+                            model,
+                            "--workers",
+                            str(workers),
+                            *common,
+                            "--out",
+                            str(work / "peer"),
+                        ],
+                        peer_env,
+                    )
+                )
             for side, cmd, side_env in sides:
                 left = args.budget - (time.time() - started) if args.budget else args.timeout
                 if left < 20:
@@ -355,14 +406,17 @@ def main(argv: list[str] | None = None) -> int:
                 record = {"side": side, "model": model, "workers": workers, **figures}
                 results.append(record)
                 print(
-                    "GPU_RUN " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                    "GPU_RUN "
+                    + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
                     flush=True,
                 )
     if args.profile and (not args.budget or time.time() - started < args.budget - 20):
         cmd = [sys.executable, __file__, str(data), "--child", "ours", "--model", args.models[0], "--workers",
                str(max(args.workers)), "--imgsz", str(args.imgsz), "--batch", str(args.batch), "--epochs", "2",
                "--profile", str(args.profile)]  # fmt: skip
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=args.timeout)
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=args.timeout
+        )
         lines = (proc.stdout + proc.stderr).splitlines()
         first = next((k for k, line in enumerate(lines) if line.startswith("GPU_PROFILE")), None)
         print("\n".join(lines[first:] if first is not None else lines[-40:]), flush=True)
@@ -383,7 +437,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _table(results: list[dict]) -> None:
-    columns = ["model", "workers", "side", "imgs_per_s", "epoch_s", "wait_pct", "gpu_util_pct", "peak_alloc_mb", "peak_smi_mb"]
+    columns = [
+        "model",
+        "workers",
+        "side",
+        "imgs_per_s",
+        "epoch_s",
+        "wait_pct",
+        "gpu_util_pct",
+        "peak_alloc_mb",
+        "peak_smi_mb",
+    ]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for r in results:

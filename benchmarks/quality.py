@@ -155,7 +155,7 @@ class OursRun:
 
 def _validate_ours(checkpoint: Path, args: argparse.Namespace, data: str, out: Path, name: str) -> tuple[Path, float]:
     """Validate one checkpoint of ours at conf 0.001, writing predictions.json; returns it and the mAP50-95."""
-    from accelyolo.validation import validate
+    from accelyolo.commands.validate import validate
 
     val = validate(
         str(checkpoint),
@@ -183,7 +183,7 @@ def train_and_validate(
     (model, seed, teacher, ...), then validate the last epoch's EMA weights at conf 0.001 writing
     predictions.json. Without `best` the run validates after its last epoch only (nothing is chosen on the
     validation split); with it, after every epoch, and its best checkpoint is validated too."""
-    from accelyolo.engine import fit
+    from accelyolo.commands.fit import fit
 
     start = time.perf_counter()
     result = fit(
@@ -474,8 +474,14 @@ def run(args: argparse.Namespace, out: Path) -> int:
                         **scores,
                         "own_map": own,
                         "train_s": scored.seconds,
-                        "budget": dict(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, model=args.model,
-                                       close_mosaic=args.close_mosaic, workers=args.workers),  # fmt: skip
+                        "budget": dict(
+                            epochs=args.epochs,
+                            imgsz=args.imgsz,
+                            batch=args.batch,
+                            model=args.model,
+                            close_mosaic=args.close_mosaic,
+                            workers=args.workers,
+                        ),  # fmt: skip
                     }
                     records.append(record)
                     with open(out / SCORES_FILE, "a", encoding="utf-8") as f:
@@ -497,11 +503,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="yolov8n", help="a model both tools know (ultralytics reads MODEL.yaml)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--close-mosaic", type=int, default=5)
-    parser.add_argument("--checkpoints", choices=("last", "both"), default="last",
-                        help="score the last models only, or (validating every epoch) the best ones as well")
+    parser.add_argument(
+        "--checkpoints",
+        choices=("last", "both"),
+        default="last",
+        help="score the last models only, or (validating every epoch) the best ones as well",
+    )
     parser.add_argument("--out", default=None, help="keep the runs and scores.jsonl here (default: a temporary folder)")
-    parser.add_argument("--ours", action="append", default=[], metavar="KEY=VALUE",
-                        help="a training option of our side only (repeatable), e.g. --ours optimizer=SGD")
+    parser.add_argument(
+        "--ours",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training option of our side only (repeatable), e.g. --ours optimizer=SGD",
+    )
     sides = parser.add_mutually_exclusive_group()
     sides.add_argument("--no-peer", action="store_true", help="our side only")
     sides.add_argument("--no-ours", action="store_true", help="the peer only")

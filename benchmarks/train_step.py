@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
-from accelyolo.callbacks import Callback
+from accelyolo.commands.fit import fit
 from accelyolo.data import demo_data_yaml, load_data_yaml
-from accelyolo.engine import fit
 from accelyolo.families import build_loss
-from accelyolo.optim import build_optimizer
+from accelyolo.training.callbacks import Callback
+from accelyolo.training.optim import build_optimizer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128" / "data.yaml"
 WARM_STEPS = 5  # left out of the figures: allocator and cache warm-up on both sides

@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from accelyolo.core.fileio import temporary_sibling
 from accelyolo.data.demo import _marker_matches, _move_into_place
-from accelyolo.fileio import temporary_sibling
 
 VARIED_VERSION = 1
 VARIED_NAMES = ["target"]

@@ -20,80 +20,29 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "accelyolo"
 # holds `accelyolo.data.cache`). Slot a new module or package in where it belongs; a module that no
 # entry covers fails `test_every_module_has_a_layer`. Entries may name modules that do not exist yet.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "foundation",
-        (
-            "accelyolo.errors",
-            "accelyolo.defaults",
-            "accelyolo.failure",
-            "accelyolo.fileio",
-            "accelyolo.boxes",
-            "accelyolo.rng",
-            "accelyolo.runs",
-            "accelyolo.logs",
-            "accelyolo.hyp",
-            "accelyolo.config",
-            "accelyolo.flags",
-            "accelyolo.memory",
-            "accelyolo.threads",
-        ),
-    ),
-    (
-        "data and measures",
-        (
-            "accelyolo.data",
-            "accelyolo.metrics",
-            "accelyolo.segmetrics",
-            "accelyolo.plots",
-            "accelyolo.reports",
-            "accelyolo.ema",
-            "accelyolo.optim",
-            "accelyolo.autoanchor",
-        ),
-    ),
+    # Each layer is a sub-package (the folder shows the architecture); the few exceptions name a module.
+    ("foundation", ("accelyolo.core",)),
+    ("data", ("accelyolo.data",)),
+    ("measures", ("accelyolo.evaluation",)),
     ("models", ("accelyolo.models",)),
     ("losses", ("accelyolo.losses",)),
-    # checkpoint.load_checkpoint builds the saved model through the family registry
-    ("model families and checkpoints", ("accelyolo.families", "accelyolo.checkpoint")),
-    # other tools' weights, read without running their code (and the `accelyolo import` command)
-    ("weights import", ("accelyolo.weights",)),
-    (
-        "training loop",
-        (
-            "accelyolo.trainer",
-            "accelyolo.experiment",
-            "accelyolo.run_weights",
-            "accelyolo.callbacks",
-            "accelyolo.evaluation",
-            "accelyolo.records",
-            "accelyolo.pictures",
-            "accelyolo.trackers",
-            "accelyolo.distill",
-            "accelyolo.multitask",
-        ),
-    ),
-    # fit() picks the trainer class a configuration asks for, so it sits above all of them
-    ("fit", ("accelyolo.engine",)),
-    (
-        "entry points",
-        (
-            "accelyolo.train",
-            "accelyolo.validation",
-            "accelyolo.prediction",
-            "accelyolo.cli",
-            "accelyolo.evolution",
-            "accelyolo.evolve",
-            "accelyolo.exporter",
-            "accelyolo.launch",
-        ),
-    ),
+    ("model families", ("accelyolo.families",)),
+    # checkpoints (load_checkpoint builds the saved model through the family registry), the Hub, and other
+    # tools' weights read without running their code
+    ("weights in and out", ("accelyolo.weights",)),
+    ("training loop", ("accelyolo.training",)),
+    # the features that combine with any experiment
+    ("tasks", ("accelyolo.tasks",)),
+    # fit() combines the experiment classes a configuration asks for, so it sits above all of them; the
+    # top-level scripts are the commands' forms for `accelerate launch`
+    ("commands", ("accelyolo.commands", "accelyolo.train", "accelyolo.validation", "accelyolo.evolve")),
 )
 
 # The rule the layers exist for, stated on its own so that a reordered table cannot drop it.
-LOW_LEVEL = ("accelyolo.data", "accelyolo.models", "accelyolo.losses", "accelyolo.metrics", "accelyolo.boxes")
-LOW_LEVEL += ("accelyolo.fileio",)
-HIGH_LEVEL = ("accelyolo.trainer", "accelyolo.cli", "accelyolo.train", "accelyolo.validation", "accelyolo.prediction")
-HIGH_LEVEL += ("accelyolo.callbacks", "accelyolo.evaluation", "accelyolo.engine", "accelyolo.evolution")
+LOW_LEVEL = ("accelyolo.data", "accelyolo.models", "accelyolo.losses", "accelyolo.evaluation.metrics")
+LOW_LEVEL += ("accelyolo.core.boxes", "accelyolo.core.fileio")
+HIGH_LEVEL = ("accelyolo.training", "accelyolo.tasks", "accelyolo.commands", "accelyolo.train", "accelyolo.validation")
+HIGH_LEVEL += ("accelyolo.training.callbacks", "accelyolo.commands.fit", "accelyolo.commands.evolve")
 
 # The package root's lazy imports of the top-level functions (and `python -m accelyolo`) are allowed:
 # their imports are not edges, and importing `accelyolo` itself (e.g. `__version__`) is free.
@@ -289,6 +238,26 @@ def test_every_module_has_a_layer():
     assert not unplaced, f"add these modules to LAYERS in {Path(__file__).name}: {unplaced}"
 
 
+# The package's top level: the lazy API, `python -m accelyolo`, and the script forms of the commands that
+# `accelerate launch` takes by path. Everything else lives in the sub-package of its layer.
+TOP_LEVEL_FILES = {"__init__.py", "__main__.py", "train.py", "validation.py", "evolve.py"}
+SCRIPT_FORMS = {"train.py": "accelyolo.commands.train", "validation.py": "accelyolo.commands.validate"}
+SCRIPT_FORMS["evolve.py"] = "accelyolo.commands.evolve"
+
+
+def test_each_layer_is_a_sub_package_and_the_top_level_holds_only_the_launchers():
+    """Issue 22: the folders draw the architecture. Each layer of `LAYERS` is one sub-package, and the top-level
+    scripts stay launchable by path while holding no code of their own (each imports its command's `main`)."""
+    assert {p.name for p in PACKAGE_DIR.glob("*.py")} == TOP_LEVEL_FILES
+    for _, names in LAYERS:
+        packages = [n for n in names if (PACKAGE_DIR / n.split(".", 1)[1]).is_dir()]
+        assert packages, names
+    for script, command in SCRIPT_FORMS.items():
+        source = (PACKAGE_DIR / script).read_text(encoding="utf-8")
+        assert f"from {command} import main" in source and 'if __name__ == "__main__":' in source, script
+        assert len([n for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]) == 0
+
+
 def test_the_table_keeps_low_level_modules_below_the_loop_and_entry_points():
     for low in LOW_LEVEL:
         for high in HIGH_LEVEL:
@@ -297,7 +266,9 @@ def test_the_table_keeps_low_level_modules_below_the_loop_and_entry_points():
 
 def test_imports_inside_functions_and_relative_imports_are_seen():
     graph = import_graph()
-    assert any(e.target == "accelyolo.families" for e in graph["accelyolo.checkpoint"])  # inside load_checkpoint
+    assert any(
+        e.target == "accelyolo.families" for e in graph["accelyolo.weights.checkpoint"]
+    )  # inside load_checkpoint
     modules = {"accelyolo", "accelyolo.a", "accelyolo.sub", "accelyolo.sub.b", "accelyolo.sub.c"}
     code = "from . import c\nfrom ..a import x\nimport accelyolo.sub\ndef f():\n    from accelyolo.sub import b\n"
     edges = module_imports(code, "accelyolo.sub.b", False, modules)
@@ -347,18 +318,18 @@ def test_checker_flags_a_synthetic_cycle():
 def test_checker_flags_a_lower_layer_importing_a_higher_one():
     graph = _fake_graph(
         {
-            "accelyolo.data.dataset": ["accelyolo.boxes", "accelyolo.trainer"],
-            "accelyolo.trainer": ["accelyolo.data"],
+            "accelyolo.data.dataset": ["accelyolo.core.boxes", "accelyolo.training.trainer"],
+            "accelyolo.training.trainer": ["accelyolo.data"],
         }
     )
     assert layer_violations(graph) == [
-        "accelyolo.data.dataset (layer 'data and measures') imports accelyolo.trainer (layer 'training loop') at line 2"
+        "accelyolo.data.dataset (layer 'data') imports accelyolo.training.trainer (layer 'training loop') at line 2"
     ]
 
 
 # ------------------------------------------------------------------------------------ one home per fact
 
-# (parameter or keyword name, value): numbers that `accelyolo.defaults` or the hyperparameter table owns.
+# (parameter or keyword name, value): numbers that `accelyolo.core.defaults` or the hyperparameter table owns.
 OWNED_DEFAULTS = {
     ("conf_thres", 0.001),
     ("conf", 0.001),
@@ -422,8 +393,8 @@ def owned_numbers_written_again(source: str, hyperparameters: set[str]) -> list[
 
 def test_shared_numbers_have_one_home():
     """Validation and prediction thresholds, the largest stride and the hyperparameter defaults are written
-    once (`accelyolo/defaults.py`, `accelyolo/hyp.py`) and imported everywhere else."""
-    from accelyolo.hyp import HYPERPARAMETERS
+    once (`accelyolo/core/defaults.py`, `accelyolo/core/hyp.py`) and imported everywhere else."""
+    from accelyolo.core.hyp import HYPERPARAMETERS
 
     probe = owned_numbers_written_again(
         "def f(conf_thres=0.001, *, max_det=300):\n    x = y % 32\n    hyp.get('cls_pw', 1.0)\n"
@@ -448,8 +419,8 @@ def test_shared_numbers_have_one_home():
     assert not offenders, offenders
 
 
-# The trainer classes whose build steps must return what they make (`accelyolo.records`), never store it.
-TRAINER_MODULES = ("trainer.py", "experiment.py", "distill.py", "multitask.py")
+# The trainer classes whose build steps must return what they make (`accelyolo.training.records`), never store it.
+TRAINER_MODULES = ("training/trainer.py", "training/experiment.py", "tasks/distill.py", "tasks/multitask.py")
 
 
 def attribute_writes_in_build_steps(source: str) -> list[str]:
@@ -483,7 +454,7 @@ def attribute_writes_in_build_steps(source: str) -> list[str]:
 
 def test_build_steps_return_what_they_make_and_write_no_trainer_attribute():
     """A build step's product reaches the trainer only as its return value (the data and loaders as the
-    frozen records of `accelyolo.records`), so a step replaced in an experiment leaves nothing unset."""
+    frozen records of `accelyolo.training.records`), so a step replaced in an experiment leaves nothing unset."""
     probe = attribute_writes_in_build_steps(
         "class T:\n"
         "    def build_x(self):\n        self.a = 1\n        self.b, c = 2, 3\n        self.n += 1\n"
@@ -546,7 +517,7 @@ def test_training_and_the_val_command_build_their_validation_data_through_one_pa
     """Issue 22: the val split and its loader come from `validation_split` / `validation_loader` in both the
     experiment that builds a training run's data and `accelyolo val`; `YoloDataset` is constructed in the
     package only by those and for training."""
-    for module in ("experiment.py", "validation.py"):
+    for module in ("training/experiment.py", "commands/validate.py"):
         calls = called_names((PACKAGE_DIR / module).read_text(encoding="utf-8"))
         assert {"validation_split", "validation_loader"} <= calls, module
     builders = {
@@ -554,7 +525,7 @@ def test_training_and_the_val_command_build_their_validation_data_through_one_pa
         for path in PACKAGE_DIR.rglob("*.py")
         if "YoloDataset" in called_names(path.read_text(encoding="utf-8"))
     }
-    assert builders == {"experiment.py", "data/dataset.py"}, builders
+    assert builders == {"training/experiment.py", "data/dataset.py"}, builders
     assert called_names("a.b(1)\nc()\n") == {"b", "c"}
 
 

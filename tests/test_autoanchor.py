@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from accelyolo.autoanchor import anchor_metrics, check_anchors, kmean_anchors
 from accelyolo.families import COCO_ANCHORS, build_model
+from accelyolo.models.autoanchor import anchor_metrics, check_anchors, kmean_anchors
 
 
 def _labels(n_images: int, w_range: tuple[float, float], h_range: tuple[float, float], seed: int = 1):

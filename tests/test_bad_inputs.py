@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from accelyolo import cli
+from accelyolo.commands import cli
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,10 +33,10 @@ def inputs(tmp_path_factory, tiny_demo):
     """The user's data folder (a copy of the tiny demo set, label cache already built) and the bad files."""
     import torch
 
-    from accelyolo.checkpoint import save_checkpoint, strip_checkpoint
-    from accelyolo.config import load_config
+    from accelyolo.core.config import load_config
     from accelyolo.families import build_model
-    from accelyolo.optim import build_optimizer
+    from accelyolo.training.optim import build_optimizer
+    from accelyolo.weights.checkpoint import save_checkpoint, strip_checkpoint
 
     base = tmp_path_factory.mktemp("bad_inputs")
     data_dir = base / "data"

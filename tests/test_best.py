@@ -8,13 +8,13 @@ import logging
 
 import pytest
 
-from accelyolo.callbacks import Callback
-from accelyolo.checkpoint import read_checkpoint_metadata
-from accelyolo.config import PREDICT_CONF, ConfigError, load_config
-from accelyolo.engine import fit
-from accelyolo.experiment import Experiment
-from accelyolo.optim import YoloSchedule, warmup_iterations
-from accelyolo.trainer import ineligible_reason
+from accelyolo.commands.fit import fit
+from accelyolo.core.config import PREDICT_CONF, ConfigError, load_config
+from accelyolo.training.callbacks import Callback
+from accelyolo.training.experiment import Experiment
+from accelyolo.training.optim import YoloSchedule, warmup_iterations
+from accelyolo.training.trainer import ineligible_reason
+from accelyolo.weights.checkpoint import read_checkpoint_metadata
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")

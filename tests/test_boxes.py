@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from accelyolo.boxes import (
+from accelyolo.core.boxes import (
     bbox_iou,
     box_iou,
     non_max_suppression,

@@ -14,7 +14,10 @@ from safetensors import safe_open
 from torch import nn
 
 import accelyolo
-from accelyolo.checkpoint import (
+from accelyolo.core.rng import capture_rng_state, restore_rng_state
+from accelyolo.training.ema import ModelEMA
+from accelyolo.training.optim import build_optimizer
+from accelyolo.weights.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
@@ -22,9 +25,6 @@ from accelyolo.checkpoint import (
     save_checkpoint,
     strip_checkpoint,
 )
-from accelyolo.ema import ModelEMA
-from accelyolo.optim import build_optimizer
-from accelyolo.rng import capture_rng_state, restore_rng_state
 
 
 class TinyNet(nn.Module):
@@ -281,7 +281,7 @@ def test_strip_without_ema_keeps_model_weights(tmp_path):
 
 
 def test_metadata_alone_and_atomic_copy(tmp_path):
-    from accelyolo.checkpoint import CheckpointError, copy_checkpoint, read_checkpoint_metadata
+    from accelyolo.weights.checkpoint import CheckpointError, copy_checkpoint, read_checkpoint_metadata
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     src = save_checkpoint(

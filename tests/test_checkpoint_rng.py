@@ -1,4 +1,4 @@
-"""accelyolo.rng: seeding and capture/restore of every generator a training run draws from."""
+"""accelyolo.core.rng: seeding and capture/restore of every generator a training run draws from."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
+from accelyolo.core.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
 
 
 def draws() -> list[float]:

@@ -20,11 +20,11 @@ import torch
 import yaml
 from PIL import Image
 
+from accelyolo.core.errors import DataError
 from accelyolo.data import YoloDataset, build_dataloader, load_data_yaml
 from accelyolo.data.check import check_dataset
 from accelyolo.data.convert import convert
 from accelyolo.data.spec import DataConfigError
-from accelyolo.errors import DataError
 from tests.conftest import SHARED
 
 CARDS = SHARED / "datasets" / "cards"
@@ -301,10 +301,10 @@ def cocoeval_maps(annotation_file: Path, results: Path) -> tuple[float, float]:
 
 
 def validate_with_oracle(monkeypatch, data, names: list[str], project, name: str = "exp", **meta):
-    """`accelyolo.validation.validate(data=...)` with the `Oracle` as the model (fed each batch, seed 0)."""
+    """`accelyolo.commands.validate.validate(data=...)` with the `Oracle` as the model (fed each batch, seed 0)."""
     import accelyolo.data
     import accelyolo.weights.importers
-    from accelyolo.validation import validate
+    from accelyolo.commands.validate import validate
 
     made = {}
     oracle = Oracle(len(names), lambda: made["loader"].dataset)
@@ -369,7 +369,7 @@ def test_one_model_scores_the_same_on_yolo_txt_and_coco_json(cards, tmp_path, mo
 
 def test_val_refuses_a_file_with_other_categories(cards, monkeypatch, tmp_path):
     import accelyolo.weights.importers
-    from accelyolo.validation import validate
+    from accelyolo.commands.validate import validate
 
     meta = {"names": cards["names"][::-1], "config": {"imgsz": 128}, "category_ids": CATEGORY_IDS}
     monkeypatch.setattr(accelyolo.weights.importers, "load_weights", lambda weights: (Oracle(6, None), meta))
@@ -381,8 +381,8 @@ def test_training_on_a_coco_file_keeps_its_ids_and_reports_its_annotations(cards
     """`fit(data=instances.json)`: the checkpoint holds the category ids, data_report.json names the broken
     annotation by id, and the model scores the same on the YOLO set and on its `data convert` COCO copy."""
     from accelyolo import fit
-    from accelyolo.checkpoint import read_checkpoint_metadata
-    from accelyolo.validation import validate
+    from accelyolo.commands.validate import validate
+    from accelyolo.weights.checkpoint import read_checkpoint_metadata
     from tests.conftest import tiny_train_options
 
     options = tiny_train_options(cards["json"], tmp_path, epochs=1, max_steps_per_epoch=2, batch_size=4)
@@ -399,7 +399,7 @@ def test_training_on_a_coco_file_keeps_its_ids_and_reports_its_annotations(cards
         scores.append(out.metrics)
     assert scores[0]["mAP50-95"] == pytest.approx(scores[1]["mAP50-95"], abs=1e-6)
     assert scores[0]["mAP50"] == pytest.approx(scores[1]["mAP50"], abs=1e-6)
-    from accelyolo.prediction import predict
+    from accelyolo.commands.predict import predict
 
     (found,) = predict(str(result.last_checkpoint), source=_first_image(cards), conf_thres=0.0,
                        max_det=5, project=str(tmp_path / "predict"))  # fmt: skip
@@ -412,7 +412,7 @@ def _first_image(cards) -> str:
 
 
 def test_the_cli_checks_and_converts_a_coco_file(cards, tmp_path, capsys):
-    from accelyolo.cli import main
+    from accelyolo.commands.cli import main
 
     assert main(["data", "check", str(cards["json"]), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

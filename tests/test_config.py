@@ -7,8 +7,8 @@ import argparse
 import pytest
 import yaml
 
-from accelyolo.config import RECIPES_DIR, ConfigError, TrainConfig, load_config, save_config
-from accelyolo.flags import add_config_arguments, config_from_args
+from accelyolo.core.config import RECIPES_DIR, ConfigError, TrainConfig, load_config, save_config
+from accelyolo.core.flags import add_config_arguments, config_from_args
 
 
 def test_defaults_are_yolov5_scratch_low():
@@ -136,7 +136,7 @@ def test_args_yaml_round_trip(tmp_path):
 def test_every_option_belongs_to_exactly_one_concept():
     import dataclasses
 
-    from accelyolo.config import CONCEPTS, TrainConfig
+    from accelyolo.core.config import CONCEPTS, TrainConfig
 
     listed = [key for keys in CONCEPTS.values() for key in keys]
     assert sorted(listed) == sorted(f.name for f in dataclasses.fields(TrainConfig))
@@ -175,7 +175,7 @@ def test_a_misplaced_grouped_option_is_named(tmp_path, text, match):
 def test_train_help_lists_the_options_by_concept():
     import argparse
 
-    from accelyolo.config import CONCEPTS
+    from accelyolo.core.config import CONCEPTS
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)

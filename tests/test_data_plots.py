@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from accelyolo.plots import class_colour, draw_boxes, plot_batch, plot_labels
+from accelyolo.evaluation.plots import class_colour, draw_boxes, plot_batch, plot_labels
 
 
 def test_draw_boxes_draws_outline_in_class_colour():

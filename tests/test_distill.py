@@ -11,20 +11,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from accelyolo.callbacks import Callback
-from accelyolo.checkpoint import load_checkpoint_bundle, save_checkpoint
-from accelyolo.config import ConfigError
+from accelyolo.commands.fit import fit
+from accelyolo.core.config import ConfigError
 from accelyolo.data.demo import DEMO_NAMES
-from accelyolo.distill import (
+from accelyolo.families import build_model
+from accelyolo.tasks.distill import (
     DistillExperiment,
     distill_weight_at,
     distillation_terms,
     load_teacher,
     teacher_outputs,
 )
-from accelyolo.engine import fit
-from accelyolo.experiment import Experiment
-from accelyolo.families import build_model
+from accelyolo.training.callbacks import Callback
+from accelyolo.training.experiment import Experiment
+from accelyolo.weights.checkpoint import load_checkpoint_bundle, save_checkpoint
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 from tests.test_distributed import launch_args, run
 
@@ -212,8 +212,11 @@ def test_fit_picks_the_distillation_trainer_only_with_a_teacher(tiny_demo, tmp_p
 @pytest.mark.parametrize(
     "teacher, match",
     [
-        ({"name": TINY_ANCHOR_BASED}, "anchor_based model \\(yolov5t\\), which does not pair with the anchor_free "
-                                      "student yolov8t; a student of yolov5\\* takes a teacher of yolov5\\*"),
+        (
+            {"name": TINY_ANCHOR_BASED},
+            "anchor_based model \\(yolov5t\\), which does not pair with the anchor_free "
+            "student yolov8t; a student of yolov5\\* takes a teacher of yolov5\\*",
+        ),
         ({"names": ("a", "b", "c")}, "must share the student's class list"),
         (None, "does not exist"),
     ],
@@ -228,7 +231,7 @@ def test_a_mismatched_teacher_is_refused_before_training(tiny_demo, tmp_path, te
 
 
 def test_distillation_options_are_checked():
-    from accelyolo.config import load_config
+    from accelyolo.core.config import load_config
 
     with pytest.raises(ConfigError, match="'temperature' must be > 0"):
         load_config(temperature=0.0)
@@ -240,7 +243,7 @@ SCRIPT = """
 import hashlib, json
 import accelyolo
 from accelerate import PartialState
-from accelyolo.callbacks import Callback
+from accelyolo.training.callbacks import Callback
 
 def digest(module, params_only=False):
     h = hashlib.sha256()  # BatchNorm running stats differ per rank (each its own batches); parameters may not
@@ -333,12 +336,26 @@ def test_a_teacher_of_another_family_or_size_distils(tiny_demo, tmp_path, studen
 @pytest.mark.parametrize(
     "student, teacher, extra, match",
     [
-        (TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, {}, "anchor_free model \\(yolov8t\\), which does not pair with the "
-                                               "anchor_based student yolov5t; a student of yolov5\\*"),
-        ("yolo11t", TINY_ANCHOR_BASED, {}, "which does not pair with the yolo11 student yolo11t; .* a student of "
-                                          "yolov8\\* or yolo11\\* takes a teacher of yolov8\\* or yolo11\\*"),
-        (TINY_ANCHOR_BASED, TINY_ANCHOR_BASED, {"anchors": [[10, 13, 16, 30], [30, 61, 62, 45], [116, 90, 156, 198]]},
-         "anchors per cell 2 \\(the student's: 3\\)"),
+        (
+            TINY_ANCHOR_BASED,
+            TINY_ANCHOR_FREE,
+            {},
+            "anchor_free model \\(yolov8t\\), which does not pair with the "
+            "anchor_based student yolov5t; a student of yolov5\\*",
+        ),
+        (
+            "yolo11t",
+            TINY_ANCHOR_BASED,
+            {},
+            "which does not pair with the yolo11 student yolo11t; .* a student of "
+            "yolov8\\* or yolo11\\* takes a teacher of yolov8\\* or yolo11\\*",
+        ),
+        (
+            TINY_ANCHOR_BASED,
+            TINY_ANCHOR_BASED,
+            {"anchors": [[10, 13, 16, 30], [30, 61, 62, 45], [116, 90, 156, 198]]},
+            "anchors per cell 2 \\(the student's: 3\\)",
+        ),
     ],
 )
 def test_a_teacher_that_does_not_pair_is_refused_with_the_pairings_that_work(

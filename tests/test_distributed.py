@@ -136,8 +136,8 @@ def _same_image_dataset(root: Path, source_yaml: Path, copies: int = 8) -> Path:
 def test_two_process_step_equals_one_process_step_over_the_global_batch(tiny_demo, tmp_path, model_name):
     import torch
 
-    from accelyolo.checkpoint import save_checkpoint
     from accelyolo.families import build_model
+    from accelyolo.weights.checkpoint import save_checkpoint
 
     # Equal shards (one image repeated) keep BatchNorm's batch statistics equal on every rank. The
     # anchor-based loss is a mean per element / matched target; the anchor-free one divides by

@@ -9,7 +9,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from accelyolo.ema import ModelEMA
+from accelyolo.training.ema import ModelEMA
 
 
 def tiny_model() -> nn.Sequential:

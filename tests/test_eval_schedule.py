@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
-from accelyolo.checkpoint import load_checkpoint_bundle, read_checkpoint_metadata
-from accelyolo.config import ConfigError, load_config
-from accelyolo.engine import fit
-from accelyolo.trainer import Trainer
+from accelyolo.commands.fit import fit
+from accelyolo.core.config import ConfigError, load_config
+from accelyolo.training.trainer import Trainer
+from accelyolo.weights.checkpoint import load_checkpoint_bundle, read_checkpoint_metadata
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")

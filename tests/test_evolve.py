@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from accelyolo.callbacks import Callback
-from accelyolo.config import load_config
-from accelyolo.evolution import base_hyp, evolvable_keys, evolve, mutate
-from accelyolo.hyp import MUTATION_LIMITS
+from accelyolo.commands.evolve import base_hyp, evolvable_keys, evolve, mutate
+from accelyolo.core.config import load_config
+from accelyolo.core.hyp import MUTATION_LIMITS
+from accelyolo.training.callbacks import Callback
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,7 +117,7 @@ def test_three_generations_resume_after_a_kill_and_same_seed(tiny_demo, tmp_path
 
 
 def test_cli_evolve_one_generation(tiny_demo, tmp_path, capsys):
-    from accelyolo.cli import main
+    from accelyolo.commands.cli import main
 
     options = tiny_train_options(tiny_demo, tmp_path, epochs=1)
     flags = ["evolve", "--generations", "1", "--data", str(tiny_demo), "--model", TINY_ANCHOR_FREE, "--imgsz", "64",
@@ -133,8 +133,8 @@ def test_cli_evolve_one_generation(tiny_demo, tmp_path, capsys):
 SCRIPT = """
 import json
 from accelerate import PartialState
-from accelyolo.callbacks import Callback
-from accelyolo.evolution import end_process_group, evolve
+from accelyolo.training.callbacks import Callback
+from accelyolo.commands.evolve import end_process_group, evolve
 
 class Record(Callback):
     def __init__(self):

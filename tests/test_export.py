@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from accelyolo.checkpoint import save_checkpoint
-from accelyolo.cli import main as cli_main
+from accelyolo.commands.cli import main as cli_main
 from accelyolo.families import build_model
+from accelyolo.weights.checkpoint import save_checkpoint
 from tests.conftest import assert_close_to_scale
 
 onnx = pytest.importorskip("onnx", reason="the export extra (onnx, onnxruntime) is not installed")
@@ -63,7 +63,7 @@ def _real_images(data_yaml, n: int = 4) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_onnxruntime_equals_pytorch(tmp_path, tiny_demo, name):
-    from accelyolo.exporter import export
+    from accelyolo.commands.export import export
 
     weights, model = _bundle(tmp_path, name)
     path = export(weights, imgsz=64)
@@ -90,7 +90,7 @@ def _dims(value_info) -> list:
 def test_multitask_export_has_the_seg_logits_output(tmp_path, tiny_demo, name, dynamic):
     """A multi-task bundle: `output0` as for a detector plus `seg_logits` (B, K, H, W), both equal to the
     PyTorch model's `model(x, x)`; `seg_names` in the metadata."""
-    from accelyolo.exporter import export
+    from accelyolo.commands.export import export
 
     weights, model = _bundle(tmp_path, name, seg_classes=4)
     path = export(weights, imgsz=64, dynamic=dynamic)
@@ -121,7 +121,7 @@ def test_multitask_export_has_the_seg_logits_output(tmp_path, tiny_demo, name, d
 
 
 def test_dynamic_export_takes_other_sizes_and_batches(tmp_path, tiny_demo):
-    from accelyolo.exporter import export
+    from accelyolo.commands.export import export
 
     weights, model = _bundle(tmp_path, "yolov8t")
     path = export(weights, imgsz=64, dynamic=True, output=tmp_path / "dyn.onnx")
@@ -135,7 +135,7 @@ def test_dynamic_export_takes_other_sizes_and_batches(tmp_path, tiny_demo):
 
 @pytest.mark.parametrize("name", ["yolov8t", "yolov5t"])
 def test_predict_with_the_onnx_file_finds_the_same_objects(tmp_path, tiny_demo, name, capsys):
-    from accelyolo.prediction import predict
+    from accelyolo.commands.predict import predict
 
     weights, _ = _bundle(tmp_path, name)
     assert cli_main(["export", "--weights", str(weights), "--imgsz", "64", "-o", str(tmp_path / "m.onnx")]) == 0
@@ -159,8 +159,8 @@ def test_predict_with_a_multitask_onnx_writes_the_masks(tmp_path, tiny_demo):
     image, the ids those of the PyTorch bundle's prediction."""
     from PIL import Image
 
-    from accelyolo.exporter import OnnxDetector
-    from accelyolo.prediction import colour_mask, predict
+    from accelyolo.commands.export import OnnxDetector
+    from accelyolo.commands.predict import colour_mask, predict
 
     weights, _ = _bundle(tmp_path, "yolov8t", seg_classes=3)
     path = tmp_path / "mt.onnx"
@@ -187,8 +187,8 @@ def test_predict_with_a_multitask_onnx_writes_the_masks(tmp_path, tiny_demo):
 
 def test_a_damaged_or_foreign_onnx_is_a_clear_error(tmp_path, tiny_demo, capsys):
     """Every unusable .onnx is an ExportError naming the file (exit status 2 from the CLI), never a traceback."""
-    from accelyolo.errors import ExportError
-    from accelyolo.exporter import OnnxDetector, export
+    from accelyolo.commands.export import OnnxDetector, export
+    from accelyolo.core.errors import ExportError
 
     source = str(tiny_demo.parent / "images" / "val")
     damaged = tmp_path / "damaged.onnx"
@@ -221,7 +221,7 @@ def test_a_damaged_or_foreign_onnx_is_a_clear_error(tmp_path, tiny_demo, capsys)
 
 
 def test_missing_onnx_says_how_to_install(tmp_path, monkeypatch):
-    from accelyolo.exporter import export
+    from accelyolo.commands.export import export
 
     weights, _ = _bundle(tmp_path, "yolov8t")
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("name", ["yolov8t", "yolov5t", "yolo11t"])
 def test_half_export_is_float16_and_matches_the_float32_model(tmp_path, name):
-    from accelyolo.exporter import export
+    from accelyolo.commands.export import export
 
     weights, model = _bundle(tmp_path, name)
     path = export(weights, imgsz=64, half=True)

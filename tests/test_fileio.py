@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from accelyolo.fileio import (
+from accelyolo.core.fileio import (
     copy_atomically,
     replace_atomically,
     temporary_sibling,

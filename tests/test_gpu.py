@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 import accelyolo
-from accelyolo.engine import fit
+from accelyolo.commands.fit import fit
 from tests.conftest import TINY_ANCHOR_FREE, tiny_train_options
 from tests.test_trainer import RecordSteps as TrainerRecordSteps
 
@@ -73,8 +73,8 @@ def _changed_fraction(before: dict[str, torch.Tensor], after: dict[str, torch.Te
 
 
 def _start_weights(tmp_path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    from accelyolo.checkpoint import save_checkpoint
     from accelyolo.families import build_model
+    from accelyolo.weights.checkpoint import save_checkpoint
 
     initial = build_model(TINY_ANCHOR_FREE, nc=4).state_dict()
     return initial, str(save_checkpoint(tmp_path / "start.safetensors", model_state=initial))
@@ -82,7 +82,7 @@ def _start_weights(tmp_path: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_trains_on_cuda(tiny_demo, tmp_path, precision):
-    from accelyolo.checkpoint import load_checkpoint_bundle
+    from accelyolo.weights.checkpoint import load_checkpoint_bundle
 
     initial, start = _start_weights(tmp_path)
     record = RecordSteps()
@@ -109,7 +109,7 @@ def test_mixed_precision_trains_on_cuda(tiny_demo, tmp_path, precision):
 def test_fp16_resume_is_exact(tiny_demo, tmp_path):
     """An fp16 run stopped after epoch 1 and resumed takes the losses of one never stopped, and resumes with
     the GradScaler's scale and growth tracker where they were (deterministic algorithms on)."""
-    from accelyolo.checkpoint import load_checkpoint_bundle
+    from accelyolo.weights.checkpoint import load_checkpoint_bundle
 
     opts = tiny_train_options(
         tiny_demo,
@@ -137,8 +137,8 @@ def test_fp16_resume_is_exact(tiny_demo, tmp_path):
 
 
 def test_cuda_rng_state_round_trips(tmp_path):
-    from accelyolo.checkpoint import load_checkpoint_bundle, save_checkpoint
-    from accelyolo.rng import capture_rng_state, restore_rng_state
+    from accelyolo.core.rng import capture_rng_state, restore_rng_state
+    from accelyolo.weights.checkpoint import load_checkpoint_bundle, save_checkpoint
 
     torch.cuda.manual_seed_all(123)
     state = capture_rng_state()
@@ -174,7 +174,7 @@ def test_half_export_matches_fp32_export(trained_weights, tmp_path):
     pytest.importorskip("onnx")
     import onnx
 
-    from accelyolo.exporter import export
+    from accelyolo.commands.export import export
 
     full = export(trained_weights, imgsz=64, output=tmp_path / "full.onnx")
     half = export(trained_weights, imgsz=64, half=True, output=tmp_path / "half.onnx")

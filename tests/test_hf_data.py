@@ -16,8 +16,8 @@ import torch
 import yaml
 from PIL import Image
 
+from accelyolo.core.errors import DataError
 from accelyolo.data import YoloDataset, build_dataloader, load_data_yaml
-from accelyolo.errors import DataError
 from tests.conftest import SHARED
 
 datasets = pytest.importorskip("datasets")
@@ -159,7 +159,7 @@ def test_without_datasets_the_message_says_what_to_install(cards, monkeypatch):
 
 def test_a_model_trained_on_the_saved_dataset_scores_the_same_on_every_format(cards, tmp_path, one_thread):
     from accelyolo import fit
-    from accelyolo.validation import validate
+    from accelyolo.commands.validate import validate
     from tests.conftest import tiny_train_options
 
     result = fit(**tiny_train_options(cards["saved"], tmp_path, epochs=1, max_steps_per_epoch=2, batch_size=4))
@@ -173,7 +173,7 @@ def test_a_model_trained_on_the_saved_dataset_scores_the_same_on_every_format(ca
 
 
 def test_data_check_reads_a_dataset_folder(cards, capsys):
-    from accelyolo.cli import main
+    from accelyolo.commands.cli import main
 
     assert main(["data", "check", str(cards["saved"]), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from accelyolo.cli import main as cli_main
+from accelyolo.commands.cli import main as cli_main
 from tests.conftest import tiny_train_options
 
 REPO_ID = "accelyolo-tests/demo-tiny"
@@ -113,7 +113,7 @@ def test_training_with_push_to_hub_uploads_the_three_files_once(pushed_run):
 
 def test_folder_round_trip_gives_bit_identical_outputs(pushed_run, tmp_path):
     import accelyolo
-    from accelyolo.checkpoint import load_checkpoint
+    from accelyolo.weights.checkpoint import load_checkpoint
 
     result, _, _ = pushed_run
     folder = accelyolo.save_pretrained(result.best_checkpoint, tmp_path / "shared")
@@ -236,8 +236,8 @@ def test_bad_pretrained_folders_name_the_file_and_key(pushed_run, tmp_path):
 @pytest.mark.parametrize(("name", "family"), [("yolov5t", "anchor_based"), ("yolo11t", "yolo11")])
 def test_multi_task_and_other_families_round_trip_with_their_segmentation_classes(name, family, tmp_path):
     import accelyolo
-    from accelyolo.checkpoint import load_checkpoint, save_checkpoint
     from accelyolo.families import build_model
+    from accelyolo.weights.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(name, nc=3, seg_classes=2)

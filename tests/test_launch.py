@@ -1,7 +1,7 @@
 """Several processes from Python and from a notebook (`accelyolo.fit(..., num_processes=2)`), on CPU with gloo.
 
 The launches run in fresh interpreters (a script, a Jupyter kernel): forking this test process, which has
-already trained in earlier tests, is what `accelyolo.launch` refuses to do."""
+already trained in earlier tests, is what `accelyolo.commands.launch` refuses to do."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_a_failing_child_is_one_error_in_the_caller(tmp_path):
     script = textwrap.dedent(
         f"""
         import accelyolo
-        from accelyolo.launch import LaunchError
+        from accelyolo.commands.launch import LaunchError
         try:
             accelyolo.fit(data={str(tmp_path / "missing.yaml")!r}, model="yolov8t", imgsz=64, epochs=1,
                           project={str(tmp_path)!r}, num_processes=2)
@@ -104,8 +104,8 @@ def test_launch_refuses_before_forking(monkeypatch):
     from accelerate.state import AcceleratorState
 
     import accelyolo
-    from accelyolo.config import ConfigError
-    from accelyolo.launch import LaunchError
+    from accelyolo.commands.launch import LaunchError
+    from accelyolo.core.config import ConfigError
 
     monkeypatch.setattr(AcceleratorState, "_shared_state", {"distributed_type": "NO"})
     with pytest.raises(LaunchError, match="an Accelerator was already created in this process"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from accelyolo.config import ConfigError, load_config
+from accelyolo.core.config import ConfigError, load_config
 from accelyolo.families import build_loss, build_model, get_family
 from accelyolo.losses import AnchorFreeLoss
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE
@@ -99,7 +99,7 @@ def test_defaults_of_the_other_family_stay_silent(model, caplog):
 
 
 def test_fit_refuses_the_other_familys_option_before_making_a_run_folder(tiny_demo, tmp_path):
-    from accelyolo.engine import fit
+    from accelyolo.commands.fit import fit
     from tests.conftest import tiny_train_options
 
     with pytest.raises(ConfigError, match="'obj_pw' = 2.0 applies only to anchor_based"):

@@ -1,4 +1,4 @@
-"""accelyolo.memory: freed memory stays with the process (glibc), so reusing it costs no page faults."""
+"""accelyolo.core.memory: freed memory stays with the process (glibc), so reusing it costs no page faults."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 PROBE = """
 import resource, sys
 import torch
-from accelyolo.memory import retain_freed_memory
+from accelyolo.core.memory import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory() and retain_freed_memory()  # applied, and a second call is harmless
 faults = []
@@ -37,18 +37,17 @@ def test_freed_memory_is_reused_without_page_faults():
 
 
 def test_retain_is_a_no_op_off_glibc(monkeypatch):
-    from accelyolo import memory
+    from accelyolo.core import memory
 
     monkeypatch.setattr(memory, "_applied", False)
     monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("", ""))
     assert memory.retain_freed_memory() is False
 
 
-
 TRIM_PROBE = """
 import resource
 import torch
-from accelyolo.memory import give_back_freed_memory, retain_freed_memory
+from accelyolo.core.memory import give_back_freed_memory, retain_freed_memory
 assert retain_freed_memory()
 block = torch.ones(64 << 20, dtype=torch.uint8)
 del block

@@ -1,4 +1,4 @@
-"""Unit tests of accelyolo.metrics on hand-computed cases."""
+"""Unit tests of accelyolo.evaluation.metrics on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from accelyolo.metrics import (
+from accelyolo.evaluation.metrics import (
     DetectionEvaluator,
     DetectionResult,
     coco_json_records,
@@ -255,7 +255,7 @@ def test_evaluation_keeps_every_class_of_a_box_above_the_floor():
     import contextlib
     import types
 
-    from accelyolo.evaluation import MULTI_LABEL, evaluate
+    from accelyolo.evaluation.evaluators import MULTI_LABEL, evaluate
 
     accelerator = types.SimpleNamespace(
         device=torch.device("cpu"), num_processes=1, is_main_process=True, autocast=contextlib.nullcontext

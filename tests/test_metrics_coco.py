@@ -1,4 +1,4 @@
-"""Agreement of accelyolo.metrics with pycocotools' COCOeval on the same detections."""
+"""Agreement of accelyolo.evaluation.metrics with pycocotools' COCOeval on the same detections."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accelyolo.metrics import DetectionEvaluator, coco_json_records, write_coco_results
+from accelyolo.evaluation.metrics import DetectionEvaluator, coco_json_records, write_coco_results
 
 pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402

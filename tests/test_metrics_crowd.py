@@ -1,4 +1,4 @@
-"""Crowd regions (COCO `iscrowd: 1`) in accelyolo.metrics, against pycocotools' COCOeval."""
+"""Crowd regions (COCO `iscrowd: 1`) in accelyolo.evaluation.metrics, against pycocotools' COCOeval."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from accelyolo.metrics import DetectionEvaluator
+from accelyolo.evaluation.metrics import DetectionEvaluator
 
 pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402

@@ -224,7 +224,7 @@ def test_decode_of_neutral_raw_outputs():
 
 
 def test_yolo11_trains_with_the_anchor_free_loss(tiny_demo, tmp_path):
-    from accelyolo.engine import fit
+    from accelyolo.commands.fit import fit
     from tests.conftest import tiny_train_options
 
     result = fit(**tiny_train_options(tiny_demo, tmp_path, model="yolo11t", epochs=1))

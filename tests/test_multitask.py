@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import accelyolo
-from accelyolo.callbacks import Callback
-from accelyolo.checkpoint import read_checkpoint_metadata
-from accelyolo.config import ConfigError
+from accelyolo.commands.fit import fit
+from accelyolo.core.config import ConfigError
 from accelyolo.data.segmentation import (
     SegmentationDataset,
     build_seg_transform,
@@ -23,11 +22,12 @@ from accelyolo.data.segmentation import (
     seg_shape,
 )
 from accelyolo.data.spec import DataConfigError
-from accelyolo.engine import fit
-from accelyolo.experiment import Experiment
+from accelyolo.evaluation.segmetrics import confusion_matrix, segmentation_result
 from accelyolo.families import build_loss, build_model
-from accelyolo.multitask import MultiTaskLoss, MultiTaskResult, PairedLoader, seg_class_weights
-from accelyolo.segmetrics import confusion_matrix, segmentation_result
+from accelyolo.tasks.multitask import MultiTaskLoss, MultiTaskResult, PairedLoader, seg_class_weights
+from accelyolo.training.callbacks import Callback
+from accelyolo.training.experiment import Experiment
+from accelyolo.weights.checkpoint import read_checkpoint_metadata
 from tests.conftest import TINY_ANCHOR_BASED, TINY_ANCHOR_FREE, tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -340,8 +340,8 @@ def test_multitask_fit_writes_seg_columns_and_a_rebuildable_bundle(tiny_multitas
     assert model.segment(torch.rand(1, 3, 64, 64)).shape == (1, 5, 64, 64)
 
     # predict: a class-id mask per image at its original size, the colour mask and the id PNG written
-    from accelyolo.prediction import predict
-    from accelyolo.validation import validate
+    from accelyolo.commands.predict import predict
+    from accelyolo.commands.validate import validate
 
     images = tiny_multitask.parent / "images" / "val"
     found = predict(
@@ -409,7 +409,7 @@ def test_segment_with_datasets_from_an_experiment_needs_their_segmentation_data(
     """Datasets a user's experiment builds with --segment must bring the segmentation data (a
     `MultiTaskData`); plain detection datasets get a message saying so, before any run folder exists."""
     from accelyolo.data import YoloDataset, load_data_yaml
-    from accelyolo.records import RunData
+    from accelyolo.training.records import RunData
 
     spec = load_data_yaml(tiny_multitask)
     common = dict(imgsz=64, names=list(spec.names), stride=32, seed=0, batch_size=8)
@@ -442,8 +442,8 @@ def test_ddp_multitask_epoch(tiny_multitask, tmp_path):
 
 
 def test_miou_is_measured_every_interval_and_every_epoch_near_the_end():
-    from accelyolo.config import load_config
-    from accelyolo.multitask import MultiTaskEvaluator, MultiTaskExperiment
+    from accelyolo.core.config import load_config
+    from accelyolo.tasks.multitask import MultiTaskEvaluator, MultiTaskExperiment
 
     cfg = load_config(segment=True, epochs=30, seg_val_interval=10)
     evaluator = MultiTaskEvaluator(None, None, None, ["a"], 255, cfg)

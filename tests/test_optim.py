@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from accelyolo.optim import (
+from accelyolo.training.optim import (
     accumulate_steps,
     auto_optimizer,
     build_optimizer,
@@ -202,7 +202,7 @@ def test_warmup_uses_schedule_at_epoch():
 def test_restored_moments_take_the_layout_of_channels_last_weights():
     """A loaded state dict's moments are contiguous; `match_parameter_layout` gives them their (channels-last)
     parameters' strides, which torch's fused CUDA kernels require, without changing a value."""
-    from accelyolo.optim import match_parameter_layout
+    from accelyolo.training.optim import match_parameter_layout
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("AdamW", model, 0.01, 0.9, 5e-4)
@@ -227,7 +227,7 @@ def test_a_skipped_fp16_step_is_seen_with_a_fused_optimizer():
     GradScaler's skip; the trainer tells it by the lowered scale."""
     from types import SimpleNamespace
 
-    from accelyolo.trainer import Trainer
+    from accelyolo.training.trainer import Trainer
 
     model = nn.Linear(3, 2)
     optimizer = build_optimizer("AdamW", model, 0.01, 0.9, 0.0, fused=True)

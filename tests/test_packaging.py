@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RESOLVE = """
 import json, accelyolo
-from accelyolo.config import RECIPES_DIR, load_config, resolve_recipe
+from accelyolo.core.config import RECIPES_DIR, load_config, resolve_recipe
 cfg = load_config("yolov5-coco128")  # hyp/scratch-low.yaml and data/coco128.yaml, relative to the recipe
 print(json.dumps({"package": accelyolo.__file__, "recipes_dir": str(RECIPES_DIR),
                   "demo": str(resolve_recipe("demo")), "coco128": str(resolve_recipe("coco128")),
@@ -71,7 +71,7 @@ def test_installed_package_finds_its_recipes(wheel, tmp_path):
 
 
 def test_source_checkout_uses_the_top_level_recipes():
-    from accelyolo.config import RECIPES_DIR, resolve_recipe
+    from accelyolo.core.config import RECIPES_DIR, resolve_recipe
 
     assert RECIPES_DIR == REPO / "recipes"
     assert resolve_recipe("demo") == REPO / "recipes" / "demo.yaml"

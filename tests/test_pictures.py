@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from accelyolo.engine import fit
-from accelyolo.pictures import ResultsPlotCallback, validation_predictions
-from accelyolo.plots import plot_results
+from accelyolo.commands.fit import fit
+from accelyolo.evaluation.plots import plot_results
+from accelyolo.training.pictures import ResultsPlotCallback, validation_predictions
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,7 +76,7 @@ def test_results_png_draws_each_column_and_skips_empty_cells(tmp_path):
 
 
 def test_results_png_is_refreshed_each_epoch_and_continues_on_resume(tiny_demo, tmp_path):
-    from accelyolo.callbacks import Callback
+    from accelyolo.training.callbacks import Callback
 
     seen = []
 

@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 
 from accelyolo.data import load_data_yaml  # noqa: E402
 from accelyolo.data.checks import check_image_label, img2label_path  # noqa: E402
-from accelyolo.metrics import coco_json_records  # noqa: E402
+from accelyolo.evaluation.metrics import coco_json_records  # noqa: E402
 from benchmarks.quality import (  # noqa: E402
     GroundTruth,
     coco_scores,
@@ -149,8 +149,18 @@ def test_peer_data_yaml_mirrors_the_set_so_the_peer_writes_nothing_into_it(varie
 
 
 def _record(name, side, seed, checkpoint, ap, options=None):
-    return {"set": name, "side": side, "seed": seed, "checkpoint": checkpoint, "options": options or {},
-            "AP50": ap + 0.2, "AP75": ap + 0.05, "AP50-95": ap, "own_map": ap, "train_s": 60.0}
+    return {
+        "set": name,
+        "side": side,
+        "seed": seed,
+        "checkpoint": checkpoint,
+        "options": options or {},
+        "AP50": ap + 0.2,
+        "AP75": ap + 0.05,
+        "AP50-95": ap,
+        "own_map": ap,
+        "train_s": 60.0,
+    }
 
 
 def _ratio_lines(text):

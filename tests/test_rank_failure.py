@@ -16,7 +16,7 @@ SCRIPT = """
 import os
 import sys
 
-from accelyolo import experiment
+from accelyolo.training import experiment
 from accelyolo.data.spec import DataConfigError
 
 real = experiment.load_data_yaml
@@ -29,7 +29,7 @@ def unreadable_on_rank_1(path):
 
 
 experiment.load_data_yaml = unreadable_on_rank_1
-from accelyolo.train import main
+from accelyolo.commands.train import main
 
 sys.exit(main(sys.argv[1:]))
 """

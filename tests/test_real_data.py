@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from accelyolo import fit
-from accelyolo.callbacks import Callback
+from accelyolo.training.callbacks import Callback
 from tests.conftest import TINY_ANCHOR_FREE
 from tests.real_data_helpers import NAMES, write_shapes_set
 
@@ -72,9 +72,9 @@ def test_single_cls_dataset_keeps_every_box(three_classes):
 
 
 def test_single_cls_trains_validates_checks_and_predicts_every_box(three_classes, tmp_path, capsys):
+    from accelyolo.commands.predict import predict
+    from accelyolo.commands.validate import validate
     from accelyolo.data.check import main as check_main
-    from accelyolo.prediction import predict
-    from accelyolo.validation import validate
 
     data_yaml, truth, boxes = three_classes
     seen = Capture()

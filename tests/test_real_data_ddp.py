@@ -18,11 +18,12 @@ from tests.test_distributed import REPO, launch_args, run
 VAL_SCRIPT = """
 import json, sys
 sys.path.insert(0, REPO)
-import accelyolo.checkpoint
+import accelyolo.weights.checkpoint
 from tests.real_data_helpers import NAMES, ColourDetector
-accelyolo.checkpoint.load_checkpoint = lambda *a, **k: (ColourDetector(len(NAMES)), {"names": NAMES, "config": {}})
+detector = ColourDetector(len(NAMES))
+accelyolo.weights.checkpoint.load_checkpoint = lambda *a, **k: (detector, {"names": NAMES, "config": {}})
 from accelerate import PartialState
-from accelyolo.validation import validate
+from accelyolo.commands.validate import validate
 out = validate("colour.safetensors", data=DATA, imgsz=320, batch_size=2, workers=0, save_json=True, plots=False,
                project=PROJECT, name="val", exist_ok=True, verbose=False)
 rank = PartialState().process_index

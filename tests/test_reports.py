@@ -1,4 +1,4 @@
-"""Tests of accelyolo.reports: PNG plots written by Pillow and the per-class rich table."""
+"""Tests of accelyolo.evaluation.reports: PNG plots written by Pillow and the per-class rich table."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from accelyolo.metrics import DetectionEvaluator, DetectionResult
-from accelyolo.reports import per_class_table, plot_confusion_matrix, plot_curves
+from accelyolo.evaluation.metrics import DetectionEvaluator, DetectionResult
+from accelyolo.evaluation.reports import per_class_table, plot_confusion_matrix, plot_curves
 
 CURVES = ("PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png")
 

@@ -9,14 +9,14 @@ import textwrap
 import pytest
 import torch
 
-from accelyolo.callbacks import Callback
-from accelyolo.checkpoint import load_checkpoint_bundle, read_checkpoint_metadata
-from accelyolo.engine import fit
-from accelyolo.experiment import Experiment
+from accelyolo.commands.fit import fit
 from accelyolo.families import build_loss
 from accelyolo.losses import Objective
-from accelyolo.records import RunData
-from accelyolo.trainer import RunState, StepOutput
+from accelyolo.training.callbacks import Callback
+from accelyolo.training.experiment import Experiment
+from accelyolo.training.records import RunData
+from accelyolo.training.trainer import RunState, StepOutput
+from accelyolo.weights.checkpoint import load_checkpoint_bundle, read_checkpoint_metadata
 from tests.conftest import tiny_train_options
 from tests.test_distributed import launch_args, run
 
@@ -151,7 +151,7 @@ def test_run_state_reads_format_1_epochs():
 SCRIPT = """
 import json, sys
 import accelyolo
-from accelyolo.callbacks import Callback
+from accelyolo.training.callbacks import Callback
 
 class Watch(Callback):
     def __init__(self):
@@ -239,7 +239,7 @@ def test_datasets_an_experiment_builds_name_the_classes(tiny_demo, tmp_path):
 
 
 def test_datasets_without_class_names_are_refused(tiny_demo, tmp_path):
-    from accelyolo.config import ConfigError
+    from accelyolo.core.config import ConfigError
 
     class Unnamed(torch.utils.data.Dataset):
         def __len__(self):
@@ -343,10 +343,10 @@ def test_an_objective_with_state_of_its_own_is_told_the_epochs_saved_restored_an
 def test_the_one_way_to_replace_a_part_is_an_experiment():
     """`fit(parts=...)` is refused with the new way in its message; `experiment=` takes an `Experiment`
     subclass only; the options' features combine with it, the user's class outermost and none twice."""
-    from accelyolo.config import ConfigError, load_config
-    from accelyolo.distill import DistillExperiment
-    from accelyolo.engine import experiment_class
-    from accelyolo.multitask import MultiTaskExperiment
+    from accelyolo.commands.fit import experiment_class
+    from accelyolo.core.config import ConfigError, load_config
+    from accelyolo.tasks.distill import DistillExperiment
+    from accelyolo.tasks.multitask import MultiTaskExperiment
 
     with pytest.raises(TypeError, match=r"subclass accelyolo\.Experiment.*fit\(experiment=YourExperiment\)"):
         fit(parts=object())

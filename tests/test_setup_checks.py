@@ -7,8 +7,8 @@ import csv
 import pytest
 import yaml
 
-from accelyolo.config import MIXED_PRECISION, ConfigError, load_config
-from accelyolo.engine import fit
+from accelyolo.commands.fit import fit
+from accelyolo.core.config import MIXED_PRECISION, ConfigError, load_config
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +83,7 @@ def _data_with_empty_val(tmp_path, tiny_demo):
 
 @pytest.mark.parametrize("problem", ["empty_val_split", "unknown_model", "damaged_weights"])
 def test_a_run_that_fails_before_its_first_epoch_leaves_no_run_folder(tiny_demo, tmp_path, problem):
-    from accelyolo.errors import AccelyoloError
+    from accelyolo.core.errors import AccelyoloError
 
     project = tmp_path / "project"
     options = tiny_train_options(tiny_demo, project)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from accelyolo import threads
-from accelyolo.threads import Launcher, launch_options, plan_threads
+from accelyolo.core import threads
+from accelyolo.core.threads import Launcher, launch_options, plan_threads
 from tests.conftest import TINY_ANCHOR_FREE
 
 REPO = Path(__file__).resolve().parents[1]

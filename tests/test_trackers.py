@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from accelyolo.engine import fit
+from accelyolo.commands.fit import fit
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,8 +109,8 @@ def test_trackio_local_database_gets_options_scalars_and_pictures(tracked_run):
 def test_log_with_names_every_accelerate_tracker_and_refuses_others():
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-    from accelyolo.config import ConfigError
-    from accelyolo.trackers import TRACKERS, chosen_trackers
+    from accelyolo.core.config import ConfigError
+    from accelyolo.training.trackers import TRACKERS, chosen_trackers
 
     assert set(TRACKERS) == set(LOGGER_TYPE_TO_CLASS)  # a tracker Accelerate adds fails here until listed
     with pytest.raises(ConfigError, match="unknown tracker 'tensorbored'"):

@@ -18,13 +18,13 @@ import torch
 from safetensors import safe_open
 
 import accelyolo
-from accelyolo.callbacks import Callback, write_results_csv
-from accelyolo.checkpoint import read_checkpoint_metadata
-from accelyolo.config import ConfigError
-from accelyolo.engine import fit
-from accelyolo.experiment import Experiment
+from accelyolo.commands.fit import fit
+from accelyolo.core.config import ConfigError
 from accelyolo.losses import Objective
-from accelyolo.trainer import NonFiniteLossError, Trainer
+from accelyolo.training.callbacks import Callback, write_results_csv
+from accelyolo.training.experiment import Experiment
+from accelyolo.training.trainer import NonFiniteLossError, Trainer
+from accelyolo.weights.checkpoint import read_checkpoint_metadata
 from tests.conftest import TINY_ANCHOR_FREE, tiny_train_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,8 +144,8 @@ def test_resume_finished_run_and_extend(tiny_demo, tmp_path, caplog):
 KILLED_AFTER_THE_CHECKPOINT = """
 import json, os, signal, sys
 import torch
-from accelyolo.engine import fit
-from accelyolo.trainer import Trainer
+from accelyolo.commands.fit import fit
+from accelyolo.training.trainer import Trainer
 
 class KilledAfterTheCheckpoint(Trainer):
     def save(self, epoch, improved):
@@ -204,7 +204,7 @@ def test_results_csv_is_rewritten_from_the_checkpoint_rows(tmp_path):
 
 
 def test_weights_transfer_to_another_class_count(tiny_demo, tmp_path, capsys, caplog):
-    from accelyolo.checkpoint import load_checkpoint_bundle
+    from accelyolo.weights.checkpoint import load_checkpoint_bundle
 
     caplog.set_level(logging.INFO, logger="accelyolo")
     done = fit(**tiny_train_options(tiny_demo, tmp_path, epochs=1))
@@ -302,8 +302,8 @@ def test_frozen_layers_do_not_change(tiny_demo, tmp_path):
 
 
 def test_bf16_mixed_precision_runs_on_cpu(tiny_demo, tmp_path):
-    from accelyolo.checkpoint import load_checkpoint_bundle, save_checkpoint
     from accelyolo.families import build_model
+    from accelyolo.weights.checkpoint import load_checkpoint_bundle, save_checkpoint
 
     initial = build_model(TINY_ANCHOR_FREE, nc=4)  # known starting weights, passed in as `weights`
     start = save_checkpoint(tmp_path / "start.safetensors", model_state=initial.state_dict())
@@ -384,7 +384,7 @@ def test_compile_trains_and_saves_plain_names(tiny_demo, tmp_path, one_thread):
 
 
 def test_compile_is_a_boolean_option():
-    from accelyolo.config import load_config
+    from accelyolo.core.config import load_config
 
     assert load_config(None).compile is False
     assert load_config(None, compile=True).compile is True
@@ -397,7 +397,7 @@ def test_loader_workers_change_nothing_in_a_run(tiny_demo, tmp_path, monkeypatch
     their early batches dropped at the first validation, each next epoch's batches started while the last
     batch and the validation run, the mosaic switched off in one of those) train and validate exactly as
     the main process alone."""
-    import accelyolo.trainer as trainer_module
+    import accelyolo.training.trainer as trainer_module
 
     started = []
 

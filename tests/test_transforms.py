@@ -344,7 +344,7 @@ def test_a_pass_started_ahead_yields_the_same_batches(tmp_path: Path, monkeypatc
     second start), with the batches a pass started at `iter()` gives; refused mid-pass, twice, and
     without persistent workers."""
     from accelyolo.data.loader import start_next_pass
-    from accelyolo.trainer import fresh_accelerator
+    from accelyolo.training.trainer import fresh_accelerator
 
     ds = YoloDataset(flat_dataset(tmp_path), imgsz=64, augment=True, hyp={**NO_HSV, "mosaic": 1.0}, names=["a"])
     accelerator = fresh_accelerator(cpu=True)
@@ -443,8 +443,6 @@ def test_donor_pool_bounds_decodes_on_large_datasets(tmp_path: Path, monkeypatch
     assert big.donor_pool(0) is None  # the whole dataset fits: donors from everywhere
 
 
-
-
 def test_mosaic_zoomed_far_out_and_away_keeps_its_contract():
     """Scale down to 0.05 and translations that leave slivers of the canvas in view: every output is s x s,
     its boxes inside the image."""
@@ -464,6 +462,7 @@ def test_mosaic_zoomed_far_out_and_away_keeps_its_contract():
         sliver = np.array([[0.05, 0, edge - 0.1 * s], [0, 0.05, 10.0], [0, 0, 1]])
         image, applied = mosaic._resized_window(placed, sliver)
         assert image.shape == (s, s, 3) and applied.shape == (3, 3)
+
 
 @pytest.mark.parametrize("scale", [0.5, 0.9, 0.0])
 def test_axis_aligned_mosaic_is_the_warp_of_the_map_it_reports(scale: float):

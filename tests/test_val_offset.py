@@ -1,6 +1,6 @@
 """Issue 13 item 8: validation boxes land where pycocotools puts them, and training boxes on their pixels.
 
-Root cause of the offset (see `accelyolo.evaluation`): the validator compared predictions with the ground
+Root cause of the offset (see `accelyolo.evaluation.evaluators`): the validator compared predictions with the ground
 truth in letterboxed pixels, where predictions are not clipped to the image and x and y carry slightly
 different resize ratios, while predictions.json (and so COCOeval) sees them mapped back to the original
 image and clipped to it. A box that sticks out of an image border has a higher IoU after clipping, so
@@ -29,13 +29,13 @@ def shapes_set(tmp_path_factory):
 @pytest.mark.parametrize("imgsz", [320, 416])
 @pytest.mark.parametrize("rect", [True, False])
 def test_val_map_equals_pycocotools_on_its_predictions_json(shapes_set, tmp_path, monkeypatch, capsys, imgsz, rect):
-    import accelyolo.checkpoint
+    import accelyolo.weights.checkpoint
 
-    val_cli = importlib.import_module("accelyolo.validation")
+    val_cli = importlib.import_module("accelyolo.commands.validate")
 
     data_yaml, truth = shapes_set
     monkeypatch.setattr(
-        accelyolo.checkpoint,
+        accelyolo.weights.checkpoint,
         "load_checkpoint",
         lambda *a, **k: (ColourDetector(len(NAMES)), {"names": NAMES, "config": {}}),
     )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import accelyolo
-from accelyolo.engine import fit
+from accelyolo.commands.fit import fit
 from tests.conftest import tiny_train_options
 from tests.test_distributed import TRAIN, env, launch_args
 
@@ -181,7 +181,9 @@ def test_cli_help_lists_the_subcommands():
         assert word in proc.stdout
 
 
-@pytest.mark.parametrize("module", ["accelyolo.validation", "accelyolo.prediction", "accelyolo.exporter"])
+@pytest.mark.parametrize(
+    "module", ["accelyolo.commands.validate", "accelyolo.commands.predict", "accelyolo.commands.export"]
+)
 def test_val_predict_and_export_flags_are_the_training_options(module):
     """Every flag of val/predict/export that is a training option has the option's flag, dest and type (one
     name everywhere); val and predict keep `--conf` / `--iou` as short spellings."""
@@ -189,8 +191,8 @@ def test_val_predict_and_export_flags_are_the_training_options(module):
     import dataclasses
     import importlib
 
-    from accelyolo.config import TrainConfig
-    from accelyolo.flags import add_config_arguments, option_flag
+    from accelyolo.core.config import TrainConfig
+    from accelyolo.core.flags import add_config_arguments, option_flag
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train = argparse.ArgumentParser()
@@ -199,13 +201,13 @@ def test_val_predict_and_export_flags_are_the_training_options(module):
     parser = argparse.ArgumentParser()
     importlib.import_module(module).add_arguments(parser)
     shared = [a for a in parser._actions if a.dest in fields and a.dest != "weights"]
-    assert len(shared) == {"validation": 12, "prediction": 7, "exporter": 1}[module.rsplit(".", 1)[1]]
+    assert len(shared) == {"validate": 12, "predict": 7, "export": 1}[module.rsplit(".", 1)[1]]
     for action in shared:
         assert action.option_strings[0] == option_flag(action.dest), action.option_strings
         assert getattr(action.type, "__name__", None) == getattr(train_types[action.dest], "__name__", None)
-    if module.endswith("exporter"):
+    if module.endswith("export"):
         return
-    base = ["--weights", "w.safetensors"] + (["--source", "x.jpg"] if module.endswith("prediction") else [])
+    base = ["--weights", "w.safetensors"] + (["--source", "x.jpg"] if module.endswith("predict") else [])
     by_config_name = parser.parse_args(base + ["--conf-thres", "0.2", "--iou-thres", "0.55"])
     by_short_name = parser.parse_args(base + ["--conf", "0.2", "--iou", "0.55"])
     assert (by_config_name.conf_thres, by_config_name.iou_thres) == (0.2, 0.55)
@@ -219,13 +221,12 @@ def test_validate_and_predict_keywords_are_the_option_names(function, tmp_path):
     import dataclasses
     import inspect
 
-    from accelyolo.config import TrainConfig
-    from accelyolo.errors import AccelyoloError
-    from accelyolo.flags import RENAMED_KEYWORDS
+    from accelyolo.core.config import TrainConfig
+    from accelyolo.core.errors import AccelyoloError
+    from accelyolo.core.flags import RENAMED_KEYWORDS
 
     call = getattr(accelyolo, function)
-    target = getattr(importlib.import_module(f"accelyolo.{'validation' if function == 'validate' else 'prediction'}"),
-                     function)  # fmt: skip
+    target = getattr(importlib.import_module(f"accelyolo.commands.{function}"), function)
     parameters = set(inspect.signature(target).parameters)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert {"imgsz", "conf_thres", "iou_thres", "max_det", "project", "name", "exist_ok"} <= parameters & fields

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from accelyolo.checkpoint import load_checkpoint
 from accelyolo.families import build_model
+from accelyolo.weights.checkpoint import load_checkpoint
 from accelyolo.weights.importers import WeightsImportError, import_weights, save_imported
 from accelyolo.weights.pt_reader import PtReadError, Stub, read_pt, stub_state_dict
 from tests.conftest import assert_close_to_scale
@@ -315,7 +315,7 @@ def test_foreign_layouts_are_refused_with_a_reason(tmp_path, monkeypatch):
 def test_fine_tune_from_a_pt_transfers_all_but_the_class_layers(tmp_path, monkeypatch, tiny_demo, one_thread):
     import logging
 
-    from accelyolo.engine import fit
+    from accelyolo.commands.fit import fit
     from tests.conftest import tiny_train_options
 
     ours, source = ultralytics_v8(monkeypatch, nc=80)  # a COCO-sized head; the demo data has 4 classes
@@ -365,8 +365,8 @@ def test_fine_tuning_another_architecture_warns(tmp_path, monkeypatch, caplog):
 
 
 def test_import_command_and_val_of_a_pt(tmp_path, monkeypatch, tiny_demo, capsys, one_thread):
-    from accelyolo.cli import main as cli_main
-    from accelyolo.validation import validate
+    from accelyolo.commands.cli import main as cli_main
+    from accelyolo.commands.validate import validate
 
     _, source = yolov5_repo(monkeypatch, nc=4)
     path = tmp_path / "v5.pt"

@@ -14,16 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from accelyolo.callbacks import Callback
-from accelyolo.checkpoint import load_checkpoint_bundle, read_checkpoint_metadata
-from accelyolo.config import ConfigError, load_config
+from accelyolo.commands.fit import fit
+from accelyolo.core.config import ConfigError, load_config
 from accelyolo.data import YoloDataset
 from accelyolo.data.checks import load_rgb
 from accelyolo.data.loader import ImageWeightSampler, class_maps
 from accelyolo.data.transforms import build_train_transform, letterbox
-from accelyolo.engine import fit
-from accelyolo.experiment import convert_sync_batchnorm
 from accelyolo.families.anchor_based import COCO_ANCHORS
+from accelyolo.training.callbacks import Callback
+from accelyolo.training.experiment import convert_sync_batchnorm
+from accelyolo.weights.checkpoint import load_checkpoint_bundle, read_checkpoint_metadata
 from tests.conftest import TINY_ANCHOR_BASED, tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -212,7 +212,7 @@ def test_noautoanchor_keeps_the_coco_anchors(tiny_demo, tmp_path):
 
 
 def test_anchors_from_the_recipe_build_the_head_and_survive_the_checkpoint(tiny_demo, tmp_path):
-    from accelyolo.checkpoint import load_checkpoint
+    from accelyolo.weights.checkpoint import load_checkpoint
 
     own = [[4, 5, 8, 10, 12, 8], [16, 30, 30, 16, 24, 24], [40, 40, 60, 30, 30, 60]]  # YOLOv5 style, flat
     recipe = tmp_path / "anchors.yaml"

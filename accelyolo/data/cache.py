@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from accelyolo.core.fileio import replace_atomically, write_text_atomically
 from accelyolo.data.checks import img2label_path
-from accelyolo.fileio import replace_atomically, write_text_atomically
 
 CACHE_VERSION = 2  # 2: problems as {file, line, problem}; clipped and class counts
 
@@ -79,7 +79,7 @@ def is_writable(folder: Path) -> bool:
 
 
 def write_cache(path: Path, key: str, entries: list[dict[str, Any]]) -> bool:
-    """Write atomically (`accelyolo.fileio`); returns False where the folder is not writable."""
+    """Write atomically (`accelyolo.core.fileio`); returns False where the folder is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not is_writable(path.parent):

@@ -15,11 +15,11 @@ import logging
 import sys
 from typing import Any
 
+from accelyolo.core.errors import DataError, exit_status
 from accelyolo.data.dataset import SINGLE_CLASS_NAMES, build_report
 from accelyolo.data.segmentation import check_masks, load_seg_spec
 from accelyolo.data.sources import checked_entries
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
-from accelyolo.errors import DataError, exit_status
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelyolo.core.errors import DataError
 from accelyolo.data.cache import cached_entries, home_dir, stat_hash
 from accelyolo.data.checks import COORD_TOLERANCE, verify_image
-from accelyolo.errors import DataError
 
 COCO_CACHE_VERSION = 1
 

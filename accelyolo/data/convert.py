@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from accelyolo.core.errors import DataError, exit_status
 from accelyolo.data.checks import img2label_path
 from accelyolo.data.sources import checked_entries, source_of
 from accelyolo.data.spec import DataConfigError, DataSpec, load_data_yaml
-from accelyolo.errors import DataError, exit_status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,13 +25,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from accelyolo.core.defaults import MAX_STRIDE
+from accelyolo.core.errors import DataError
 from accelyolo.data.cache import image_npy_path, save_npy
 from accelyolo.data.checks import load_rgb
 from accelyolo.data.pool import PoolSlots, shared_pool_slots
 from accelyolo.data.sources import checked_entries
 from accelyolo.data.transforms import build_train_transform, letterbox, load_user_transform, mixup, resolve_hyp
-from accelyolo.defaults import MAX_STRIDE
-from accelyolo.errors import DataError
 
 SINGLE_CLASS_NAMES = ("item",)  # the one class of a `single_cls` run
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo"

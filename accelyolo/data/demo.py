@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from accelyolo.core.fileio import temporary_sibling
 from accelyolo.data.cache import home_dir
-from accelyolo.fileio import temporary_sibling
 
 DEMO_VERSION = 2  # 2: masks and data-multitask.yaml added (images and labels as in 1)
 DEMO_NAMES = ["circle", "square", "triangle", "cross"]

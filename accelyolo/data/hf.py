@@ -34,10 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from accelyolo.core.errors import DataError, MissingDependencyError
+from accelyolo.core.fileio import write_text_atomically
 from accelyolo.data.cache import cached_entries, home_dir
 from accelyolo.data.coco import add_annotation, empty_entry, image_shape
-from accelyolo.errors import DataError, MissingDependencyError
-from accelyolo.fileio import write_text_atomically
 
 BBOX_FORMATS = ("coco", "pascal_voc")
 VAL_SPLIT_NAMES = ("validation", "val", "test")

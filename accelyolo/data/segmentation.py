@@ -38,10 +38,10 @@ import yaml
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from accelyolo.core.defaults import MAX_STRIDE
+from accelyolo.core.errors import DataError
 from accelyolo.data.spec import DataConfigError, _names, _root, _split_images
 from accelyolo.data.transforms import PAD_VALUE, HsvGain, resolve_hyp
-from accelyolo.defaults import MAX_STRIDE
-from accelyolo.errors import DataError
 
 __all__ = [
     "SegmentationDataset",

@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
-from accelyolo.config import yaml_problem
+from accelyolo.core.config import yaml_problem
+from accelyolo.core.errors import AccelyoloError
 from accelyolo.data.checks import IMG_SUFFIXES
 from accelyolo.data.sources import SplitImages
-from accelyolo.errors import AccelyoloError
 
 SPLIT_KEYS = ("train", "val", "test")
 

@@ -35,11 +35,11 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from accelyolo.boxes import xywh2xyxy, xywhn2xyxy, xyxy2xywh
-from accelyolo.config import ConfigError
-from accelyolo.hyp import augmentation_defaults
+from accelyolo.core.boxes import xywh2xyxy, xywhn2xyxy, xyxy2xywh
+from accelyolo.core.config import ConfigError
+from accelyolo.core.hyp import augmentation_defaults
 
-DEFAULT_HYP: dict[str, float] = augmentation_defaults()  # YOLOv5 hyp.scratch-low (accelyolo.hyp)
+DEFAULT_HYP: dict[str, float] = augmentation_defaults()  # YOLOv5 hyp.scratch-low (accelyolo.core.hyp)
 PAD_VALUE = 114
 MIN_BOX_SIDE = 2.0
 MIN_VISIBILITY = 0.1

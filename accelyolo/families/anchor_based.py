@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from accelyolo.autoanchor import check_anchors
 from accelyolo.families.registry import ModelFamily, ModelSpec, register_family, register_model
 from accelyolo.families.source_names import remap_layers
 from accelyolo.losses.anchor_based import AnchorBasedLoss
+from accelyolo.models.autoanchor import check_anchors
 from accelyolo.models.backbone import YOLOv5Backbone
 from accelyolo.models.heads import AnchorBasedHead
 from accelyolo.models.neck import YOLOv5PAN

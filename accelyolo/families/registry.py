@@ -19,9 +19,9 @@ import numpy as np
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from accelyolo.config import ConfigError
-from accelyolo.errors import ModelNameError
-from accelyolo.hyp import HYPERPARAMETERS
+from accelyolo.core.config import ConfigError
+from accelyolo.core.errors import ModelNameError
+from accelyolo.core.hyp import HYPERPARAMETERS
 from accelyolo.models.yolo import YOLO
 
 __all__ = [

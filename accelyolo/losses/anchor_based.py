@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from accelyolo.boxes import bbox_iou
-from accelyolo.hyp import HYPERPARAMETERS
+from accelyolo.core.boxes import bbox_iou
+from accelyolo.core.hyp import HYPERPARAMETERS
 from accelyolo.models.heads import AnchorBasedHead
 
 __all__ = ["AnchorBasedLoss", "FocalLoss"]

@@ -19,8 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from accelyolo.boxes import bbox_iou, xywh2xyxy
-from accelyolo.hyp import HYPERPARAMETERS
+from accelyolo.core.boxes import bbox_iou, xywh2xyxy
+from accelyolo.core.hyp import HYPERPARAMETERS
 from accelyolo.losses.assigner import TaskAlignedAssigner
 from accelyolo.models.heads import AnchorFreeHead, make_anchor_points
 

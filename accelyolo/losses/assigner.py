@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from accelyolo.boxes import bbox_iou
+from accelyolo.core.boxes import bbox_iou
 
 __all__ = ["Assignment", "TaskAlignedAssigner"]
 

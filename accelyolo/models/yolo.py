@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from accelyolo.defaults import MAX_STRIDE, STRIDES, imgsz_problem
+from accelyolo.core.defaults import MAX_STRIDE, STRIDES, imgsz_problem
 from accelyolo.models.layers import Conv
 from accelyolo.models.seghead import SegmentationHead
 

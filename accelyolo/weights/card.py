@@ -144,5 +144,5 @@ def _usage_section(config: dict[str, Any], repo_id: str) -> str:
         "```python\nimport accelyolo\n\n"
         f'model, meta = accelyolo.from_pretrained("{repo_id}")\n'
         f'detections = accelyolo.predict(weights="{repo_id}", source="path/to/images")\n'
-        "print(meta[\"names\"], detections[0])\n```"
+        'print(meta["names"], detections[0])\n```'
     )

@@ -18,12 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelyolo.errors import AccelyoloError
+    from accelyolo.core.errors import AccelyoloError
     from accelyolo.weights.importers import save_imported
 
     source = Path(args.source)
     output = Path(args.output) if args.output else source.with_suffix(".safetensors")
-    # errors: one line on stderr and exit status 2, as accelyolo.cli.exit_status words them
+    # errors: one line on stderr and exit status 2, as accelyolo.commands.cli.exit_status words them
     if output.resolve() == source.resolve():
         print(
             f"accelyolo import: the output {output} would overwrite the source; pass -o OUT.safetensors",

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from accelyolo.errors import AccelyoloError
+from accelyolo.core.errors import AccelyoloError
 from accelyolo.weights.pretrained import (
     CARD_FILE,
     CONFIG_FILE,
@@ -114,7 +114,7 @@ def save_pretrained(
     """
     from safetensors.torch import save_file
 
-    from accelyolo.fileio import replace_atomically, write_text_atomically
+    from accelyolo.core.fileio import replace_atomically, write_text_atomically
     from accelyolo.weights.card import model_card
     from accelyolo.weights.importers import load_weights
 

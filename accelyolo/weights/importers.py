@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from accelyolo.errors import AccelyoloError
+from accelyolo.core.errors import AccelyoloError
 from accelyolo.families import build_model, get_family, list_families, list_models
 from accelyolo.models.yolo import STRIDES, YOLO
 from accelyolo.weights.pt_reader import PtReadError, Stub, read_pt, stub_state_dict
@@ -240,7 +240,7 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[YOLO, dict[str, Any]]:
     if is_foreign_weights(path):
         imported = import_weights(path)
         return imported.model.eval(), imported.metadata(path)
-    from accelyolo.checkpoint import load_checkpoint
+    from accelyolo.weights.checkpoint import load_checkpoint
 
     return load_checkpoint(path, device="cpu", prefer_ema=True)
 
@@ -257,7 +257,7 @@ def weights_for_fine_tuning(path: str | os.PathLike[str], model_name: str) -> di
     elif is_foreign_weights(path):
         model = import_weights(path).model
     else:
-        from accelyolo.checkpoint import load_checkpoint_bundle
+        from accelyolo.weights.checkpoint import load_checkpoint_bundle
 
         bundle = load_checkpoint_bundle(path)
         return bundle.ema_state or bundle.model_state
@@ -275,7 +275,7 @@ def weights_for_fine_tuning(path: str | os.PathLike[str], model_name: str) -> di
 
 def save_imported(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> tuple[Path, ImportedWeights]:
     """`accelyolo import`: write the imported model as an inference bundle (loads with `load_checkpoint`)."""
-    from accelyolo.checkpoint import save_checkpoint
+    from accelyolo.weights.checkpoint import save_checkpoint
 
     imported = import_weights(src)
     state = {k: v.detach().clone() for k, v in imported.model.state_dict().items()}

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from accelyolo.config import HUB_ID, is_hub_id
-from accelyolo.errors import AccelyoloError
+from accelyolo.core.config import HUB_ID, is_hub_id
+from accelyolo.core.errors import AccelyoloError
 
 __all__ = [
     "CONFIG_FILE",

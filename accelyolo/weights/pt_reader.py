@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from accelyolo.errors import AccelyoloError
+from accelyolo.core.errors import AccelyoloError
 
 __all__ = ["PtReadError", "Stub", "read_pt", "stub_state_dict"]
 

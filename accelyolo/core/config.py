@@ -20,15 +20,15 @@ from typing import Any
 
 import yaml
 
-from accelyolo.defaults import MAX_DET, PREDICT_CONF, VAL_CONF_THRES, VAL_IOU_THRES, imgsz_problem
-from accelyolo.errors import AccelyoloError
-from accelyolo.hyp import HYPERPARAMETERS
+from accelyolo.core.defaults import MAX_DET, PREDICT_CONF, VAL_CONF_THRES, VAL_IOU_THRES, imgsz_problem
+from accelyolo.core.errors import AccelyoloError
+from accelyolo.core.hyp import HYPERPARAMETERS
 
 
 def _recipes_dir() -> Path:
     """Where the shipped recipes are: `<repo>/recipes` in a source checkout (the copy users read and
     edit), else the `accelyolo.recipes` package data of an installed wheel (see pyproject.toml)."""
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]  # accelyolo/core/config.py -> the checkout
     if (checkout / "pyproject.toml").is_file() and (checkout / "recipes").is_dir():
         return checkout / "recipes"
     from importlib.resources import files
@@ -126,7 +126,7 @@ class TrainConfig:
     retain_memory: bool = _opt(
         True,
         "on a CPU device under glibc (Linux), keep the memory a step frees for the next step instead of returning "
-        "it to the OS and page-faulting it back (accelyolo.memory; ~8% of a CPU epoch, ~5% more peak RSS)",
+        "it to the OS and page-faulting it back (accelyolo.core.memory; ~8% of a CPU epoch, ~5% more peak RSS)",
         "train",
     )
     multi_scale: bool = _opt(False, "random image size in [0.5, 1.5] x imgsz per batch", "train")
@@ -190,7 +190,7 @@ class TrainConfig:
     )
     plots: bool = _opt(True, "write label, batch and metric pictures", "run")
     max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for quick runs", "run")
-    # multi-task: detection + semantic segmentation in one network (accelyolo.multitask)
+    # multi-task: detection + semantic segmentation in one network (accelyolo.tasks.multitask)
     segment: bool = _opt(
         False,
         "also train a semantic segmentation head (data.yaml seg_train/seg_val/seg_names; the demo data has them)",
@@ -208,7 +208,7 @@ class TrainConfig:
     det_weight: float = _opt(
         0.5, "multi-task fitness = det_weight * detection fitness + (1 - det_weight) * mIoU", "val"
     )
-    # hyperparameters: names, defaults and help from accelyolo.hyp.HYPERPARAMETERS (YOLOv5 hyp.scratch-low)
+    # hyperparameters: names, defaults and help from accelyolo.core.hyp.HYPERPARAMETERS (YOLOv5 hyp.scratch-low)
     lr0: float = _hyp("lr0")
     lrf: float = _hyp("lrf")
     momentum: float = _hyp("momentum")

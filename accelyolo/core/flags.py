@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from accelyolo.config import CONCEPTS, field_types, fields_by_name
+from accelyolo.core.config import CONCEPTS, field_types, fields_by_name
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from accelyolo.errors import AccelyoloError, DistributedError
+from accelyolo.core.errors import AccelyoloError, DistributedError
 
 _COUNT_KEY = "accelyolo/failures"
 _MESSAGE_KEY = "accelyolo/failure_message"

@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from accelyolo.checkpoint import load_checkpoint
-from accelyolo.config import ConfigError, TrainConfig
-from accelyolo.experiment import Experiment
+from accelyolo.core.config import ConfigError, TrainConfig
 from accelyolo.families import family_of, get_family, list_families, list_models
 from accelyolo.losses.objective import Objective
-from accelyolo.records import RunData
+from accelyolo.training.experiment import Experiment
+from accelyolo.training.records import RunData
+from accelyolo.weights.checkpoint import load_checkpoint
 
 __all__ = [
     "DistillExperiment",

@@ -21,11 +21,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from accelyolo.boxes import non_max_suppression, scale_boxes, xywh2xyxy
+from accelyolo.core.boxes import non_max_suppression, scale_boxes, xywh2xyxy
+from accelyolo.core.defaults import MAX_DET, VAL_CONF_THRES, VAL_IOU_THRES
 from accelyolo.data.loader import to_model_input
-from accelyolo.defaults import MAX_DET, VAL_CONF_THRES, VAL_IOU_THRES
-from accelyolo.metrics import DetectionEvaluator, DetectionResult
-from accelyolo.segmetrics import SegmentationResult, confusion_matrix, segmentation_result
+from accelyolo.evaluation.metrics import DetectionEvaluator, DetectionResult
+from accelyolo.evaluation.segmetrics import SegmentationResult, confusion_matrix, segmentation_result
 
 LOGGER = logging.getLogger("accelyolo")
 

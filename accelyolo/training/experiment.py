@@ -27,15 +27,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from accelyolo.callbacks import (
-    Callback,
-    CSVLogger,
-    HubPushCallback,
-    PlotsCallback,
-    ProgressCallback,
-    TrackerCallback,
-)
-from accelyolo.config import ConfigError, TrainConfig
+from accelyolo.core.config import ConfigError, TrainConfig
+from accelyolo.core.defaults import MAX_STRIDE
 from accelyolo.data import (
     YoloDataset,
     build_dataloader,
@@ -46,12 +39,19 @@ from accelyolo.data import (
 )
 from accelyolo.data.dataset import report_summary
 from accelyolo.data.loader import ImageWeightSampler
-from accelyolo.defaults import MAX_STRIDE
-from accelyolo.evaluation import DetectionValidator
+from accelyolo.evaluation.evaluators import DetectionValidator
 from accelyolo.families import build_model, family_of, get_family, model_spec
 from accelyolo.losses.objective import DetectionObjective, Objective, as_objective
 from accelyolo.models import freeze_layers, transfer_weights
-from accelyolo.optim import (
+from accelyolo.training.callbacks import (
+    Callback,
+    CSVLogger,
+    HubPushCallback,
+    PlotsCallback,
+    ProgressCallback,
+    TrackerCallback,
+)
+from accelyolo.training.optim import (
     OPTIMIZERS,
     YoloSchedule,
     accumulate_steps,
@@ -60,8 +60,8 @@ from accelyolo.optim import (
     build_scheduler,
     scaled_weight_decay,
 )
-from accelyolo.pictures import ResultsPlotCallback, TrackerImagesCallback
-from accelyolo.records import RunData, RunLoaders, RunParts
+from accelyolo.training.pictures import ResultsPlotCallback, TrackerImagesCallback
+from accelyolo.training.records import RunData, RunLoaders, RunParts
 from accelyolo.weights.importers import weights_for_fine_tuning
 
 __all__ = ["Experiment", "class_names", "convert_sync_batchnorm"]

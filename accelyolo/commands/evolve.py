@@ -5,7 +5,7 @@ picks a parent among the 5 fittest generations so far (drawn with probability gr
 `parent="single"`, or their fitness-weighted mean, `parent="weighted"`), multiplies each evolvable
 hyperparameter with probability 0.8 by `1 + N(0,1) * U(0,1) * 0.2 * gain` (the factor clipped to
 [0.3, 3.0]) and clips the result to its limits. Gains and limits are one table,
-`accelyolo.hyp.MUTATION_LIMITS`.
+`accelyolo.core.hyp.MUTATION_LIMITS`.
 
 Each generation is one full `fit()` in `<evolve folder>/gen{K}/`, validated only at its last epoch,
 without plots and with only its final checkpoint. The evolve folder (`runs/evolve/exp`, `exp2`, ...)
@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from accelyolo.config import ConfigError, TrainConfig, load_config
-from accelyolo.fileio import write_text_atomically
-from accelyolo.flags import add_config_arguments, config_from_args
-from accelyolo.hyp import MUTATION_LIMITS
+from accelyolo.core.config import ConfigError, TrainConfig, load_config
+from accelyolo.core.fileio import write_text_atomically
+from accelyolo.core.flags import add_config_arguments, config_from_args
+from accelyolo.core.hyp import MUTATION_LIMITS
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -217,7 +217,7 @@ def _signature(cfg_dict: Mapping[str, Any], parent: str) -> dict[str, Any]:
 
 def find_evolve_dir(project: Path, name: str, signature: Mapping[str, Any]) -> Path:
     """The newest `project/name*` folder evolved with the same options, else a new incremented one."""
-    from accelyolo.runs import increment_path
+    from accelyolo.core.runs import increment_path
 
     if project.is_dir():
         pattern = re.compile(re.escape(re.sub(r"\d+$", "", name) or name) + r"\d*$")
@@ -245,8 +245,8 @@ def evolve(
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from accelyolo.engine import fit
-    from accelyolo.failure import close_process_group_at_exit
+    from accelyolo.commands.fit import fit
+    from accelyolo.core.failure import close_process_group_at_exit
 
     if generations < 1:
         raise ConfigError(f"evolve: 'generations' must be at least 1, got {generations}.")
@@ -376,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from accelyolo.logs import setup_logging
+    from accelyolo.core.logs import setup_logging
 
     setup_logging()
     parser = argparse.ArgumentParser(

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelyolo.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
-from accelyolo.errors import SourceError
-from accelyolo.flags import add_option_flag, takes_option_names
+from accelyolo.core.defaults import MAX_DET, PREDICT_CONF, PREDICT_IOU
+from accelyolo.core.errors import SourceError
+from accelyolo.core.flags import add_option_flag, takes_option_names
 
 LOGGER = logging.getLogger(__name__)  # a child of "accelyolo", whose handler the CLI sets up
 
@@ -81,9 +81,9 @@ def predict(
 ) -> list[Detections]:
     """Detect objects in `source` (an image or a folder). With `save`, annotated copies go to the run folder
     (and the colour mask of a multi-task model); `save_masks` also writes the class-id mask PNGs."""
-    from accelyolo.config import check_detection_flags
+    from accelyolo.core.config import check_detection_flags
+    from accelyolo.core.runs import create_folder, increment_path
     from accelyolo.data.checks import load_rgb
-    from accelyolo.runs import create_folder, increment_path
 
     check_detection_flags(imgsz, conf_thres, iou_thres, max_det)
     images = list_images(source)  # a wrong --source fails before the model is loaded
@@ -125,7 +125,7 @@ class Predictor:
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if Path(weights).suffix.lower() == ".onnx":  # an exported model, run by onnxruntime on the CPU
-            from accelyolo.exporter import OnnxDetector
+            from accelyolo.commands.export import OnnxDetector
 
             model, device = OnnxDetector(weights), "cpu"
             meta = model.metadata()
@@ -140,7 +140,7 @@ class Predictor:
         """The detections of one RGB image (and its class-id mask for a multi-task model)."""
         import torch
 
-        from accelyolo.boxes import non_max_suppression, scale_boxes
+        from accelyolo.core.boxes import non_max_suppression, scale_boxes
         from accelyolo.data.loader import to_model_input
         from accelyolo.data.transforms import letterbox
 
@@ -170,7 +170,7 @@ def write_pictures(result: Detections, image: Any, names: list[str], save_dir: P
     (`<stem>_mask.png`) and, with `save_masks`, its class-id mask (`<stem>_classes.png`)."""
     from PIL import Image
 
-    from accelyolo.plots import draw_boxes
+    from accelyolo.evaluation.plots import draw_boxes
 
     stem = Path(result.path).stem
     if result.mask is not None:
@@ -196,7 +196,7 @@ def colour_mask(mask: Any) -> Any:
     """(H, W) class ids -> (H, W, 3) uint8 RGB, one stable colour per class and black for class 0."""
     import numpy as np
 
-    from accelyolo.plots import class_colour
+    from accelyolo.evaluation.plots import class_colour
 
     lut = np.array([(0, 0, 0)] + [class_colour(c) for c in range(1, 256)], np.uint8)
     return lut[mask]
@@ -224,8 +224,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelyolo.cli import exit_status
-    from accelyolo.errors import AccelyoloError
+    from accelyolo.commands.cli import exit_status
+    from accelyolo.core.errors import AccelyoloError
 
     try:
         results = predict(**vars(args))

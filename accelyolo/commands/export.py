@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from accelyolo.defaults import imgsz_problem
-from accelyolo.errors import AccelyoloError, ExportError, MissingDependencyError
-from accelyolo.flags import add_option_flag
+from accelyolo.core.defaults import imgsz_problem
+from accelyolo.core.errors import AccelyoloError, ExportError, MissingDependencyError
+from accelyolo.core.flags import add_option_flag
 
 __all__ = ["OnnxDetector", "export"]
 
@@ -230,7 +230,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelyolo.cli import exit_status
+    from accelyolo.commands.cli import exit_status
 
     try:
         path = export(**vars(args))

@@ -13,7 +13,7 @@ Layout of a bundle:
   manifest is what the loader uses, since JSON alone would turn Adam's `betas` tuple into a list).
 
 Only tensors and JSON are ever written or read: nothing is pickled, so a checkpoint from an
-untrusted source cannot run code. Files are written atomically (`accelyolo.fileio`: temporary
+untrusted source cannot run code. Files are written atomically (`accelyolo.core.fileio`: temporary
 file in the same folder, fsync, `os.replace`): a crash while saving leaves the previous `last.safetensors` intact.
 """
 
@@ -32,8 +32,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from accelyolo.errors import AccelyoloError
-from accelyolo.fileio import copy_atomically, replace_atomically
+from accelyolo.core.errors import AccelyoloError
+from accelyolo.core.fileio import copy_atomically, replace_atomically
 
 __all__ = [
     "FORMAT_NAME",
@@ -70,7 +70,7 @@ class CheckpointBundle:
 
     `optimizer_state` has the exact `optimizer.state_dict()` structure (int state keys, tuples,
     python scalar types, tensor dtypes and shapes), ready for `optimizer.load_state_dict`.
-    `rng_states` holds one `accelyolo.rng.capture_rng_state()` dict per rank, always on the CPU.
+    `rng_states` holds one `accelyolo.core.rng.capture_rng_state()` dict per rank, always on the CPU.
     """
 
     path: Path
@@ -156,7 +156,7 @@ def _versions() -> dict[str, str]:
 
 
 def _write_atomically(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
-    """Write a safetensors file atomically (see `accelyolo.fileio.replace_atomically`)."""
+    """Write a safetensors file atomically (see `accelyolo.core.fileio.replace_atomically`)."""
     replace_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
@@ -184,7 +184,7 @@ def save_checkpoint(
         ema_state: `ModelEMA.state_dict()`; put `ema.updates` in `metadata["ema_updates"]`.
         optimizer_state: `optimizer.state_dict()`.
         scaler_state: `GradScaler.state_dict()` (`{}` when the scaler is disabled).
-        rng_states: one `accelyolo.rng.capture_rng_state()` per rank, in rank order.
+        rng_states: one `accelyolo.core.rng.capture_rng_state()` per rank, in rank order.
         metadata: JSON-able dict: epoch, global_step, best_fitness, schedule or scheduler state, config,
             names, `"model"` (the `build_model` keyword arguments that `load_checkpoint` uses).
         extra_state: training-only state of a trainer subclass (e.g. distillation adapters);

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
-from accelyolo.metrics import DetectionResult, smooth_curve
+from accelyolo.evaluation.metrics import DetectionResult, smooth_curve
 
 # 20 distinct line colours (the "tab20"-style qualitative palette), then repeated.
 PALETTE = (

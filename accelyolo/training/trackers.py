@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accelyolo.config import ConfigError
+from accelyolo.core.config import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from accelerate import Accelerator

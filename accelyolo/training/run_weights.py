@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from accelyolo.checkpoint import copy_checkpoint, save_checkpoint, strip_checkpoint
+from accelyolo.weights.checkpoint import copy_checkpoint, save_checkpoint, strip_checkpoint
 
 __all__ = ["RunWeights"]
 

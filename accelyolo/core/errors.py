@@ -25,7 +25,7 @@ __all__ = [
     "SourceError",
 ]
 
-# ConfigError (accelyolo.config), CheckpointError (accelyolo.checkpoint) and DataConfigError
+# ConfigError (accelyolo.core.config), CheckpointError (accelyolo.weights.checkpoint) and DataConfigError
 # (accelyolo.data.spec) are subclasses too; they live beside the code that raises them.
 
 
@@ -33,7 +33,7 @@ class AccelyoloError(Exception):
     """Base of every error a user can cause; its message is meant to be shown as it is.
 
     `reported_elsewhere` is set on the processes of a distributed run whose failure another process
-    has already printed (see `accelyolo.failure`), so the message appears once.
+    has already printed (see `accelyolo.core.failure`), so the message appears once.
     """
 
     reported_elsewhere: bool = False

@@ -7,15 +7,18 @@ import argparse
 import importlib
 import sys
 
-from accelyolo.errors import exit_status  # also imported from here by the entry points
+from accelyolo.core.errors import exit_status  # also imported from here by the entry points
 
 # subcommand -> (module with add_arguments(parser) and run(args), help)
 COMMANDS = {
-    "train": ("accelyolo.train", "train a model (same flags as accelyolo/train.py)"),
-    "val": ("accelyolo.validation", "validate a checkpoint on a dataset"),
-    "predict": ("accelyolo.prediction", "detect objects in images"),
-    "evolve": ("accelyolo.evolution", "evolve hyperparameters: one training per generation (YOLOv5's genetic search)"),
-    "export": ("accelyolo.exporter", "export a checkpoint to ONNX (pip install 'accelyolo[export]')"),
+    "train": ("accelyolo.commands.train", "train a model (same flags as accelyolo/train.py)"),
+    "val": ("accelyolo.commands.validate", "validate a checkpoint on a dataset"),
+    "predict": ("accelyolo.commands.predict", "detect objects in images"),
+    "evolve": (
+        "accelyolo.commands.evolve",
+        "evolve hyperparameters: one training per generation (YOLOv5's genetic search)",
+    ),
+    "export": ("accelyolo.commands.export", "export a checkpoint to ONNX (pip install 'accelyolo[export]')"),
     "import": ("accelyolo.weights.command", "convert YOLOv5/YOLOv8/YOLO11 .pt weights into a .safetensors bundle"),
     "push": ("accelyolo.weights.push", "share weights as a Hugging Face Hub model repository (or a local folder)"),
 }
@@ -45,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from accelyolo.logs import setup_logging
+    from accelyolo.core.logs import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("func", "command", "data_command"):
         if hasattr(args, key):
             delattr(args, key)
-    from accelyolo.errors import AccelyoloError
+    from accelyolo.core.errors import AccelyoloError
 
     try:
         return int(func(args) or 0)

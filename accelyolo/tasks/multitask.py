@@ -13,7 +13,7 @@ data.yaml adds `seg_train`, `seg_val`, `seg_names`, `seg_ignore` (`accelyolo.dat
   cross-entropy with the ignore value as ignore index and optional class weights; `seg` is its own
   loss column (results.csv `train/seg_loss`, the progress bar).
 - Validation: mAP as for detection, plus pixel accuracy and mIoU on `seg_val` (confusion matrices per
-  image, gathered from every rank and deduplicated by path, `accelyolo.segmetrics`) every
+  image, gathered from every rank and deduplicated by path, `accelyolo.evaluation.segmetrics`) every
   `seg_val_interval` epochs and every epoch of the last `seg_val_interval`. Fitness for `best` =
   `det_weight · detection fitness + (1 - det_weight) · mIoU`, with the last measured mIoU (0 before
   the first) on epochs that do not measure it.
@@ -34,15 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from accelyolo.callbacks import Callback
-from accelyolo.config import ConfigError
+from accelyolo.core.config import ConfigError
 from accelyolo.data.demo import demo_multitask_yaml
 from accelyolo.data.loader import to_model_input
 from accelyolo.data.segmentation import SegmentationDataset, SegSpec, build_seg_dataloader, load_seg_spec
-from accelyolo.evaluation import MultiTaskEvaluator, MultiTaskResult
-from accelyolo.experiment import Experiment
+from accelyolo.evaluation.evaluators import MultiTaskEvaluator, MultiTaskResult
 from accelyolo.losses.objective import DetectionObjective, Objective
-from accelyolo.records import RunData, RunLoaders
+from accelyolo.training.callbacks import Callback
+from accelyolo.training.experiment import Experiment
+from accelyolo.training.records import RunData, RunLoaders
 
 __all__ = [
     "MultiTaskData",

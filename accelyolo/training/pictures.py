@@ -2,7 +2,7 @@
 validation images with their predicted boxes, written through the trackers Accelerate holds; and
 `results.png`, the results.csv columns drawn per epoch, refreshed after every epoch.
 
-The trackers that take images and how they are reached: `accelyolo.trackers`.
+The trackers that take images and how they are reached: `accelyolo.training.trackers`.
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from accelyolo.boxes import non_max_suppression
-from accelyolo.callbacks import Callback
+from accelyolo.core.boxes import non_max_suppression
+from accelyolo.core.defaults import VAL_IOU_THRES
 from accelyolo.data.loader import collate_fn, to_model_input
-from accelyolo.defaults import VAL_IOU_THRES
-from accelyolo.plots import batch_grid, plot_results
-from accelyolo.trackers import image_trackers, log_image
+from accelyolo.evaluation.plots import batch_grid, plot_results
+from accelyolo.training.callbacks import Callback
+from accelyolo.training.trackers import image_trackers, log_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-    from accelyolo.records import StepOutput
-    from accelyolo.trainer import Trainer
+    from accelyolo.training.records import StepOutput
+    from accelyolo.training.trainer import Trainer
 
 __all__ = ["ResultsPlotCallback", "TrackerImagesCallback", "validation_predictions"]
 

@@ -22,8 +22,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from accelyolo.errors import DistributedError
-from accelyolo.records import FitResult
+from accelyolo.core.errors import DistributedError
+from accelyolo.training.records import FitResult
 
 __all__ = ["LaunchError", "launch"]
 
@@ -44,7 +44,7 @@ def launch(
     """Train on `num_processes` processes of this machine (GPUs, or CPU processes with gloo when there is no
     GPU) and return the main process's `FitResult`; the keywords are `fit()`'s. One process trains here,
     without a launcher."""
-    from accelyolo.engine import fit
+    from accelyolo.commands.fit import fit
 
     if num_processes <= 1:
         return fit(recipe, **fit_kwargs)
@@ -73,8 +73,8 @@ def launch(
 
 def _train_in_child(exchange: str, recipe: str | None, fit_kwargs: dict[str, Any], single_threaded: bool) -> None:
     """One launched process: the training, and (rank 0) the result written for the parent."""
-    from accelyolo.engine import fit
-    from accelyolo.errors import AccelyoloError
+    from accelyolo.commands.fit import fit
+    from accelyolo.core.errors import AccelyoloError
 
     _use_gloo_without_gpu()
     if single_threaded:  # see _forked_threads_work
@@ -159,7 +159,7 @@ def _check_fork_safe() -> None:
 
 def _check_options(recipe: str | None, fit_kwargs: dict[str, Any]) -> None:
     """Validate the options before forking (the same checks fit() makes), so a mistake is one error here."""
-    from accelyolo.config import load_config
+    from accelyolo.core.config import load_config
 
     options = {k: v for k, v in fit_kwargs.items() if k not in ("callbacks", "parts", "trainer_class")}
     if not options.get("resume"):

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accelyolo.fileio import write_bytes_atomically
+from accelyolo.core.fileio import write_bytes_atomically
 
 if TYPE_CHECKING:  # pragma: no cover
-    from accelyolo.records import StepOutput
-    from accelyolo.trainer import Trainer
+    from accelyolo.training.records import StepOutput
+    from accelyolo.training.trainer import Trainer
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -200,13 +200,13 @@ class PlotsCallback(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         self._epoch = trainer.state.epoch + 1  # the first epoch this run trains
         if self._active(trainer) and trainer.state.epoch == 0:
-            from accelyolo.plots import plot_labels
+            from accelyolo.evaluation.plots import plot_labels
 
             plot_labels(trainer.train_dataset.labels, trainer.names, trainer.run_dir / "labels.png")
 
     def on_step_end(self, trainer: Trainer, step: StepOutput) -> None:
         if self._active(trainer) and step.epoch == self._epoch and step.batch < self.first_batches:
-            from accelyolo.plots import plot_batch
+            from accelyolo.evaluation.plots import plot_batch
 
             batch = trainer.last_batch
             plot_batch(
@@ -221,8 +221,8 @@ class PlotsCallback(Callback):
         result = trainer.last_result
         if result is None or not trainer.accelerator.is_main_process:
             return
-        from accelyolo.logs import render_text
-        from accelyolo.reports import per_class_table, plot_confusion_matrix, plot_curves
+        from accelyolo.core.logs import render_text
+        from accelyolo.evaluation.reports import per_class_table, plot_confusion_matrix, plot_curves
 
         LOGGER.info("%s", render_text(per_class_table(result, trainer.names)))
         if trainer.cfg.plots:
@@ -240,7 +240,7 @@ class HubPushCallback(Callback):
     the run's results stay as they are."""
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        from accelyolo.config import HUB_ID, ConfigError
+        from accelyolo.core.config import HUB_ID, ConfigError
 
         repo = trainer.cfg.push_to_hub
         if repo and not HUB_ID.match(repo):  # refused before training, not after it

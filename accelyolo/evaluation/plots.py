@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from accelyolo.boxes import xywhn2xyxy
+from accelyolo.core.boxes import xywhn2xyxy
 
 _PALETTE = [
     (255, 56, 56), (255, 157, 151), (255, 112, 31), (255, 178, 29), (207, 210, 49),

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from accelyolo.errors import ResumeError, RunFolderError
+from accelyolo.core.errors import ResumeError, RunFolderError
 
 if TYPE_CHECKING:  # pragma: no cover
     from accelerate import Accelerator

@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torchvision.ops import box_convert
 
-from accelyolo.defaults import MAX_DET, VAL_CONF_THRES, VAL_IOU_THRES
+from accelyolo.core.defaults import MAX_DET, VAL_CONF_THRES, VAL_IOU_THRES
 
 __all__ = [
     "bbox_iou",

@@ -3,7 +3,7 @@
 A resumed run should draw the same augmentations and the same sampler order as an uninterrupted
 one, so every generator the training loop touches (python `random`, numpy's global generator,
 torch CPU and every CUDA device) is captured into a checkpoint. The captured state is a nested
-dict of tensors and JSON scalars, so `accelyolo.checkpoint` stores it in a safetensors file with
+dict of tensors and JSON scalars, so `accelyolo.weights.checkpoint` stores it in a safetensors file with
 no pickle involved.
 
 Nothing here runs at import time: determinism flags change global state only when
@@ -78,7 +78,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if missing:
         raise ValueError(
             f"RNG state is missing {missing}; expected the dict returned by "
-            "accelyolo.rng.capture_rng_state() with keys 'python', 'numpy', 'torch', 'cuda'"
+            "accelyolo.core.rng.capture_rng_state() with keys 'python', 'numpy', 'torch', 'cuda'"
         )
     py = state["python"]
     words = tuple(int(word) for word in py["state"].cpu().tolist())

@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from accelyolo.callbacks import Callback
-from accelyolo.checkpoint import read_checkpoint_metadata
-from accelyolo.config import ConfigError, TrainConfig, config_from_dict, load_config
-from accelyolo.errors import ResumeError
-from accelyolo.experiment import Experiment
-from accelyolo.records import FitResult
-from accelyolo.runs import find_resume_checkpoint
-from accelyolo.trainer import Trainer
+from accelyolo.core.config import ConfigError, TrainConfig, config_from_dict, load_config
+from accelyolo.core.errors import ResumeError
+from accelyolo.core.runs import find_resume_checkpoint
+from accelyolo.training.callbacks import Callback
+from accelyolo.training.experiment import Experiment
+from accelyolo.training.records import FitResult
+from accelyolo.training.trainer import Trainer
+from accelyolo.weights.checkpoint import read_checkpoint_metadata
 
 # Options that may change when a run is resumed; every other option comes from the checkpoint.
 RESUME_CHANGEABLE = (
@@ -48,11 +48,11 @@ def experiment_class(cfg: TrainConfig, user: type[Experiment] | None = None) -> 
         raise ConfigError(f"'experiment' must be a subclass of accelyolo.Experiment (a class), got {user!r}")
     features: list[type[Experiment]] = [user] if user is not None and user is not Experiment else []
     if cfg.teacher:
-        from accelyolo.distill import DistillExperiment
+        from accelyolo.tasks.distill import DistillExperiment
 
         features.append(DistillExperiment)
     if cfg.segment:
-        from accelyolo.multitask import MultiTaskExperiment
+        from accelyolo.tasks.multitask import MultiTaskExperiment
 
         features.append(MultiTaskExperiment)
     features = [f for i, f in enumerate(features) if not any(issubclass(g, f) for g in features[:i])]

@@ -1,6 +1,6 @@
 """The training loop on Accelerate, readable top to bottom, with one seam per part.
 
-`Trainer` keeps the loop; an experiment (`accelyolo.experiment.Experiment`, or the subclass `fit(experiment=)`
+`Trainer` keeps the loop; an experiment (`accelyolo.training.experiment.Experiment`, or the subclass `fit(experiment=)`
 and the options combine) builds every part of the run (datasets, loaders, model, objective, optimizer,
 scheduler, evaluator, callbacks) and hands them over as one frozen `RunParts`. Each batch goes through one
 `train_step(batch) -> StepOutput`, the typed record the epoch loop and the callbacks share; what a
@@ -40,26 +40,26 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import gather_object, set_seed
 
 from accelyolo import __version__
-from accelyolo.callbacks import Callback, write_results_csv
-from accelyolo.checkpoint import CheckpointError, load_checkpoint_bundle
-from accelyolo.config import TrainConfig, save_config
+from accelyolo.core.config import TrainConfig, save_config
+from accelyolo.core.defaults import MAX_STRIDE, stride_multiple
+from accelyolo.core.errors import AccelyoloError
+from accelyolo.core.failure import close_process_group_at_exit, share_failure
+from accelyolo.core.logs import setup_logging
+from accelyolo.core.memory import give_back_freed_memory, retain_freed_memory
+from accelyolo.core.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
+from accelyolo.core.runs import make_run_dir
+from accelyolo.core.threads import use_available_cores
 from accelyolo.data import to_model_input
 from accelyolo.data.loader import ImageWeightSampler, class_maps, start_next_pass
-from accelyolo.defaults import MAX_STRIDE, stride_multiple
-from accelyolo.ema import ModelEMA
-from accelyolo.errors import AccelyoloError
-from accelyolo.experiment import Experiment
-from accelyolo.failure import close_process_group_at_exit, share_failure
-from accelyolo.logs import setup_logging
 from accelyolo.losses.objective import Objective
-from accelyolo.memory import give_back_freed_memory, retain_freed_memory
-from accelyolo.optim import YoloSchedule, accumulate_steps, match_parameter_layout, warmup_iterations
-from accelyolo.records import FitResult, RunData, RunLoaders, RunParts, RunState, StepOutput
-from accelyolo.rng import capture_rng_state, restore_rng_state, use_deterministic_algorithms
-from accelyolo.run_weights import RunWeights
-from accelyolo.runs import make_run_dir
-from accelyolo.threads import use_available_cores
-from accelyolo.trackers import chosen_trackers, tracker_init_kwargs
+from accelyolo.training.callbacks import Callback, write_results_csv
+from accelyolo.training.ema import ModelEMA
+from accelyolo.training.experiment import Experiment
+from accelyolo.training.optim import YoloSchedule, accumulate_steps, match_parameter_layout, warmup_iterations
+from accelyolo.training.records import FitResult, RunData, RunLoaders, RunParts, RunState, StepOutput
+from accelyolo.training.run_weights import RunWeights
+from accelyolo.training.trackers import chosen_trackers, tracker_init_kwargs
+from accelyolo.weights.checkpoint import CheckpointError, load_checkpoint_bundle
 
 LOGGER = logging.getLogger("accelyolo")
 
@@ -157,7 +157,7 @@ class Trainer:
             self.fire("on_fit_start")
             stopped_early = self.train_epochs()
             return self.finish(stopped_early)
-        except Exception as error:  # under DDP: one message for the run, every process ends (accelyolo.failure)
+        except Exception as error:  # under DDP: one message for the run, every process ends (accelyolo.core.failure)
             failure = share_failure(error)
             if failure is error:
                 raise
