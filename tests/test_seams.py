@@ -366,4 +366,11 @@ def test_the_one_way_to_replace_a_part_is_an_experiment():
 
     assert experiment_class(cfg, MyDistill).__mro__[1:3] == (MyDistill, DistillExperiment)
     assert MultiTaskExperiment in experiment_class(cfg, MyDistill).__mro__
+
+    class MyMultiTask(MultiTaskExperiment):  # the user inherits the inner feature: distillation still wraps it
+        pass
+
+    mro = experiment_class(cfg, MyMultiTask).__mro__
+    assert mro[1:4] == (DistillExperiment, MyMultiTask, MultiTaskExperiment), mro
+    assert experiment_class(load_config(segment=True), MyMultiTask) is MyMultiTask
     assert experiment_class(load_config()) is Experiment and experiment_class(load_config(), Mine) is Mine

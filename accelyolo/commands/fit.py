@@ -43,10 +43,15 @@ def experiment_class(cfg: TrainConfig, user: type[Experiment] | None = None) -> 
     """The experiment a configuration asks for: `user` (a subclass of `Experiment`, or none) outermost, then
     distillation (`teacher`), then detection + segmentation (`segment`), on `Experiment`. Each extends the
     build steps through `super()` (an added term wraps the objective of the ones after it), so any of them
-    combine into one class; a feature the user's class already derives from is not added twice."""
+    combine into one class; a feature the user's class already derives from is not added twice.
+
+    The features keep that order whatever the user's class derives from: distillation always wraps the
+    multi-task objective (which extends a detection objective, never a distilled one). So a user's subclass of
+    `MultiTaskExperiment` with a teacher gets distillation above it (`Distill, Mine, MultiTask`): Python's
+    method order would otherwise put the feature the user inherits above the one added beside it."""
     if user is not None and not (isinstance(user, type) and issubclass(user, Experiment)):
         raise ConfigError(f"'experiment' must be a subclass of accelyolo.Experiment (a class), got {user!r}")
-    features: list[type[Experiment]] = [user] if user is not None and user is not Experiment else []
+    features: list[type[Experiment]] = []  # outermost first
     if cfg.teacher:
         from accelyolo.tasks.distill import DistillExperiment
 
@@ -55,11 +60,16 @@ def experiment_class(cfg: TrainConfig, user: type[Experiment] | None = None) -> 
         from accelyolo.tasks.multitask import MultiTaskExperiment
 
         features.append(MultiTaskExperiment)
-    features = [f for i, f in enumerate(features) if not any(issubclass(g, f) for g in features[:i])]
-    if len(features) < 2:
-        return features[0] if features else Experiment
-    name = "".join(f.__name__.removesuffix("Experiment") for f in features) + "Experiment"
-    return type(name, tuple(features), {"__module__": __name__})
+    if user is None or user is Experiment:
+        bases = features
+    else:
+        inherited = [i for i, f in enumerate(features) if issubclass(user, f)]
+        split = inherited[0] if inherited else 0  # features before it must wrap what the user's class inherits
+        bases = [*features[:split], user, *(f for f in features[split:] if not issubclass(user, f))]
+    if len(bases) < 2:
+        return bases[0] if bases else Experiment
+    name = "".join(f.__name__.removesuffix("Experiment") for f in bases) + "Experiment"
+    return type(name, tuple(bases), {"__module__": __name__})
 
 
 def fit(
