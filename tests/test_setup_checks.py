@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from accelyolo.commands.fit import fit
-from accelyolo.core.config import MIXED_PRECISION, ConfigError, load_config
+from accelyolo.core.config import ConfigError, load_config
+from accelyolo.core.config_checks import MIXED_PRECISION
 from tests.conftest import tiny_train_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")

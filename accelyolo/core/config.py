@@ -9,7 +9,6 @@ the fields of `TrainConfig`. An unknown name or a value of the wrong type raises
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import re
 import types
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from accelyolo.core.config_checks import did_you_mean, unit_interval_problems, value_problems
 from accelyolo.core.defaults import MAX_DET, PREDICT_CONF, VAL_CONF_THRES, VAL_IOU_THRES, imgsz_problem
 from accelyolo.core.errors import AccelyoloError
 from accelyolo.core.hyp import HYPERPARAMETERS
@@ -299,7 +299,7 @@ def expand_concepts(values: dict[str, Any], source: str) -> dict[str, Any]:
                 if home:
                     raise ConfigError(f"{source}: '{concept}.{key}': '{key}' belongs to '{home}', not '{concept}'.")
                 names = list(CONCEPTS[concept])
-                raise ConfigError(f"{source}: '{concept}.{key}' is no {concept} option.{_suggest(str(key), names)}")
+                raise ConfigError(f"{source}: '{concept}.{key}' is no {concept} option.{did_you_mean(str(key), names)}")
             if key in out:
                 raise ConfigError(f"{source}: '{key}' is set twice, on its own and under '{concept}'; keep one.")
             out[key] = value
@@ -307,7 +307,6 @@ def expand_concepts(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 # Accelerate's precision choices (accelerate.utils.PrecisionType), spelled out so config stays import-light.
-MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
 
 _ALIASES = {"batch": "batch_size", "img_size": "imgsz", "img": "imgsz", "lr": "lr0"}
 
@@ -324,11 +323,6 @@ def field_types() -> dict[str, Any]:
 @functools.cache
 def fields_by_name() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
@@ -417,7 +411,7 @@ def _flatten_recipe(data: dict[str, Any], path: Path) -> dict[str, Any]:
         hyp_names = list(HYPERPARAMETERS)
         for key in hyp:
             if key not in hyp_names:
-                raise ConfigError(f"{hyp_source}: unknown hyperparameter '{key}'.{_suggest(key, hyp_names)}")
+                raise ConfigError(f"{hyp_source}: unknown hyperparameter '{key}'.{did_you_mean(key, hyp_names)}")
         flat.update(hyp)
     flat.update(data)
     for key in ("data", "weights", "teacher", "augment"):
@@ -480,7 +474,7 @@ def config_from_dict(values: dict[str, Any], sources: dict[str, str] | None = No
     for key, value in values.items():
         source = sources.get(key, "config")
         if key not in types_:
-            raise ConfigError(f"{source}: unknown option '{key}'.{_suggest(key, names)}")
+            raise ConfigError(f"{source}: unknown option '{key}'.{did_you_mean(key, names)}")
         checked[key] = _coerce(key, value, types_[key], source)
     if isinstance(checked.get("cache"), str) and checked["cache"].lower() in ("", "none"):
         checked["cache"] = None  # `cache: none` in yaml is the string 'none': it means no cache
@@ -490,101 +484,9 @@ def config_from_dict(values: dict[str, Any], sources: dict[str, str] | None = No
 
 
 def check_values(cfg: TrainConfig) -> None:
-    """Range checks that types alone do not catch."""
-    problems = []
-    if problem := imgsz_problem("'imgsz'", cfg.imgsz):
-        problems.append(problem)
-    for key in ("epochs", "batch_size", "nbs", "val_interval", "max_det"):
-        if getattr(cfg, key) < 1:
-            problems.append(f"'{key}' must be at least 1, got {getattr(cfg, key)}")
-    for key in ("workers", "heavy_eval_range", "save_last_n", "distill_weight", "det_gain", "seg_gain", "freeze"):
-        if getattr(cfg, key) < 0:
-            problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
-    if cfg.temperature <= 0:
-        problems.append(f"'temperature' must be > 0, got {cfg.temperature}")
-    if cfg.cache_budget_mb is not None and cfg.cache_budget_mb <= 0:
-        problems.append(
-            f"'cache_budget_mb' must be > 0 or empty (half of the available memory), got {cfg.cache_budget_mb}"
-        )
-    if cfg.cache not in (None, "ram", "disk"):
-        problems.append(f"'cache' must be 'ram', 'disk', 'none' or empty, got {cfg.cache!r}")
-    if cfg.rect and cfg.image_weights:
-        problems.append("'rect' and 'image_weights' exclude each other (rect batches keep a fixed order)")
-    if cfg.augment and not Path(cfg.augment).is_file():
-        problems.append(f"'augment': the albumentations pipeline '{cfg.augment}' does not exist")
-    if cfg.mixed_precision not in (None, *MIXED_PRECISION):
-        problems.append(
-            f"'mixed_precision' must be {', '.join(MIXED_PRECISION)} or empty (the accelerate config's), "
-            f"got {cfg.mixed_precision!r}"
-        )
-    if not 0.0 <= cfg.best_min_score <= 1.0:
-        problems.append(f"'best_min_score' must lie in [0, 1], got {cfg.best_min_score}")
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-        problems.append(f"'label_smoothing' must lie in [0, 1), got {cfg.label_smoothing}")
-    if cfg.tal_min_side < 0:
-        problems.append(f"'tal_min_side' must be >= 0 (pixels), got {cfg.tal_min_side}")
-    problems += _scheduler_problems(cfg) + _training_problems(cfg) + _multitask_problems(cfg)
-    fractions = ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "mixup", "crop", "crop_erosion")
-    problems += unit_interval_problems({f"'{key}'": getattr(cfg, key) for key in fractions})
-    if problems:
+    """Range checks that types alone do not catch (`config_checks`): all problems in one `ConfigError`."""
+    if problems := value_problems(cfg):
         raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
-
-
-def _scheduler_problems(cfg: TrainConfig) -> list[str]:
-    """'scheduler' names a torch scheduler (or 'yolo'), and 'scheduler_args' are arguments it takes."""
-    if cfg.scheduler == "yolo":
-        if cfg.scheduler_args:
-            return [
-                "'scheduler_args' apply to a torch scheduler; the 'yolo' schedule reads lr0, lrf, cos_lr "
-                "and the warmup_* hyperparameters"
-            ]
-        return []
-    import inspect
-
-    from torch.optim import lr_scheduler
-
-    known = sorted(
-        n
-        for n in dir(lr_scheduler)
-        if isinstance(getattr(lr_scheduler, n), type)
-        and issubclass(getattr(lr_scheduler, n), lr_scheduler.LRScheduler)
-        and n not in ("LRScheduler", "_LRScheduler")
-    )
-    if cfg.scheduler not in known:
-        return [
-            f"'scheduler' must be 'yolo' or a torch.optim.lr_scheduler class, got "
-            f"{cfg.scheduler!r}.{_suggest(cfg.scheduler, ['yolo', *known])} Known: {', '.join(known)}"
-        ]
-    parameters = inspect.signature(getattr(lr_scheduler, cfg.scheduler)).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return []
-    takes = [name for name in parameters if name != "optimizer"]
-    unknown = [repr(key) for key in (cfg.scheduler_args or {}) if key not in takes]
-    if unknown:
-        return [f"'scheduler_args': {cfg.scheduler} takes no {', '.join(unknown)}; it takes {', '.join(takes)}"]
-    return []
-
-
-def _training_problems(cfg: TrainConfig) -> list[str]:
-    """Ranges of the EMA, the validation thresholds and the loss hyperparameters: values the model's parts
-    would refuse only once the run folder exists (or at the first validation)."""
-    problems = []
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        problems.append(f"'ema_decay' must lie in [0, 1), got {cfg.ema_decay}")
-    if not cfg.ema_tau > 0:
-        problems.append(f"'ema_tau' must be > 0 (optimizer steps), got {cfg.ema_tau}")
-    problems += unit_interval_problems({"'conf_thres'": cfg.conf_thres, "'iou_thres'": cfg.iou_thres})
-    for key in ("cls_pw", "obj_pw"):
-        if not getattr(cfg, key) > 0:
-            problems.append(f"'{key}' must be > 0 (a BCE positive weight), got {getattr(cfg, key)}")
-    if not cfg.fl_gamma >= 0:
-        problems.append(f"'fl_gamma' must be >= 0 (0 = plain BCE), got {cfg.fl_gamma}")
-    return problems
-
-
-def unit_interval_problems(values: dict[str, float]) -> list[str]:
-    """A message for each value (keyed by the option's name as the user wrote it) outside [0, 1]."""
-    return [f"{name} must lie in [0, 1], got {value}" for name, value in values.items() if not 0.0 <= value <= 1.0]
 
 
 def check_detection_flags(
@@ -602,24 +504,6 @@ def check_detection_flags(
         problems.append(f"--workers must be >= 0, got {workers}")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
-
-
-def _multitask_problems(cfg: TrainConfig) -> list[str]:
-    problems = []
-    if cfg.seg_batch_size < 0:
-        problems.append(f"'seg_batch_size' must be >= 0 (0 = batch_size), got {cfg.seg_batch_size}")
-    if not 0.0 < cfg.seg_aspect <= 1.0:
-        problems.append(f"'seg_aspect' must lie in (0, 1], got {cfg.seg_aspect}")
-    if not 0.0 <= cfg.seg_scale < 1.0:
-        problems.append(f"'seg_scale' must lie in [0, 1), got {cfg.seg_scale}")
-    if cfg.seg_val_interval < 1:
-        problems.append(f"'seg_val_interval' must be at least 1, got {cfg.seg_val_interval}")
-    if not 0.0 <= cfg.det_weight <= 1.0:
-        problems.append(f"'det_weight' must lie in [0, 1], got {cfg.det_weight}")
-    for name, weight in (cfg.seg_class_weights or {}).items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            problems.append(f"'seg_class_weights': the weight of {name!r} must be a number >= 0, got {weight!r}")
-    return problems
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
