@@ -34,7 +34,9 @@ HYPERPARAMETERS: dict[str, Hyp] = {
     "anchor_t": Hyp(4.0, "anchor-multiple threshold, anchor-based models"),
     "fl_gamma": Hyp(0.0, "focal loss gamma (0 = plain BCE)"),
     "label_smoothing": Hyp(0.0, "label smoothing epsilon of the class targets"),
-    "tal_min_side": Hyp(0.0, "anchor-free models: the smallest box side (px) in the assigner's candidate test"),
+    "tal_min_side": Hyp(
+        16.0, "anchor-free models: the smallest box side (px) in the assigner's candidate test (0 = the real box)"
+    ),
     # augmentation
     "hsv_h": Hyp(0.015, "hue jitter (fraction)"),
     "hsv_s": Hyp(0.7, "saturation jitter (fraction)"),
