@@ -9,7 +9,8 @@ under DDP each rank holds its own copy and nothing of it is synchronised) on the
 adds to the detection loss, per batch, on the same augmented images:
 
 - `distill_cls`: KL divergence between the temperature-softened class distributions of teacher and
-  student, per prediction, times T² (Hinton's scaling, so the gradient size does not shrink with T);
+  student, per prediction, times T² (Hinton's scaling, so the gradient size does not shrink with T); with a
+  single class, between the class's two outcomes (`class_kl`: a softmax over one class is always 1);
 - `distill_box` (families whose boxes are distributions, the anchor-free DFL head): the same KL between
   the bin distributions of each box side;
 - `distill_feat` (`--distill-feat`): channel-wise distillation (CWD, Shu et al. 2021) on the neck outputs:
@@ -139,6 +140,16 @@ def softened_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float
     return kl.mean() * temperature**2
 
 
+def class_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The class term: `softened_kl` of the softmax over the classes (YOLOv6). With a single class that softmax
+    is 1 whatever the logits and the term would be 0, teaching nothing: there the class's own probability at
+    `temperature` (the sigmoid that the BCE-trained head predicts) is compared as the two outcomes "object of
+    the class" and "not" (the softmax of the logits beside a 0)."""
+    if student.shape[-1] == 1:
+        student, teacher = (torch.cat((x, torch.zeros_like(x)), -1) for x in (student, teacher))
+    return softened_kl(student, teacher, temperature)
+
+
 def channel_wise_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Channel-wise distillation of two (B, C, H, W) maps: per channel a spatial softmax at `temperature`,
     KL(teacher || student), averaged over batch and channels, times T²."""
@@ -166,7 +177,7 @@ def distillation_terms(
     channel counts, see `FeatureAdapters`)."""
     s_cls, s_box = family_of(student).distill_logits(student, student_maps)
     t_cls, t_box = family_of(teacher).distill_logits(teacher, teacher_maps)  # its own family: may be another
-    terms = {"cls": softened_kl(s_cls, t_cls, temperature)}
+    terms = {"cls": class_kl(s_cls, t_cls, temperature)}
     if s_box is not None and t_box is not None:
         terms["box"] = softened_kl(s_box, t_box, temperature)
     if student_feats is not None and teacher_feats is not None:
